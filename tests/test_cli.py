@@ -1,0 +1,117 @@
+"""The scripts as a user runs them: --help, outputs, and the one-line error / exit code 2 contract."""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synther.data.locomotion import LocomotionCollectConfig
+from synther.data.pointmaze import MazeCollectConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(script: str, *args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, str(ROOT / "MuJoCo" / script), *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=300)
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_collect_help_explains_every_option():
+    proc = run_script("collect_data.py", "--help")
+    assert proc.returncode == 0
+    options = ["--generator", "--out_dir", "--seed", "--overwrite", "--progress"]
+    options += [f"--maze.{f.name}" for f in dataclasses.fields(MazeCollectConfig)]
+    options += [f"--locomotion.{f.name}" for f in dataclasses.fields(LocomotionCollectConfig)]
+    for option in options:
+        # each option is listed with a help text, not just its type and default
+        line = next((line for line in proc.stdout.splitlines() if line.strip().startswith(option + " ")), None)
+        assert line is not None, option
+    assert proc.stdout.count("(default:") >= len(options)
+    assert "SAC" in proc.stdout and "PointMaze" in proc.stdout
+
+
+def test_collect_maze_writes_dataset_and_sidecar_then_skips(tmp_path):
+    args = ("--generator", "pointmaze", "--maze.name", "open", "--maze.num_steps", "500", "--out_dir", str(tmp_path),
+            "--progress", "false", "--seed", "3")
+    proc = run_script("collect_data.py", *args)
+    assert proc.returncode == 0, proc.stderr
+    npz, side = tmp_path / "ptr-maze2d-open-dense-v0.npz", tmp_path / "ptr-maze2d-open-dense-v0.json"
+    with np.load(npz) as f:
+        assert set(f.files) == {"observations", "actions", "rewards", "next_observations", "terminals", "timeouts"}
+        assert f["rewards"].shape == (500,) and f["rewards"].dtype == np.float32
+    meta = json.loads(side.read_text())
+    assert meta["provenance"]["seed"] == 3 and meta["size"] == 500
+    assert sorted(p.name for p in tmp_path.iterdir()) == [side.name, npz.name]  # no temp files left behind
+    before = npz.stat().st_mtime_ns
+    again = run_script("collect_data.py", *args)
+    assert again.returncode == 0 and "keeping it" in again.stdout and npz.stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (("--generator", "atari"), ("unknown --generator 'atari'",)),
+        (("--maze.name", "tiny", "--maze.num_steps", "10"), ("unknown maze 'tiny'",)),
+        (("--seed", "abc"), ("invalid option", "seed")),
+        (("--generator", "locomotion", "--locomotion.env", "Ant-v5"), ("unknown locomotion env",)),
+    ],
+)
+def test_collect_bad_options_exit_2_with_one_line(tmp_path, args, fragments):
+    assert_user_error(run_script("collect_data.py", "--out_dir", str(tmp_path), *args), *fragments)
+    assert not list(tmp_path.glob("*.npz"))
+
+
+def _write(path: Path, **overrides) -> Path:
+    n = 20
+    arrays = {"observations": np.zeros((n, 3)), "actions": np.zeros((n, 2)), "rewards": np.zeros(n),
+              "next_observations": np.zeros((n, 3)), "terminals": np.zeros(n)}
+    arrays.update(overrides)
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"actions": None}, "'actions'"),
+        ({"rewards": np.zeros(19)}, "'rewards'"),
+        ({"rewards": np.r_[np.zeros(19), np.nan]}, "'rewards'"),
+        ({"observations": np.full((20, 3), np.inf)}, "'observations'"),
+        ({"terminals": np.full(20, 0.5)}, "'terminals'"),
+        ({"observations": np.zeros(20)}, "'observations'"),
+    ],
+)
+def test_inspect_reports_bad_files_by_file_and_field(tmp_path, overrides, field):
+    path = _write(tmp_path / "bad.npz", **overrides)
+    assert_user_error(run_script("inspect_data.py", "--dataset", str(path)), str(path), field)
+
+
+def test_inspect_checks_public_sensitive_dimensions(tmp_path):
+    good = _write(tmp_path / "a.npz")
+    same = _write(tmp_path / "b.npz")
+    wider = _write(tmp_path / "c.npz", observations=np.zeros((20, 4)), next_observations=np.zeros((20, 4)))
+    ok = run_script("inspect_data.py", "--dataset", str(good), "--compare_with", str(same))
+    assert ok.returncode == 0 and "20 transitions" in ok.stdout and "compatible with" in ok.stdout
+    assert_user_error(run_script("inspect_data.py", "--dataset", str(good), "--compare_with", f"{same},{wider}"),
+                      "dimension mismatch", "obs_dim")
+
+
+def test_inspect_missing_registered_dataset_tells_how_to_make_it(tmp_path):
+    proc = run_script("inspect_data.py", "--dataset", "ptr-maze2d-large-dense-v0",
+                      env_extra={"PRIVTRANR_DATA_DIR": str(tmp_path)})
+    assert_user_error(proc, "ptr-maze2d-large-dense-v0", "collect_data.py --generator pointmaze --maze.name large")
