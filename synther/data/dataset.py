@@ -1,0 +1,271 @@
+"""TransitionDataset: the one in-memory type for offline-RL transitions (s, a, r, s', done).
+
+Every loader and generator produces one; everything downstream (diffusion, agents, evaluation) consumes one.
+Arrays are validated on construction, so a dataset that exists is a dataset that is usable.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from synther.errors import DatasetError
+from synther.utils.io import atomic_write_json, atomic_write_npz
+
+# D4RL / samples.npz keys. Order matters only for messages.
+REQUIRED_FIELDS = ("observations", "actions", "rewards", "next_observations", "terminals")
+OPTIONAL_FIELDS = ("timeouts",)
+_FIELD_NDIM = {"observations": 2, "actions": 2, "next_observations": 2, "rewards": 1, "terminals": 1, "timeouts": 1}
+_BINARY_FIELDS = ("terminals", "timeouts")
+
+
+def validate_arrays(
+    arrays: Mapping[str, Any],
+    origin: str,
+    required: tuple[str, ...] = REQUIRED_FIELDS,
+) -> dict[str, np.ndarray]:
+    """Check raw arrays and return them cast to the canonical dtypes.
+
+    Raises DatasetError naming `origin` (a file or a description) and the offending field.
+    1-D fields stored as (N, 1) columns are accepted and flattened, as D4RL files sometimes do.
+    """
+    missing = [k for k in required if k not in arrays]
+    if missing:
+        raise DatasetError(
+            f"{origin}: missing field(s) {', '.join(repr(k) for k in missing)} "
+            f"(expected keys: {', '.join(required)})"
+        )
+    present = [k for k in (*required, *OPTIONAL_FIELDS) if k in arrays]
+    out: dict[str, np.ndarray] = {}
+    for key in present:
+        arr = np.asarray(arrays[key])
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+            raise DatasetError(f"{origin}: field '{key}' must be numeric, got dtype {arr.dtype}")
+        want = _FIELD_NDIM[key]
+        if want == 1 and arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr[:, 0]
+        if arr.ndim != want:
+            shape = "(N,)" if want == 1 else "(N, dim)"
+            raise DatasetError(f"{origin}: field '{key}' must have shape {shape}, got {arr.shape}")
+        out[key] = arr
+
+    first = present[0]
+    n = len(out[first])
+    if n == 0:
+        raise DatasetError(f"{origin}: dataset is empty (field '{first}' has 0 rows)")
+    for key in present[1:]:
+        if len(out[key]) != n:
+            raise DatasetError(f"{origin}: field '{key}' has {len(out[key])} rows but '{first}' has {n}")
+    if "observations" in out and "next_observations" in out:
+        if out["next_observations"].shape[1] != out["observations"].shape[1]:
+            raise DatasetError(
+                f"{origin}: field 'next_observations' has dimension {out['next_observations'].shape[1]} "
+                f"but 'observations' has {out['observations'].shape[1]}"
+            )
+    for key in present:
+        arr = out[key]
+        if key in _BINARY_FIELDS:
+            bad = ~np.isin(arr, (0, 1))
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise DatasetError(f"{origin}: field '{key}' must be 0/1, found {arr[row]!r} at row {row}")
+            out[key] = arr.astype(np.float32) if key == "terminals" else arr.astype(bool)
+            continue
+        arr = arr.astype(np.float32)
+        finite = np.isfinite(arr)
+        if not finite.all():
+            row = int(np.flatnonzero(~finite.reshape(len(arr), -1).all(axis=1))[0])
+            raise DatasetError(f"{origin}: field '{key}' contains NaN or Inf (first at row {row})")
+        out[key] = arr
+    return out
+
+
+@dataclass(frozen=True)
+class TransitionLayout:
+    """Where each part of a transition sits in the flat vector [obs, action, reward, next_obs, terminal]."""
+
+    obs_dim: int
+    action_dim: int
+
+    @property
+    def dim(self) -> int:
+        return 2 * self.obs_dim + self.action_dim + 2
+
+    @property
+    def obs(self) -> slice:
+        return slice(0, self.obs_dim)
+
+    @property
+    def action(self) -> slice:
+        return slice(self.obs_dim, self.obs_dim + self.action_dim)
+
+    @property
+    def reward(self) -> int:
+        return self.obs_dim + self.action_dim
+
+    @property
+    def next_obs(self) -> slice:
+        start = self.obs_dim + self.action_dim + 1
+        return slice(start, start + self.obs_dim)
+
+    @property
+    def terminal(self) -> int:
+        return self.dim - 1
+
+
+@dataclass
+class TransitionDataset:
+    """Transitions plus what is known about where they came from.
+
+    `env_id` records the environment the data came from, as its source knows it (a gymnasium id or factory), and
+    may be None. Evaluation envs and score constants come from the registry, by `name` (see registry.dataset_info). `provenance` is a free-form, JSON-serializable record (generator, config, versions,
+    split, ...) that travels into every side-car written from this dataset.
+    """
+
+    observations: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    next_observations: np.ndarray
+    terminals: np.ndarray
+    timeouts: np.ndarray | None = None
+    name: str | None = None
+    env_id: str | None = None
+    source: str = "memory"
+    action_low: np.ndarray | None = None
+    action_high: np.ndarray | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        arrays = {k: getattr(self, k) for k in (*REQUIRED_FIELDS, *OPTIONAL_FIELDS) if getattr(self, k) is not None}
+        for key, arr in validate_arrays(arrays, origin=self.source).items():
+            setattr(self, key, arr)
+        for key in ("action_low", "action_high"):
+            bound = getattr(self, key)
+            if bound is not None:
+                bound = np.asarray(bound, dtype=np.float32).reshape(-1)
+                if bound.shape != (self.action_dim,):
+                    raise DatasetError(
+                        f"{self.source}: {key} has {bound.size} entries but actions have dimension {self.action_dim}"
+                    )
+                setattr(self, key, bound)
+
+    # --- shape -------------------------------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        return len(self.rewards)
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def obs_dim(self) -> int:
+        return self.observations.shape[1]
+
+    @property
+    def action_dim(self) -> int:
+        return self.actions.shape[1]
+
+    @property
+    def layout(self) -> TransitionLayout:
+        return TransitionLayout(self.obs_dim, self.action_dim)
+
+    # --- conversions -------------------------------------------------------------------------------------
+    def to_vectors(self) -> np.ndarray:
+        """Flat float32 matrix (N, 2*obs_dim + action_dim + 2) in SynthER order."""
+        return np.concatenate(
+            [self.observations, self.actions, self.rewards[:, None], self.next_observations, self.terminals[:, None]],
+            axis=1,
+        ).astype(np.float32)
+
+    @classmethod
+    def from_vectors(cls, x: np.ndarray, layout: TransitionLayout, **meta: Any) -> "TransitionDataset":
+        """Inverse of to_vectors. The terminal column is thresholded at 0.5 (sampled values are continuous)."""
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != layout.dim:
+            raise DatasetError(
+                f"{meta.get('source', 'vectors')}: expected vectors of shape (N, {layout.dim}) for obs_dim "
+                f"{layout.obs_dim} and action_dim {layout.action_dim}, got {x.shape}"
+            )
+        return cls(
+            observations=x[:, layout.obs],
+            actions=x[:, layout.action],
+            rewards=x[:, layout.reward],
+            next_observations=x[:, layout.next_obs],
+            terminals=(x[:, layout.terminal] > 0.5).astype(np.float32),
+            **meta,
+        )
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The D4RL-keyed arrays (the samples.npz format); timeouts only when known."""
+        out = {k: getattr(self, k) for k in REQUIRED_FIELDS}
+        if self.timeouts is not None:
+            out["timeouts"] = self.timeouts
+        return out
+
+    def metadata(self) -> dict[str, Any]:
+        """JSON-serializable description written into the side-car next to every saved dataset."""
+        return {
+            "name": self.name,
+            "env_id": self.env_id,
+            "source": self.source,
+            "size": self.size,
+            "obs_dim": self.obs_dim,
+            "action_dim": self.action_dim,
+            "action_low": None if self.action_low is None else self.action_low.tolist(),
+            "action_high": None if self.action_high is None else self.action_high.tolist(),
+            "provenance": self.provenance,
+        }
+
+    # --- selection ---------------------------------------------------------------------------------------
+    def subset(self, indices: np.ndarray, note: str | None = None) -> "TransitionDataset":
+        idx = np.asarray(indices)
+        arrays = {k: v[idx] for k, v in self.arrays().items()}
+        provenance = dict(self.provenance)
+        if note:
+            provenance["selection"] = [*provenance.get("selection", []), note]
+        return dataclasses.replace(self, **arrays, provenance=provenance)
+
+    def split(self, train_fraction: float = 0.8, seed: int = 0) -> tuple["TransitionDataset", "TransitionDataset"]:
+        """Random transition-level split into (train, held_out), reproducible from `seed`.
+
+        The paper fine-tunes on 80% of the sensitive set and keeps 20% as membership-inference non-members.
+        """
+        if not 0.0 < train_fraction < 1.0:
+            raise DatasetError(f"train_fraction must be in (0, 1), got {train_fraction}")
+        if self.size < 2:
+            raise DatasetError(f"{self.source}: need at least 2 transitions to split, have {self.size}")
+        perm = np.random.default_rng(seed).permutation(self.size)
+        n_train = min(max(int(round(train_fraction * self.size)), 1), self.size - 1)
+        tag = f"split(train_fraction={train_fraction}, seed={seed})"
+        return (
+            self.subset(np.sort(perm[:n_train]), note=f"{tag}: train part"),
+            self.subset(np.sort(perm[n_train:]), note=f"{tag}: held-out part"),
+        )
+
+    # --- persistence -------------------------------------------------------------------------------------
+    def save(self, path: str | Path, extra_metadata: Mapping[str, Any] | None = None) -> Path:
+        """Write `path` (.npz, D4RL keys) and its side-car `path.with_suffix('.json')`, both atomically."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            raise DatasetError(f"{path}: datasets are saved as .npz files")
+        atomic_write_npz(path, self.arrays())
+        atomic_write_json(sidecar_path(path), {**self.metadata(), **(extra_metadata or {})})
+        return path
+
+
+def sidecar_path(path: str | Path) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def check_compatible(reference: TransitionDataset, other: TransitionDataset) -> None:
+    """Public and sensitive datasets must share observation and action dimensions."""
+    for what in ("obs_dim", "action_dim"):
+        a, b = getattr(reference, what), getattr(other, what)
+        if a != b:
+            raise DatasetError(
+                f"dimension mismatch: {other.name or other.source} has {what}={b} but "
+                f"{reference.name or reference.source} has {what}={a}"
+            )
