@@ -1,0 +1,158 @@
+"""EDM (Karras et al. 2022) for flat transition vectors: preconditioning, loss, and samplers.
+
+Constants follow SynthER/PrivORL (DESIGN.md §3). The model works in normalized space; `Normalizer` maps data in
+and out, so callers pass and receive raw transition vectors.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from synther.diffusion.denoiser import DenoiserConfig, ResidualMLPDenoiser
+from synther.diffusion.normalizer import Normalizer
+from synther.errors import UserError
+
+
+@dataclass
+class EDMConfig:
+    sigma_min: float = 0.002  # smallest noise level of the sampling schedule
+    sigma_max: float = 80.0  # largest noise level of the sampling schedule
+    sigma_data: float = 1.0  # data standard deviation assumed by the preconditioning
+    rho: float = 7.0  # schedule curvature
+    p_mean: float = -1.2  # training: ln σ ~ N(p_mean, p_std²)
+    p_std: float = 1.2
+
+
+@dataclass
+class SamplerConfig:
+    name: str = "dpm2m"  # 'stochastic_heun' (the paper's), 'heun' (deterministic), 'euler' or 'dpm2m' (DPM-Solver++ 2M)
+    steps: int = 32  # number of noise levels; network evaluations: heun 2·steps−1, euler/dpm2m steps
+    s_churn: float = 80.0  # stochastic_heun only: amount of noise re-injected per step
+    s_tmin: float = 0.05  # stochastic_heun only: churn applies for σ in [s_tmin, s_tmax]
+    s_tmax: float = 50.0
+    s_noise: float = 1.003  # stochastic_heun only: scale of the re-injected noise
+
+
+PAPER_SAMPLER = SamplerConfig(name="stochastic_heun", steps=128)
+SAMPLERS = ("stochastic_heun", "heun", "euler", "dpm2m")
+
+
+class EDM(nn.Module):
+    def __init__(self, dim: int, normalizer: Normalizer, denoiser: DenoiserConfig = DenoiserConfig(),
+                 edm: EDMConfig = EDMConfig()) -> None:
+        super().__init__()
+        self.dim, self.cfg = dim, edm
+        self.normalizer = normalizer
+        self.net = ResidualMLPDenoiser(dim, denoiser)
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """D(x; σ) in normalized space; σ has shape (B,)."""
+        sd = self.cfg.sigma_data
+        s = sigma.unsqueeze(1)
+        c_skip = sd**2 / (s**2 + sd**2)
+        c_out = s * sd / (s**2 + sd**2).sqrt()
+        c_in = 1 / (s**2 + sd**2).sqrt()
+        return c_skip * x + c_out * self.net(c_in * x, sigma.log() / 4)
+
+    def per_sample_loss(self, x_raw: torch.Tensor, sigma: torch.Tensor | None = None,
+                        noise: torch.Tensor | None = None) -> torch.Tensor:
+        """EDM loss of each row (B,): λ(σ)·mean_j (D(x+σn; σ) − x)²_j, λ(σ) = (σ²+σ_d²)/(σσ_d)².
+
+        σ ~ exp(N(p_mean, p_std²)) and n ~ N(0, I) unless given (the membership-inference attack fixes σ).
+        Each row's loss depends only on that row, as per-sample clipping requires.
+        """
+        x = self.normalizer.normalize(x_raw)
+        if sigma is None:
+            sigma = (torch.randn(len(x), device=x.device) * self.cfg.p_std + self.cfg.p_mean).exp()
+        if noise is None:
+            noise = torch.randn_like(x)
+        sd = self.cfg.sigma_data
+        weight = (sigma**2 + sd**2) / (sigma * sd) ** 2
+        denoised = self.denoise(x + noise * sigma.unsqueeze(1), sigma)
+        return weight * (denoised - x).pow(2).mean(dim=1)
+
+    def sigmas(self, steps: int, device: torch.device) -> torch.Tensor:
+        """Karras schedule σ_0 = σ_max > … > σ_{steps−1} = σ_min, followed by σ_steps = 0."""
+        c = self.cfg
+        i = torch.arange(steps, dtype=torch.float64, device=device)
+        ramp = i / max(steps - 1, 1)
+        s = (c.sigma_max ** (1 / c.rho) + ramp * (c.sigma_min ** (1 / c.rho) - c.sigma_max ** (1 / c.rho))) ** c.rho
+        return torch.cat([s, s.new_zeros(1)])
+
+    @torch.no_grad()
+    def sample(self, n: int, sampler: SamplerConfig = SamplerConfig(), generator: torch.Generator | None = None
+               ) -> torch.Tensor:
+        """n raw transition vectors (unnormalized; terminal column still continuous)."""
+        if sampler.name not in SAMPLERS:
+            raise UserError(f"unknown sampler '{sampler.name}' (choose from: {', '.join(SAMPLERS)})")
+        if sampler.steps < 2:
+            raise UserError(f"sampler.steps must be at least 2, got {sampler.steps}")
+        device = next(self.parameters()).device
+        sigmas = self.sigmas(sampler.steps, device)
+        x = torch.randn(n, self.dim, generator=generator, device="cpu").to(device, torch.float64) * sigmas[0]
+        x = _SOLVERS[sampler.name](self, x, sigmas, sampler, generator)
+        return self.normalizer.unnormalize(x.float())
+
+    def _d(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        s = torch.full((len(x),), float(sigma), device=x.device)
+        return self.denoise(x.float(), s).double()
+
+
+def _heun(model: EDM, x, sigmas, cfg: SamplerConfig, generator, stochastic: bool = False):
+    steps = len(sigmas) - 1
+    for i in range(steps):
+        s_cur, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        if stochastic and cfg.s_tmin <= s_cur <= cfg.s_tmax:
+            gamma = min(cfg.s_churn / steps, math.sqrt(2) - 1)
+            s_hat = s_cur * (1 + gamma)
+            eps = torch.randn(x.shape, generator=generator, device="cpu").to(x) * cfg.s_noise
+            x = x + math.sqrt(s_hat**2 - s_cur**2) * eps
+        else:
+            s_hat = s_cur
+        d = (x - model._d(x, s_hat)) / s_hat
+        x_next = x + (s_next - s_hat) * d
+        if s_next > 0:  # second-order correction, skipped on the last step to σ = 0
+            d2 = (x_next - model._d(x_next, s_next)) / s_next
+            x_next = x + (s_next - s_hat) * (d + d2) / 2
+        x = x_next
+    return x
+
+
+def _euler(model: EDM, x, sigmas, cfg, generator):
+    for i in range(len(sigmas) - 1):
+        s_cur, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        x = x + (s_next - s_cur) * (x - model._d(x, s_cur)) / s_cur
+    return x
+
+
+def _dpm2m(model: EDM, x, sigmas, cfg, generator):
+    """DPM-Solver++(2M): second-order multistep in log-σ, one network evaluation per step."""
+    old_denoised, h_last = None, None
+    for i in range(len(sigmas) - 1):
+        s_cur, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        denoised = model._d(x, s_cur)
+        if s_next == 0:
+            x = denoised
+            break
+        h = math.log(s_cur) - math.log(s_next)
+        if old_denoised is None:
+            d = denoised
+        else:
+            r = h_last / h
+            d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
+        x = (s_next / s_cur) * x - math.expm1(-h) * d
+        old_denoised, h_last = denoised, h
+    return x
+
+
+_SOLVERS = {
+    "stochastic_heun": lambda m, x, s, c, g: _heun(m, x, s, c, g, stochastic=True),
+    "heun": _heun,
+    "euler": _euler,
+    "dpm2m": _dpm2m,
+}
+
+
+def network_evaluations(sampler: SamplerConfig) -> int:
+    return 2 * sampler.steps - 1 if sampler.name in ("heun", "stochastic_heun") else sampler.steps

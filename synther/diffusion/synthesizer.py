@@ -1,0 +1,265 @@
+"""The DP diffusion synthesizer: public pre-training, DP fine-tuning, sampling, and the Python API.
+
+    pretrain(cfg)  public datasets -> normalizer (public stats) + EDM trained without privacy
+    finetune(cfg)  pre-trained checkpoint + sensitive dataset -> DP-SGD to (ε, δ), ledger
+    sample(cfg)    checkpoint -> samples.npz (D4RL keys) + samples.json (provenance + ledger)
+    Synthesizer.load(path).sample(n) -> TransitionDataset, for use from Python.
+"""
+import dataclasses
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from synther.data import TransitionDataset, TransitionLayout, check_compatible, load_dataset
+from synther.diffusion.denoiser import PROFILES, DenoiserConfig
+from synther.diffusion.edm import EDM, EDMConfig, SamplerConfig, network_evaluations
+from synther.diffusion.normalizer import Normalizer
+from synther.diffusion.trainer import CHECKPOINT, DiffusionTrainer, DPSettings, TrainConfig
+from synther.errors import UserError
+from synther.privacy.accounting import ACCOUNTANTS, calibrate_noise_multiplier, validate_target
+from synther.privacy.dpsgd import CLIPPING_MODES
+from synther.privacy.ledger import PrivacyLedger
+from synther.utils.io import atomic_write_json
+
+
+@dataclass
+class DPConfig:
+    epsilon: float = 10.0  # target ε for the sensitive dataset (paper flag --dp_epsilon)
+    delta: float = 1e-6  # target δ (--dp_delta)
+    clip_norm: float = 1.0  # per-sample gradient clip norm C (--dp_max_grad_norm)
+    accountant: str = "rdp"  # privacy accountant: rdp or prv (--accountant)
+    clipping: str = "ghost"  # per-sample clipping backend: ghost (fast, ours), opacus_hooks or opacus_ghost
+    normalizer: str = "public"  # 'public': keep the pre-trained model's public statistics; 'dp': re-estimate them on the sensitive data with the Gaussian mechanism, charged to the same budget
+    normalizer_noise_multiplier: float = 50.0  # noise multiplier of that Gaussian mechanism (normalizer 'dp' only)
+    train_fraction: float = 0.8  # share of the sensitive set trained on; the rest is held out (MIA non-members)
+
+
+@dataclass
+class DiffusionConfig:
+    mode: str = "pretrain"  # pretrain | finetune | sample
+    public_datasets: str = ""  # pretrain: comma-separated public datasets, names or paths (paper: --datasets_name)
+    dataset: str = ""  # finetune: the sensitive dataset, a name or path (paper: --dataset)
+    load_checkpoint: str = ""  # finetune: the pre-trained checkpoint; sample: the checkpoint to sample from
+    run_dir: str = ""  # output folder; default runs/diffusion/<mode>-<dataset>[-eps<ε>]-seed<seed> ($PRIVTRANR_RUNS_DIR replaces runs/); sample: the checkpoint's folder
+    seed: int = 0  # seeds torch, numpy and the data split
+    device: str = "auto"  # auto (CUDA when available), cpu or cuda
+    profile: str = "cpu-small"  # denoiser size: cpu-small (W=256×3), synther (W=1024×6), paper (W=2048×6)
+    width: int = 0  # override the profile's residual width (0 = profile's)
+    depth: int = 0  # override the profile's number of residual blocks (0 = profile's)
+    edm: EDMConfig = field(default_factory=EDMConfig)  # EDM noise schedule and loss constants
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimizer, batch, epochs, EMA, logging
+    dp: DPConfig = field(default_factory=DPConfig)  # DP fine-tuning
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)  # sampler for mode=sample
+    num_samples: int = 100_000  # transitions to generate in mode=sample (paper: --save_num_samples)
+    sample_batch: int = 10_000  # transitions per sampling batch
+    progress: bool = True  # show progress bars
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but CUDA is not available")
+    return torch.device(name)
+
+
+def _names(spec: str) -> list[str]:
+    return [s.strip() for s in spec.split(",") if s.strip()]
+
+
+def default_run_dir(cfg: DiffusionConfig) -> Path:
+    if cfg.run_dir:
+        return Path(cfg.run_dir)
+    if cfg.mode == "sample":
+        return Path(cfg.load_checkpoint).parent
+    tag = "+".join(Path(n).stem for n in _names(cfg.public_datasets)) if cfg.mode == "pretrain" else Path(cfg.dataset).stem
+    eps = f"-eps{cfg.dp.epsilon:g}" if cfg.mode == "finetune" else ""
+    return Path(os.environ.get("PRIVTRANR_RUNS_DIR", "runs")) / "diffusion" / f"{cfg.mode}-{tag}{eps}-seed{cfg.seed}"
+
+
+def _denoiser_config(cfg: DiffusionConfig) -> DenoiserConfig:
+    if cfg.profile not in PROFILES:
+        raise UserError(f"unknown profile '{cfg.profile}' (choose from: {', '.join(PROFILES)})")
+    base = PROFILES[cfg.profile]
+    return dataclasses.replace(base, width=cfg.width or base.width, depth=cfg.depth or base.depth)
+
+
+def _action_bounds(datasets: list[TransitionDataset]) -> tuple[list[float], list[float], str]:
+    """Action bounds from the public datasets' env metadata, else from the public actions' range."""
+    for ds in datasets:
+        if ds.action_low is not None and ds.action_high is not None:
+            return ds.action_low.tolist(), ds.action_high.tolist(), f"env action space recorded in {ds.name}"
+    acts = np.concatenate([ds.actions for ds in datasets])
+    return acts.min(0).tolist(), acts.max(0).tolist(), "range of the public datasets' actions"
+
+
+# --- pre-training ------------------------------------------------------------------------------------------
+def pretrain(cfg: DiffusionConfig) -> Path:
+    names = _names(cfg.public_datasets)
+    if not names:
+        raise UserError("pretrain needs --public_datasets (one or more public datasets, comma-separated)")
+    public = [load_dataset(n) for n in names]
+    for other in public[1:]:
+        check_compatible(public[0], other)
+    layout = public[0].layout
+    x = np.concatenate([ds.to_vectors() for ds in public])
+    ds_names = [ds.name or ds.source for ds in public]
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    normalizer = Normalizer.from_public(x, layout, ds_names)
+    low, high, bounds_source = _action_bounds(public)
+    model = EDM(layout.dim, normalizer, _denoiser_config(cfg), cfg.edm).to(device)
+    meta = {"phase": "pretrain", "obs_dim": layout.obs_dim, "action_dim": layout.action_dim,
+            "denoiser": asdict(_denoiser_config(cfg)), "edm": asdict(cfg.edm), "normalizer_source": normalizer.source,
+            "action_low": low, "action_high": high, "action_bounds_source": bounds_source,
+            "public_min": x.min(0).tolist(), "public_max": x.max(0).tolist(), "public_datasets": ds_names,
+            "env_dataset": public[0].name}
+    ledger = PrivacyLedger(public_datasets=ds_names, statistics={
+        "normalizer": f"public datasets {ds_names}", "action_bounds": bounds_source})
+    run_dir = default_run_dir(cfg)
+    data = torch.as_tensor(x, device=device)
+    DiffusionTrainer(model, data, cfg.train, run_dir, ledger, meta, cfg.seed, progress=cfg.progress).run()
+    return run_dir / CHECKPOINT
+
+
+# --- DP fine-tuning ----------------------------------------------------------------------------------------
+def finetune(cfg: DiffusionConfig) -> Path:
+    dp = cfg.dp
+    validate_target(dp.epsilon, dp.delta)
+    if dp.accountant not in ACCOUNTANTS:
+        raise UserError(f"unknown accountant '{dp.accountant}' (choose from: {', '.join(ACCOUNTANTS)})")
+    if dp.clipping not in CLIPPING_MODES:
+        raise UserError(f"unknown clipping '{dp.clipping}' (choose from: {', '.join(CLIPPING_MODES)})")
+    if dp.normalizer not in ("public", "dp"):
+        raise UserError(f"dp.normalizer must be 'public' or 'dp', got '{dp.normalizer}'")
+    if not cfg.dataset:
+        raise UserError("finetune needs --dataset (the sensitive dataset)")
+    if not cfg.load_checkpoint:
+        raise UserError("finetune needs --load_checkpoint (a model pre-trained on public data)")
+    device = resolve_device(cfg.device)
+    model, meta, base_ledger = load_model(cfg.load_checkpoint, device)
+    sensitive = load_dataset(cfg.dataset)
+    if (sensitive.obs_dim, sensitive.action_dim) != (meta["obs_dim"], meta["action_dim"]):
+        raise UserError(f"dimension mismatch: {cfg.dataset} has obs/action dims {sensitive.obs_dim}/"
+                        f"{sensitive.action_dim} but the checkpoint was trained on {meta['obs_dim']}/{meta['action_dim']}")
+    train, heldout = sensitive.split(dp.train_fraction, seed=cfg.seed)
+    x = train.to_vectors()
+    layout = TransitionLayout(meta["obs_dim"], meta["action_dim"])
+    prior: list[dict[str, Any]] = []
+    statistics = dict(base_ledger.statistics)
+    if dp.normalizer == "dp":
+        pad = 0.1 * (np.asarray(meta["public_max"]) - np.asarray(meta["public_min"]))
+        box_low, box_high = np.asarray(meta["public_min"]) - pad, np.asarray(meta["public_max"]) + pad
+        normalizer = Normalizer.dp_estimate(x, layout, box_low, box_high, dp.normalizer_noise_multiplier,
+                                            np.random.default_rng(cfg.seed + 7))
+        model.normalizer.mean.copy_(normalizer.mean)
+        model.normalizer.std.copy_(normalizer.std)
+        model.normalizer.source = normalizer.source
+        prior.append({"mechanism": "dp normalizer (Gaussian)", **normalizer.source})
+        statistics["normalizer"] = "Gaussian-mechanism estimate on the sensitive training split (accounted)"
+    q = cfg.train.batch_size / len(x)
+    if q > 1:
+        raise UserError(f"train.batch_size {cfg.train.batch_size} exceeds the {len(x)} training records")
+    steps = cfg.train.total_steps(len(x))
+    sigma = calibrate_noise_multiplier(dp.epsilon, dp.delta, q, steps, dp.accountant,
+                                       prior=[tuple(p["accountant_entry"]) for p in prior])
+    ledger = PrivacyLedger(
+        target_epsilon=dp.epsilon, delta=dp.delta, accountant=dp.accountant, noise_multiplier=sigma, sample_rate=q,
+        expected_batch_size=cfg.train.batch_size, clip_norm=dp.clip_norm, clipping_mode=dp.clipping,
+        planned_steps=steps, sensitive_dataset=sensitive.name or str(cfg.dataset), sensitive_train_rows=len(train),
+        sensitive_heldout_rows=len(heldout), public_datasets=base_ledger.public_datasets, prior_mechanisms=prior,
+        statistics={**statistics, "sample_rate": "expected batch size / training rows (row count treated as public)",
+                    "split": f"sensitive.split(train_fraction={dp.train_fraction}, seed={cfg.seed})"})
+    meta = {**meta, "phase": "finetune", "normalizer_source": model.normalizer.source,
+            "sensitive_dataset": ledger.sensitive_dataset, "split_seed": cfg.seed,
+            "train_fraction": dp.train_fraction, "pretrained_from": str(cfg.load_checkpoint)}
+    settings = DPSettings(noise_multiplier=sigma, clip_norm=dp.clip_norm, sample_rate=q, clipping_mode=dp.clipping)
+    run_dir = default_run_dir(cfg)
+    data = torch.as_tensor(x, device=device)
+    DiffusionTrainer(model, data, cfg.train, run_dir, ledger, meta, cfg.seed, dp=settings, progress=cfg.progress).run()
+    return run_dir / CHECKPOINT
+
+
+# --- loading and sampling ----------------------------------------------------------------------------------
+def load_model(path: str | Path, device: torch.device | str = "cpu", ema: bool = True
+               ) -> tuple[EDM, dict[str, Any], PrivacyLedger]:
+    """Rebuild the model of a checkpoint (EMA weights by default) with its metadata and ledger."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # torch raises several types on a corrupt file
+        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != "privtranr-diffusion-v1":
+        raise UserError(f"{path}: not a PrivTranR diffusion checkpoint")
+    meta = state["meta"]
+    layout = TransitionLayout(meta["obs_dim"], meta["action_dim"])
+    normalizer = Normalizer.identity(layout.dim)
+    normalizer.source = meta["normalizer_source"]
+    model = EDM(layout.dim, normalizer, DenoiserConfig(**meta["denoiser"]), EDMConfig(**meta["edm"]))
+    model.load_state_dict(state["ema" if ema else "model"])
+    return model.to(device).eval(), meta, PrivacyLedger.from_dict(state["ledger"])
+
+
+class Synthesizer:
+    """A trained checkpoint, ready to generate transitions.
+
+    >>> syn = Synthesizer.load("runs/diffusion/finetune-.../checkpoint.pt")
+    >>> ds = syn.sample(10_000)            # TransitionDataset (ds.arrays() gives the D4RL-keyed dict)
+    """
+
+    def __init__(self, model: EDM, meta: dict[str, Any], ledger: PrivacyLedger, source: str) -> None:
+        self.model, self.meta, self.ledger, self.source = model, meta, ledger, source
+        self.layout = TransitionLayout(meta["obs_dim"], meta["action_dim"])
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> "Synthesizer":
+        model, meta, ledger = load_model(path, resolve_device(device))
+        return cls(model, meta, ledger, str(path))
+
+    def sample(self, n: int, sampler: SamplerConfig = SamplerConfig(), batch_size: int = 10_000, seed: int = 0,
+               progress: bool = False) -> TransitionDataset:
+        """n transitions (fewer if some rows came out NaN/Inf; the count dropped is in provenance)."""
+        if n <= 0:
+            raise UserError(f"number of samples must be positive, got {n}")
+        gen = torch.Generator().manual_seed(seed)
+        chunks = []
+        with tqdm(total=n, desc="sampling", unit="row", disable=not progress, mininterval=1.0) as bar:
+            for start in range(0, n, batch_size):
+                k = min(batch_size, n - start)
+                chunks.append(self.model.sample(k, sampler, generator=gen).cpu().numpy())
+                bar.update(k)
+        x = np.concatenate(chunks)
+        finite = np.isfinite(x).all(axis=1)
+        x = x[finite]
+        if len(x) == 0:
+            raise UserError(f"{self.source}: every sampled row was NaN/Inf; the model is not usable")
+        low, high = np.asarray(self.meta["action_low"]), np.asarray(self.meta["action_high"])
+        x[:, self.layout.action] = np.clip(x[:, self.layout.action], low, high)
+        ds = TransitionDataset.from_vectors(
+            x, self.layout, name=f"synthetic:{self.meta.get('sensitive_dataset') or self.meta.get('env_dataset')}",
+            source=f"sampled from {self.source}", action_low=low, action_high=high,
+            provenance={"checkpoint": self.source, "sampler": asdict(sampler),
+                        "network_evaluations_per_sample": network_evaluations(sampler), "requested": n,
+                        "dropped_non_finite": int((~finite).sum()), "seed": seed,
+                        "postprocessing": "terminals thresholded at 0.5; actions clipped to "
+                                          f"{self.meta['action_bounds_source']}",
+                        "env_dataset": self.meta.get("env_dataset")})
+        return ds
+
+
+def sample(cfg: DiffusionConfig) -> Path:
+    if not cfg.load_checkpoint:
+        raise UserError("sample needs --load_checkpoint")
+    syn = Synthesizer.load(cfg.load_checkpoint, cfg.device)
+    ds = syn.sample(cfg.num_samples, cfg.sampler, cfg.sample_batch, cfg.seed, cfg.progress)
+    out = default_run_dir(cfg) / "samples.npz"
+    ds.save(out, extra_metadata={"privacy_ledger": syn.ledger.to_dict(), "diffusion_meta": syn.meta})
+    return out

@@ -1,0 +1,179 @@
+"""The one training loop, used by public pre-training (plain SGD) and DP fine-tuning (DP-SGD).
+
+Each run folder holds checkpoint.pt (model, EMA, optimizer, RNG state, ledger; written atomically),
+ledger.json and metrics.jsonl. A killed run restarts from its checkpoint; the ledger's step count, and so ε,
+continues from there and is never reset.
+"""
+import copy
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from synther.diffusion.edm import EDM
+from synther.errors import UserError
+from synther.privacy.dpsgd import ClippedGradient, PoissonSampler, add_noise
+from synther.privacy.ledger import PrivacyLedger
+from synther.utils.io import atomic_path, atomic_write_json
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 3e-4  # AdamW learning rate
+    adam_beta2: float = 0.99  # AdamW β2 (β1 = 0.9)
+    weight_decay: float = 0.0  # AdamW weight decay
+    batch_size: int = 128  # batch size; under DP the expected size of each Poisson batch
+    epochs: float = 10.0  # passes over the data (paper: 10 for pre-training, 5 for DP fine-tuning)
+    max_steps: int = 0  # if > 0, train exactly this many steps instead of epochs·N/batch_size
+    ema_decay: float = 0.995  # EMA of the weights used for sampling
+    ema_every: int = 10  # steps between EMA updates
+    log_every: int = 100  # steps between metrics.jsonl records
+    checkpoint_every: int = 1000  # steps between checkpoints (one is always written at the end)
+
+    def total_steps(self, num_rows: int) -> int:
+        if self.max_steps > 0:
+            return self.max_steps
+        return max(1, math.ceil(self.epochs * num_rows / self.batch_size))
+
+
+@dataclass
+class DPSettings:
+    """Resolved DP-SGD parameters for one fine-tuning run (σ already calibrated)."""
+
+    noise_multiplier: float
+    clip_norm: float
+    sample_rate: float
+    clipping_mode: str = "ghost"
+
+
+class DiffusionTrainer:
+    def __init__(self, model: EDM, data: torch.Tensor, cfg: TrainConfig, run_dir: Path, ledger: PrivacyLedger,
+                 meta: dict[str, Any], seed: int = 0, dp: DPSettings | None = None,
+                 augment: Callable[[int, torch.Tensor], torch.Tensor] | None = None, progress: bool = True) -> None:
+        """`data`: raw transition vectors (N, d) on the model's device. `augment(step, batch)` may extend a
+        public pre-training batch (curiosity); it is refused under DP, where batches must stay Poisson samples."""
+        if dp is not None and augment is not None:
+            raise UserError("batch augmentation (curiosity) is for public pre-training only, not DP fine-tuning")
+        self.model, self.data, self.cfg, self.run_dir = model, data, cfg, Path(run_dir)
+        self.ledger, self.meta, self.seed, self.dp, self.augment, self.progress = ledger, meta, seed, dp, augment, progress
+        self.total_steps = cfg.total_steps(len(data))
+        self.ema = copy.deepcopy(model).requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, cfg.adam_beta2),
+                                           weight_decay=cfg.weight_decay)
+        self.batch_gen = torch.Generator().manual_seed(seed)  # which rows are in each batch
+        self.noise_gen = torch.Generator(device=data.device).manual_seed(seed + 1)  # DP noise
+        self.step = 0
+        self.clipped = ClippedGradient(model, dp.clip_norm, dp.clipping_mode) if dp else None
+        self.poisson = PoissonSampler(len(data), dp.sample_rate, self.batch_gen) if dp else None
+        self.config_hash = hashlib.sha256(json.dumps([asdict(cfg), meta.get("phase"), seed,
+                                                      asdict(dp) if dp else None], sort_keys=True,
+                                                     default=str).encode()).hexdigest()[:16]
+
+    # --- checkpoints -----------------------------------------------------------------------------------
+    def _checkpoint(self) -> None:
+        self.ledger.steps_taken = self.step if self.dp else 0
+        state = {"format": "privtranr-diffusion-v1", "model": self.model.state_dict(),
+                 "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
+                 "total_steps": self.total_steps, "config_hash": self.config_hash, "meta": self.meta,
+                 "ledger": self.ledger.to_dict(), "train_config": asdict(self.cfg),
+                 "rng": {"torch": torch.get_rng_state(), "batch": self.batch_gen.get_state(),
+                         "noise": self.noise_gen.get_state()}}
+        with atomic_path(self.run_dir / CHECKPOINT) as tmp:
+            torch.save(state, tmp)
+        atomic_write_json(self.run_dir / "ledger.json", self.ledger.to_dict())
+
+    def _resume(self) -> None:
+        path = self.run_dir / CHECKPOINT
+        if not path.exists():
+            return
+        state = torch.load(path, map_location=self.data.device, weights_only=False)
+        if state.get("config_hash") != self.config_hash:
+            raise UserError(f"{path} was written by a run with a different configuration; use a new run folder")
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = state["step"]
+        torch.set_rng_state(state["rng"]["torch"])
+        self.batch_gen.set_state(state["rng"]["batch"])
+        self.noise_gen.set_state(state["rng"]["noise"])
+        self.ledger = PrivacyLedger.from_dict(state["ledger"])  # continues the spent budget, never resets it
+        metrics = self.run_dir / "metrics.jsonl"
+        if metrics.exists():  # drop records a killed run wrote after its last checkpoint
+            kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= self.step]
+            metrics.write_text("".join(line + "\n" for line in kept))
+
+    # --- the loop ----------------------------------------------------------------------------------------
+    def _batch(self) -> torch.Tensor:
+        if self.poisson is not None:
+            idx = self.poisson.sample().to(self.data.device)
+        else:
+            idx = torch.randint(len(self.data), (self.cfg.batch_size,), generator=self.batch_gen).to(self.data.device)
+        return self.data[idx]
+
+    def _train_step(self, x: torch.Tensor) -> dict[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.dp is None:
+            if self.augment is not None:
+                x = self.augment(self.step, x)
+            loss = self.model.per_sample_loss(x).mean()
+            loss.backward()
+            self.optimizer.step()
+            return {"loss": loss.detach()}
+        params = self.clipped.params
+        if len(x) == 0:  # a Poisson batch can be empty: the update is pure noise
+            for p in params:
+                p.grad = torch.zeros_like(p)
+            losses = norms = torch.zeros(0, device=x.device)
+        else:
+            losses, norms = self.clipped(lambda: self.model.per_sample_loss(x))
+        expected = self.dp.sample_rate * len(self.data)
+        add_noise(params, self.dp.noise_multiplier, self.dp.clip_norm, expected, self.noise_gen)
+        self.optimizer.step()
+        return {"loss": losses.mean() if len(x) else torch.tensor(float("nan")), "batch": len(x),
+                "grad_norm": norms.mean() if len(x) else torch.tensor(float("nan")),
+                "clipped_fraction": (norms > self.dp.clip_norm).float().mean() if len(x) else torch.tensor(0.0)}
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        for e, p in zip(self.ema.parameters(), self.model.parameters()):
+            e.lerp_(p, 1 - self.cfg.ema_decay)
+
+    def run(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._resume()
+        phase = self.meta.get("phase", "train")
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=phase, unit="step", disable=not self.progress,
+                   mininterval=1.0)
+        start, logged = time.time(), None
+        with open(self.run_dir / "metrics.jsonl", "a") as log:
+            while self.step < self.total_steps:
+                stats = self._train_step(self._batch())
+                self.step += 1
+                bar.update(1)
+                if self.step % self.cfg.ema_every == 0:
+                    self._update_ema()
+                if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
+                    # .item() only here: one host sync per log interval, not per step
+                    record = {"step": self.step, "time_s": round(time.time() - start, 3),
+                              **{k: float(v) for k, v in stats.items()}}
+                    if self.dp is not None:
+                        self.ledger.steps_taken = self.step
+                        record["epsilon"] = self.ledger.epsilon_spent()
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                    logged = record
+                    bar.set_postfix(loss=f"{record['loss']:.3f}")
+                if self.step % self.cfg.checkpoint_every == 0 or self.step == self.total_steps:
+                    self._checkpoint()
+        bar.close()
+        if self.step == self.total_steps and not (self.run_dir / CHECKPOINT).exists():
+            self._checkpoint()
+        self.last_metrics = logged
