@@ -13,6 +13,8 @@ from synther.errors import UserError
 
 ACCOUNTANTS = ("rdp", "prv")
 History = Sequence[tuple[float, float, int]]
+# opacus' default RDP orders stop at 63; one-shot mechanisms with large σ are tightest at higher orders.
+RDP_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [80, 96, 128, 192, 256, 384, 512, 1024]
 
 
 def _accountant(name: str):
@@ -32,6 +34,8 @@ def epsilon_spent(history: History, delta: float, accountant: str = "rdp") -> fl
         return 0.0
     acc = _accountant(accountant)
     acc.history = steps
+    if accountant == "rdp":
+        return float(acc.get_epsilon(delta=delta, alphas=RDP_ORDERS))
     return float(acc.get_epsilon(delta=delta))
 
 

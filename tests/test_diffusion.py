@@ -1,0 +1,193 @@
+"""The diffusion synthesizer end to end at toy sizes: pre-train, DP fine-tune, resume, sample."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from synther.data import load_dataset
+from synther.data.pointmaze import MazeCollectConfig, collect_maze2d
+from synther.diffusion import Synthesizer
+from synther.diffusion.denoiser import DenoiserConfig
+from synther.diffusion.edm import EDM, SAMPLERS, EDMConfig, SamplerConfig, network_evaluations
+from synther.diffusion.synthesizer import DiffusionConfig, DPConfig, finetune, load_model, pretrain, sample
+from synther.diffusion.trainer import DiffusionTrainer, TrainConfig
+from synther.errors import UserError
+from synther.privacy.accounting import epsilon_spent
+
+PUBLIC = "ptr-maze2d-open-dense-v0,ptr-maze2d-umaze-dense-v0"
+SENSITIVE = "ptr-maze2d-medium-dense-v0"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    for maze, seed in (("open", 0), ("umaze", 1), ("medium", 2)):
+        collect_maze2d(MazeCollectConfig(name=maze, num_steps=4000), seed=seed, progress=False).save(
+            root / f"ptr-maze2d-{maze}-dense-v0.npz")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _use_data_dir(data_dir, monkeypatch):
+    monkeypatch.setenv("PRIVTRANR_DATA_DIR", str(data_dir))
+
+
+def config(tmp_path, mode: str, **kw) -> DiffusionConfig:
+    train = TrainConfig(max_steps=kw.pop("steps", 40), batch_size=64, log_every=10, checkpoint_every=10)
+    return DiffusionConfig(mode=mode, run_dir=str(tmp_path / mode), width=32, depth=2, train=train,
+                           progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def pretrained(data_dir, tmp_path_factory):
+    import os
+
+    os.environ["PRIVTRANR_DATA_DIR"] = str(data_dir)
+    tmp = tmp_path_factory.mktemp("pre")
+    return pretrain(config(tmp, "pretrain", public_datasets=PUBLIC, steps=300))
+
+
+def _fixed_loss(model, x, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sigma = torch.exp(torch.randn(len(x), generator=g) * 1.2 - 1.2)
+    noise = torch.randn(x.shape, generator=g)
+    with torch.no_grad():
+        return model.per_sample_loss(x, sigma, noise).mean().item()
+
+
+def test_pretraining_lowers_the_loss(pretrained, tmp_path):
+    public = np.concatenate([load_dataset(n).to_vectors() for n in PUBLIC.split(",")])
+    x = torch.as_tensor(public[:2000])
+    trained, meta, ledger = load_model(pretrained, ema=False)
+    torch.manual_seed(0)
+    fresh = EDM(trained.dim, trained.normalizer, DenoiserConfig(**meta["denoiser"]), EDMConfig(**meta["edm"]))
+    assert _fixed_loss(trained, x) < 0.85 * _fixed_loss(fresh, x)  # same σ and noise draws for both
+    assert meta["normalizer_source"]["kind"] == "public" and ledger.epsilon_spent() == 0.0
+    metrics = [json.loads(line) for line in (pretrained.parent / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(10, 301, 10))
+
+
+def test_finetune_meets_target_and_never_reads_sensitive_statistics(pretrained, tmp_path, data_dir):
+    base, _, _ = load_model(pretrained)
+    out = finetune(config(tmp_path, "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained),
+                          dp=DPConfig(epsilon=5.0, delta=1e-5)))
+    model, meta, ledger = load_model(out)
+    # the normalizer is the public one, bit for bit
+    torch.testing.assert_close(model.normalizer.mean, base.normalizer.mean, rtol=0, atol=0)
+    torch.testing.assert_close(model.normalizer.std, base.normalizer.std, rtol=0, atol=0)
+    assert meta["normalizer_source"]["kind"] == "public"
+    assert ledger.steps_taken == 40 and ledger.epsilon_spent() <= 5.0
+    assert ledger.sensitive_train_rows == 3200 and ledger.sensitive_heldout_rows == 800
+    assert ledger.sample_rate == pytest.approx(64 / 3200)
+    saved = json.loads((out.parent / "ledger.json").read_text())
+    for key in ("epsilon_spent", "delta", "noise_multiplier", "sample_rate", "steps_taken", "accountant", "clip_norm",
+                "statistics", "sensitive_train_rows"):
+        assert key in saved
+    # a sensitive set with wildly different statistics leaves the normalizer untouched
+    shifted = load_dataset(SENSITIVE)
+    shifted = dataclasses.replace(shifted, observations=shifted.observations * 100 + 1000,
+                                  next_observations=shifted.next_observations * 100 + 1000)
+    shifted.save(data_dir / "shifted.npz")
+    out2 = finetune(config(tmp_path / "b", "finetune", dataset=str(data_dir / "shifted.npz"),
+                           load_checkpoint=str(pretrained)))
+    torch.testing.assert_close(load_model(out2)[0].normalizer.mean, base.normalizer.mean, rtol=0, atol=0)
+    # Poisson batches: the realized batch size varies from step to step
+    batches = [json.loads(line)["batch"] for line in (out.parent / "metrics.jsonl").read_text().splitlines()]
+    assert len(set(batches)) > 1
+
+
+def test_dp_normalizer_is_charged_to_the_budget(pretrained, tmp_path):
+    out = finetune(config(tmp_path, "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained),
+                          dp=DPConfig(epsilon=8.0, delta=1e-5, normalizer="dp", normalizer_noise_multiplier=20.0)))
+    model, meta, ledger = load_model(out)
+    assert meta["normalizer_source"]["kind"] == "dp" and len(ledger.prior_mechanisms) == 1
+    history = ledger.history()
+    assert history[0] == (20.0, 1.0, 1) and len(history) == 2
+    assert ledger.epsilon_spent() == pytest.approx(epsilon_spent(history, 1e-5)) and ledger.epsilon_spent() <= 8.0
+    train, _ = load_dataset(SENSITIVE).split(0.8, seed=0)  # the split the run trained on
+    true = train.to_vectors()[:, :4].mean(0)
+    # noise of the mean in data units: half-range of the public clip box · σ·√(2d+1) / n
+    half = (np.asarray(meta["public_max"]) - np.asarray(meta["public_min"]))[:4] * 1.2 / 2
+    noise_std = half * 20.0 * np.sqrt(2 * 12 + 1) / len(train)
+    est = model.normalizer.mean.numpy()[:4]
+    assert (np.abs(est - true) < 4 * noise_std + 1e-3).all(), (est, true, noise_std)
+
+
+def test_resume_after_kill_continues_the_privacy_ledger(pretrained, tmp_path, monkeypatch):
+    cfg = config(tmp_path, "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained), dp=DPConfig(epsilon=3.0))
+    reference = finetune(dataclasses.replace(cfg, run_dir=str(tmp_path / "uninterrupted")))
+    original = DiffusionTrainer._train_step
+    calls = {"n": 0}
+
+    def dying_step(self, x):
+        calls["n"] += 1
+        if calls["n"] == 26:
+            raise KeyboardInterrupt  # killed between checkpoints 20 and 30
+        return original(self, x)
+
+    monkeypatch.setattr(DiffusionTrainer, "_train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(cfg)
+    state = torch.load(tmp_path / "finetune" / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 20 and state["ledger"]["steps_taken"] == 20 and state["ledger"]["epsilon_spent"] > 0
+    monkeypatch.setattr(DiffusionTrainer, "_train_step", original)
+    out = finetune(cfg)
+    _, _, ledger = load_model(out)
+    _, _, ref_ledger = load_model(reference)
+    assert ledger.steps_taken == 40  # 20 before the kill + 20 after, not 40 after a reset
+    assert ledger.epsilon_spent() == pytest.approx(ref_ledger.epsilon_spent())
+    steps = [json.loads(line)["step"] for line in (out.parent / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [10, 20, 30, 40]  # no duplicated records from the killed run
+
+
+def test_samples_npz_has_d4rl_keys_bounds_and_ledger(pretrained, tmp_path):
+    cfg = config(tmp_path, "sample", load_checkpoint=str(pretrained), num_samples=500, sample_batch=200,
+                 sampler=SamplerConfig(name="dpm2m", steps=8))
+    out = sample(cfg)
+    with np.load(out) as f:
+        assert set(f.files) == {"observations", "actions", "rewards", "next_observations", "terminals"}
+        assert f["observations"].shape == (500, 4) and f["next_observations"].shape == (500, 4)
+        assert f["actions"].shape == (500, 2) and f["rewards"].shape == (500,) and f["terminals"].shape == (500,)
+        assert all(f[k].dtype == np.float32 for k in f.files)
+        assert set(np.unique(f["terminals"])) <= {0.0, 1.0}
+        assert f["actions"].min() >= -1 and f["actions"].max() <= 1
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert "privacy_ledger" in side and side["provenance"]["dropped_non_finite"] == 0
+    assert side["provenance"]["network_evaluations_per_sample"] == 8
+
+
+def test_non_finite_rows_are_dropped_and_counted(pretrained, monkeypatch):
+    syn = Synthesizer.load(pretrained, device="cpu")
+    real_sample = syn.model.sample
+
+    def with_nan(n, sampler, generator=None):
+        x = real_sample(n, sampler, generator=generator)
+        x[::10, 0] = float("nan")
+        return x
+
+    monkeypatch.setattr(syn.model, "sample", with_nan)
+    ds = syn.sample(100, SamplerConfig(name="euler", steps=4))
+    assert ds.size == 90 and ds.provenance["dropped_non_finite"] == 10
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_every_sampler_produces_finite_transitions(pretrained, name):
+    syn = Synthesizer.load(pretrained, device="cpu")
+    cfg = SamplerConfig(name=name, steps=6)
+    ds = syn.sample(64, cfg)
+    assert ds.size == 64 and np.isfinite(ds.to_vectors()).all()
+    assert network_evaluations(cfg) == (11 if "heun" in name else 6)
+
+
+def test_pipeline_errors_are_user_errors(pretrained, tmp_path):
+    with pytest.raises(UserError, match="public_datasets"):
+        pretrain(config(tmp_path, "pretrain"))
+    with pytest.raises(UserError, match="ε"):
+        finetune(config(tmp_path, "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained),
+                        dp=DPConfig(epsilon=0.0)))
+    with pytest.raises(UserError, match="checkpoint not found"):
+        finetune(config(tmp_path, "finetune", dataset=SENSITIVE, load_checkpoint=str(tmp_path / "none.pt")))
+    with pytest.raises(UserError, match="unknown sampler"):
+        Synthesizer.load(pretrained, device="cpu").sample(4, SamplerConfig(name="ddim"))
