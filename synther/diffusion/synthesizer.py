@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from synther.data import TransitionDataset, TransitionLayout, check_compatible, load_dataset
+from synther.diffusion.curiosity import Curiosity, CuriosityConfig
 from synther.diffusion.denoiser import PROFILES, DenoiserConfig
 from synther.diffusion.edm import EDM, EDMConfig, SamplerConfig, network_evaluations
 from synther.diffusion.normalizer import Normalizer
@@ -55,6 +56,7 @@ class DiffusionConfig:
     edm: EDMConfig = field(default_factory=EDMConfig)  # EDM noise schedule and loss constants
     train: TrainConfig = field(default_factory=TrainConfig)  # optimizer, batch, epochs, EMA, logging
     dp: DPConfig = field(default_factory=DPConfig)  # DP fine-tuning
+    curiosity: CuriosityConfig = field(default_factory=CuriosityConfig)  # curiosity-driven pre-training (RND)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)  # sampler for mode=sample
     num_samples: int = 100_000  # transitions to generate in mode=sample (paper: --save_num_samples)
     sample_batch: int = 10_000  # transitions per sampling batch
@@ -119,12 +121,16 @@ def pretrain(cfg: DiffusionConfig) -> Path:
             "denoiser": asdict(_denoiser_config(cfg)), "edm": asdict(cfg.edm), "normalizer_source": normalizer.source,
             "action_low": low, "action_high": high, "action_bounds_source": bounds_source,
             "public_min": x.min(0).tolist(), "public_max": x.max(0).tolist(), "public_datasets": ds_names,
-            "env_dataset": public[0].name}
+            "env_dataset": public[0].name, "curiosity": asdict(cfg.curiosity)}
     ledger = PrivacyLedger(public_datasets=ds_names, statistics={
         "normalizer": f"public datasets {ds_names}", "action_bounds": bounds_source})
     run_dir = default_run_dir(cfg)
     data = torch.as_tensor(x, device=device)
-    DiffusionTrainer(model, data, cfg.train, run_dir, ledger, meta, cfg.seed, progress=cfg.progress).run()
+    augment = None
+    if cfg.curiosity.mode != "off":
+        augment = Curiosity(model, cfg.curiosity, math.ceil(len(x) / cfg.train.batch_size), cfg.seed)
+    DiffusionTrainer(model, data, cfg.train, run_dir, ledger, meta, cfg.seed, augment=augment,
+                     progress=cfg.progress).run()
     return run_dir / CHECKPOINT
 
 
