@@ -1,0 +1,1 @@
+"""Evaluation of synthetic transitions: fidelity (and, later, membership inference)."""
