@@ -14,6 +14,8 @@ constants: the mazes are gymnasium-robotics' copies (coordinates centred on the 
 MuJoCo 3+/4 PointMaze-v3 physics, and velocities are clipped to ±5 as that env does.
 """
 
+import contextlib
+import io
 import platform
 from collections import deque
 from dataclasses import dataclass
@@ -83,9 +85,8 @@ class Maze2dEnv(gym.Wrapper):
     maze's evaluation cell, dense reward exp(-distance) and no termination (episodes end by time limit only)."""
 
     def __init__(self, maze: str = "umaze") -> None:
-        from gymnasium_robotics.envs.maze.point_maze import PointMazeEnv
-
         spec = _spec(maze)
+        PointMazeEnv = _point_maze_env_class()
         inner = PointMazeEnv(
             maze_map=[list(r) for r in spec.layout], reward_type="dense", continuing_task=True, reset_target=False
         )
@@ -108,6 +109,13 @@ class Maze2dEnv(gym.Wrapper):
         pos = obs["observation"][:2]
         reward = float(np.exp(-np.linalg.norm(pos - self.goal_xy)))
         return obs["observation"].copy(), reward, False, truncated, info
+
+
+def _point_maze_env_class():
+    # gymnasium_robotics prints a release notice about Adroit envs on import; it does not concern PointMaze.
+    with contextlib.redirect_stderr(io.StringIO()):
+        from gymnasium_robotics.envs.maze.point_maze import PointMazeEnv
+    return PointMazeEnv
 
 
 def make_maze2d_env(maze: str = "umaze", max_episode_steps: int | None = None) -> gym.Env:

@@ -3,7 +3,13 @@
 Each run folder holds checkpoint.pt (model, EMA, optimizer, RNG state, ledger; written atomically),
 ledger.json and metrics.jsonl. A killed run restarts from its checkpoint; the ledger's step count, and so ε,
 continues from there and is never reset.
+
+Under DP, the randomness the guarantee rests on — which records enter each Poisson batch, and the Gaussian
+noise — is drawn from generators seeded with OS entropy, never from --seed and never saved: anyone who could
+replay it could subtract the noise. And metrics.jsonl records no statistic of the private batches (loss, gradient
+norms) unless `log_private_diagnostics` is set, in which case the ledger warns that file must not be released.
 """
+import secrets
 import copy
 import hashlib
 import json
@@ -36,6 +42,7 @@ class TrainConfig:
     ema_decay: float = 0.995  # EMA of the weights used for sampling
     ema_every: int = 10  # steps between EMA updates
     log_every: int = 100  # steps between metrics.jsonl records
+    log_private_diagnostics: bool = False  # under DP, also log private-batch loss/grad norms (not DP: never release metrics.jsonl then)
     checkpoint_every: int = 1000  # steps between checkpoints (one is always written at the end)
 
     def total_steps(self, num_rows: int) -> int:
@@ -68,8 +75,15 @@ class DiffusionTrainer:
         self.ema = copy.deepcopy(model).requires_grad_(False)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, cfg.adam_beta2),
                                            weight_decay=cfg.weight_decay)
-        self.batch_gen = torch.Generator().manual_seed(seed)  # which rows are in each batch
-        self.noise_gen = torch.Generator(device=data.device).manual_seed(seed + 1)  # DP noise
+        # Which rows enter each batch, and the DP noise: reproducible for public training, secret under DP.
+        self.batch_gen = torch.Generator().manual_seed(secrets.randbits(63) if dp else seed)
+        self.noise_gen = torch.Generator(device=data.device).manual_seed(secrets.randbits(63))
+        if dp is not None:
+            self.ledger.statistics["dp_randomness"] = ("Poisson sampling and noise seeded from OS entropy; "
+                                                       "not derivable from the seed, never saved")
+            if cfg.log_private_diagnostics:
+                self.ledger.statistics["metrics.jsonl"] = ("holds NON-private loss/gradient-norm statistics of "
+                                                           "the sensitive batches: do not release it")
         self.step = 0
         self.clipped = ClippedGradient(model, dp.clip_norm, dp.clipping_mode) if dp else None
         self.poisson = PoissonSampler(len(data), dp.sample_rate, self.batch_gen) if dp else None
@@ -84,8 +98,9 @@ class DiffusionTrainer:
                  "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
                  "total_steps": self.total_steps, "config_hash": self.config_hash, "meta": self.meta,
                  "ledger": self.ledger.to_dict(), "train_config": asdict(self.cfg),
-                 "rng": {"torch": torch.get_rng_state(), "batch": self.batch_gen.get_state(),
-                         "noise": self.noise_gen.get_state()}}
+                 "rng": {"torch": torch.get_rng_state()}}
+        if self.dp is None:  # DP sampling/noise state is never written anywhere
+            state["rng"]["batch"] = self.batch_gen.get_state()
         with atomic_path(self.run_dir / CHECKPOINT) as tmp:
             torch.save(state, tmp)
         atomic_write_json(self.run_dir / "ledger.json", self.ledger.to_dict())
@@ -102,8 +117,8 @@ class DiffusionTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
         torch.set_rng_state(state["rng"]["torch"])
-        self.batch_gen.set_state(state["rng"]["batch"])
-        self.noise_gen.set_state(state["rng"]["noise"])
+        if self.dp is None:
+            self.batch_gen.set_state(state["rng"]["batch"])
         self.ledger = PrivacyLedger.from_dict(state["ledger"])  # continues the spent budget, never resets it
         metrics = self.run_dir / "metrics.jsonl"
         if metrics.exists():  # drop records a killed run wrote after its last checkpoint
@@ -162,15 +177,19 @@ class DiffusionTrainer:
                     self._update_ema()
                 if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
                     # .item() only here: one host sync per log interval, not per step
-                    record = {"step": self.step, "time_s": round(time.time() - start, 3),
-                              **{k: float(v) for k, v in stats.items()}}
+                    record = {"step": self.step, "time_s": round(time.time() - start, 3)}
+                    if self.dp is None or self.cfg.log_private_diagnostics:
+                        record.update({k: float(v) for k, v in stats.items()})
+                    else:  # the Poisson batch size depends on the sampling coins only, not on record values
+                        record["batch"] = int(stats["batch"])
                     if self.dp is not None:
                         self.ledger.steps_taken = self.step
                         record["epsilon"] = self.ledger.epsilon_spent()
                     log.write(json.dumps(record) + "\n")
                     log.flush()
                     logged = record
-                    bar.set_postfix(loss=f"{record['loss']:.3f}")
+                    if "loss" in record:
+                        bar.set_postfix(loss=f"{record['loss']:.3f}")
                 if self.step % self.cfg.checkpoint_every == 0 or self.step == self.total_steps:
                     self._checkpoint()
         bar.close()
