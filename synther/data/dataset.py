@@ -6,6 +6,7 @@ Arrays are validated on construction, so a dataset that exists is a dataset that
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -13,7 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from synther.errors import DatasetError
-from synther.utils.io import atomic_write_json, atomic_write_npz
+from synther.utils.io import atomic_path, json_default
 
 # D4RL / samples.npz keys. Order matters only for messages.
 REQUIRED_FIELDS = ("observations", "actions", "rewards", "next_observations", "terminals")
@@ -251,8 +252,12 @@ class TransitionDataset:
         path = Path(path)
         if path.suffix != ".npz":
             raise DatasetError(f"{path}: datasets are saved as .npz files")
-        atomic_write_npz(path, self.arrays())
-        atomic_write_json(sidecar_path(path), {**self.metadata(), **(extra_metadata or {})})
+        meta = json.dumps({**self.metadata(), **(extra_metadata or {})}, indent=2, sort_keys=True, default=json_default)
+        # both files are written to temporaries first; neither replaces its target unless both were written
+        with atomic_path(path) as tmp_npz, atomic_path(sidecar_path(path)) as tmp_json:
+            with open(tmp_npz, "wb") as f:
+                np.savez(f, **self.arrays())
+            tmp_json.write_text(meta + "\n")
         return path
 
 

@@ -29,9 +29,9 @@ import torch
 from tqdm.auto import tqdm
 
 from synther.data.dataset import TransitionDataset
-from synther.data.pointmaze import _versions
 from synther.errors import UserError
 from synther.utils.io import atomic_write_json
+from synther.utils.provenance import package_versions
 
 ENVS = {"HalfCheetah-v5": "halfcheetah", "Hopper-v5": "hopper", "Walker2d-v5": "walker2d"}
 KINDS = ("random", "medium", "medium-replay", "full-replay")
@@ -85,7 +85,7 @@ def collect_locomotion(
     score = dataset_info(dataset_name(cfg.env, "random")).score
     torch.manual_seed(seed)
     common = {"generator": "synther.data.locomotion.collect_locomotion", "config": dataclasses.asdict(cfg),
-              "seed": seed, "versions": _versions(), "score_constants": dataclasses.asdict(score)}
+              "seed": seed, "versions": package_versions(), "score_constants": dataclasses.asdict(score)}
 
     if not paths["random"].exists():
         rng = np.random.default_rng(seed)

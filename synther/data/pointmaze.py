@@ -16,7 +16,6 @@ MuJoCo 3+/4 PointMaze-v3 physics, and velocities are clipped to ±5 as that env 
 
 import contextlib
 import io
-import platform
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 
 from synther.data.dataset import TransitionDataset
 from synther.errors import UserError
+from synther.utils.provenance import package_versions
 
 
 @dataclass(frozen=True)
@@ -255,7 +255,7 @@ def collect_maze2d(cfg: MazeCollectConfig, seed: int = 0, progress: bool = True)
             "evaluation_goal_xy": env.goal_xy.tolist(),
             "max_episode_steps": spec.max_episode_steps,
             "goals_reached": goals_reached,
-            "versions": _versions(),
+            "versions": package_versions(),
         },
     )
 
@@ -289,15 +289,3 @@ def rollout_returns(
         returns[ep] = total
     env.close()
     return returns
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("numpy", "gymnasium", "gymnasium-robotics", "mujoco"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out

@@ -26,7 +26,7 @@ from synther.errors import UserError
 from synther.privacy.accounting import ACCOUNTANTS, calibrate_noise_multiplier, validate_target
 from synther.privacy.dpsgd import CLIPPING_MODES
 from synther.privacy.ledger import PrivacyLedger
-from synther.utils.io import atomic_write_json
+from synther.utils.provenance import package_versions
 
 
 @dataclass
@@ -121,7 +121,7 @@ def pretrain(cfg: DiffusionConfig) -> Path:
             "denoiser": asdict(_denoiser_config(cfg)), "edm": asdict(cfg.edm), "normalizer_source": normalizer.source,
             "action_low": low, "action_high": high, "action_bounds_source": bounds_source,
             "public_min": x.min(0).tolist(), "public_max": x.max(0).tolist(), "public_datasets": ds_names,
-            "env_dataset": public[0].name, "curiosity": asdict(cfg.curiosity)}
+            "env_dataset": public[0].name, "curiosity": asdict(cfg.curiosity), "versions": package_versions()}
     ledger = PrivacyLedger(public_datasets=ds_names, statistics={
         "normalizer": f"public datasets {ds_names}", "action_bounds": bounds_source})
     run_dir = default_run_dir(cfg)
@@ -184,7 +184,8 @@ def finetune(cfg: DiffusionConfig) -> Path:
                     "split": f"sensitive.split(train_fraction={dp.train_fraction}, seed={cfg.seed})"})
     meta = {**meta, "phase": "finetune", "normalizer_source": model.normalizer.source,
             "sensitive_dataset": ledger.sensitive_dataset, "split_seed": cfg.seed,
-            "train_fraction": dp.train_fraction, "pretrained_from": str(cfg.load_checkpoint)}
+            "train_fraction": dp.train_fraction, "pretrained_from": str(cfg.load_checkpoint),
+            "versions": package_versions()}
     settings = DPSettings(noise_multiplier=sigma, clip_norm=dp.clip_norm, sample_rate=q, clipping_mode=dp.clipping)
     run_dir = default_run_dir(cfg)
     data = torch.as_tensor(x, device=device)

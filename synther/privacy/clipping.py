@@ -87,14 +87,16 @@ class LinearGhostClipper:
         norms = sq_norms.sqrt()
         # opacus' clip factor, so results match its DPOptimizer exactly
         coef = (self.clip_norm / (norms + 1e-6)).clamp(max=1.0)
-        for layer in self.layers:
-            for p in layer.parameters(recurse=False):
-                p.grad = None if not p.requires_grad else torch.zeros_like(p)
         for layer, x, g in used:
-            gc = g * coef.unsqueeze(1)
+            gc = g * coef.unsqueeze(1)  # not in place: autograd may hand one tensor to two layers (x + y)
             layer.weight.grad = gc.t().mm(x)
             if layer.bias is not None:
                 layer.bias.grad = gc.sum(dim=0)
+        used_layers = {id(layer) for layer, _, _ in used}
+        for layer in self.layers:  # layers that did not influence the loss get an explicit zero gradient
+            if id(layer) not in used_layers:
+                for p in layer.parameters(recurse=False):
+                    p.grad = torch.zeros_like(p) if p.requires_grad else None
         return norms.detach()
 
     def remove(self) -> None:

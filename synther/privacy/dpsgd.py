@@ -39,8 +39,9 @@ def add_noise(params: list[nn.Parameter], noise_multiplier: float, clip_norm: fl
     """grad ← (grad + N(0, (σC)²)) / expected_batch_size for every parameter (noise drawn on the grad's device)."""
     std = noise_multiplier * clip_norm
     for p in params:
-        noise = torch.empty_like(p).normal_(0.0, std, generator=generator) if std > 0 else 0.0
-        p.grad = (p.grad + noise) / expected_batch_size
+        if std > 0:
+            p.grad.add_(torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype), alpha=std)
+        p.grad.div_(expected_batch_size)
 
 
 class ClippedGradient:
