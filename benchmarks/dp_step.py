@@ -1,8 +1,8 @@
 """DP fine-tuning step cost vs a non-private step on the same denoiser, for each clipping backend.
 
-Every (width, batch, mode) cell runs in its own subprocess so peak memory is that cell's alone. Reported:
-seconds per step (median), peak RSS, and ratios to the non-private step of the same width and batch, all measured
-in this one run. Target (issue 3): ghost ≤ 1.25× time and ≤ 1.3× peak memory of non-private.
+Step times come from one process per (width, batch) that runs the modes interleaved, step by step, so drift in
+machine speed hits them alike (median per mode); peak memory comes from one process per mode, so it is that
+mode's alone. Ratios are to the non-private step of the same width and batch, all measured in this one run. Target (issue 3): ghost ≤ 1.25× time and ≤ 1.3× peak memory of non-private.
 
   python benchmarks/dp_step.py                      # W ∈ {1024, 2048} × batch ∈ {128, 256}
   python benchmarks/dp_step.py --widths 1024 --batches 128 --steps 3
@@ -28,18 +28,19 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def cell(width: int, batch: int, mode: str, steps: int, device: str) -> dict:
+def make_step(width: int, batch: int, mode: str, device: str):
     import torch
 
     from synther.diffusion.denoiser import DenoiserConfig
     from synther.diffusion.edm import EDM
     from synther.diffusion.normalizer import Normalizer
-    from synther.privacy.dpsgd import ClippedGradient, add_noise
+    from synther.privacy.dpsgd import ClippedGradient, GaussianNoise
 
     torch.manual_seed(0)
     model = EDM(DIM, Normalizer.identity(DIM), DenoiserConfig(width=width, depth=6)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.99))
     clipped = None if mode == "nonprivate" else ClippedGradient(model, 1.0, mode)
+    noise = None if clipped is None else GaussianNoise(clipped.params)
     x = torch.randn(batch, DIM, device=device)
 
     def step() -> None:
@@ -47,27 +48,51 @@ def cell(width: int, batch: int, mode: str, steps: int, device: str) -> dict:
         if clipped is None:
             model.per_sample_loss(x).mean().backward()
         else:
-            clipped(lambda: model.per_sample_loss(x))
-            add_noise(clipped.params, 1.0, 1.0, batch)
+            clipped(lambda: model.per_sample_loss(x), scale=1.0 / batch)
+            noise.add_(1.0 * 1.0 / batch)  # σ = 1, C = 1, expected batch = batch
         opt.step()
         if device == "cuda":
             torch.cuda.synchronize()
 
+    return step, sum(p.numel() for p in model.parameters()) / 1e6
+
+
+def memory_cell(width: int, batch: int, mode: str, steps: int, device: str) -> dict:
+    """Peak RSS of a process that only ever runs this one mode."""
+    import torch
+
+    step, params_m = make_step(width, batch, mode, device)
     step()  # warm-up: allocates optimizer state
-    base = rss_mb()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
     for _ in range(steps):
-        t = time.perf_counter()
         step()
-        times.append(time.perf_counter() - t)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out = {"width": width, "batch": batch, "mode": mode, "s_per_step": statistics.median(times),
-           "peak_rss_mb": peak, "steady_rss_mb": base, "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "params_m": params_m}
     if device == "cuda":
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
+
+
+def timing_cell(width: int, batch: int, modes: list[str], rounds: int, device: str) -> dict:
+    """Median step time per mode, modes interleaved round by round so machine-speed drift hits all alike."""
+    steps = {mode: make_step(width, batch, mode, device)[0] for mode in modes}
+    for step in steps.values():
+        step()
+    times: dict[str, list[float]] = {mode: [] for mode in modes}
+    for _ in range(rounds):
+        for mode, step in steps.items():
+            t = time.perf_counter()
+            step()
+            times[mode].append(time.perf_counter() - t)
+    return {mode: statistics.median(ts) for mode, ts in times.items()}
+
+
+def _child(args: list[str]) -> dict | str:
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return "killed by the OS (out of memory?)" if proc.returncode < 0 else \
+            (proc.stderr.strip().splitlines() or ["failed"])[-1][-200:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -75,45 +100,48 @@ def main() -> None:
     ap.add_argument("--widths", type=int, nargs="+", default=[1024, 2048])
     ap.add_argument("--batches", type=int, nargs="+", default=[128, 256])
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    ap.add_argument("--steps", type=int, default=5, help="timed steps per cell (after one warm-up step)")
+    ap.add_argument("--steps", type=int, default=7, help="interleaved timing rounds (opacus_hooks: 2 steps alone)")
     ap.add_argument("--max_gb", type=float, default=20.0,
                     help="skip opacus_hooks cells whose per-sample gradients alone would exceed this")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--cell", help=argparse.SUPPRESS)
+    ap.add_argument("--memory_cell", help=argparse.SUPPRESS)
+    ap.add_argument("--timing_cell", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.cell:
-        w, b, mode = args.cell.split(":")
-        print(json.dumps(cell(int(w), int(b), mode, args.steps, args.device)))
+    if args.memory_cell:
+        w, b, mode = args.memory_cell.split(":")
+        print(json.dumps(memory_cell(int(w), int(b), mode, 2, args.device)))
         return
-    rows = []
+    if args.timing_cell:
+        w, b, modes = args.timing_cell.split(":")
+        print(json.dumps(timing_cell(int(w), int(b), modes.split(","), args.steps, args.device)))
+        return
+    if "nonprivate" not in args.modes:
+        args.modes = ["nonprivate", *args.modes]
+    print(f"{'W':>5} {'B':>4} {'mode':<13} {'s/step':>8} {'×time':>6} {'peak MB':>9} {'×mem':>6}")
     for w in args.widths:
         for b in args.batches:
-            params = 6 * (w * w + w) + 2 * 128 * w + 4 * 128 * 128 + 2 * 42 * 128
+            params = 6 * (w * w + w) + 2 * 128 * w + 4 * 128 * 128 + 2 * DIM * 128
+            hooks_gb = params * b * 4 / 2**30
+            fast = [m for m in args.modes if m != "opacus_hooks"]
+            times = _child(["--timing_cell", f"{w}:{b}:{','.join(fast)}", "--steps", str(args.steps),
+                            "--device", args.device])
+            if "opacus_hooks" in args.modes and hooks_gb <= args.max_gb:
+                hooks = _child(["--timing_cell", f"{w}:{b}:opacus_hooks", "--steps", "2", "--device", args.device])
+                if isinstance(times, dict) and isinstance(hooks, dict):
+                    times.update(hooks)
             for mode in args.modes:
-                need_gb = params * b * 4 / 2**30
-                if mode == "opacus_hooks" and need_gb > args.max_gb:
-                    rows.append({"width": w, "batch": b, "mode": mode,
-                                 "skipped": f"per-sample gradients alone need ≈{need_gb:.0f} GB"})
+                if mode == "opacus_hooks" and hooks_gb > args.max_gb:
+                    print(f"{w:>5} {b:>4} {mode:<13} skipped: per-sample gradients alone need ≈{hooks_gb:.0f} GB")
                     continue
-                proc = subprocess.run([sys.executable, __file__, "--cell", f"{w}:{b}:{mode}", "--steps",
-                                       str(args.steps if mode != "opacus_hooks" else max(2, args.steps // 2)),
-                                       "--device", args.device], capture_output=True, text=True)
-                if proc.returncode != 0:
-                    rows.append({"width": w, "batch": b, "mode": mode, "skipped": proc.stderr.strip()[-200:]})
+                mem = _child(["--memory_cell", f"{w}:{b}:{mode}", "--device", args.device])
+                if not isinstance(times, dict) or mode not in times or not isinstance(mem, dict):
+                    why = mem if isinstance(mem, str) else times if isinstance(times, str) else "failed"
+                    print(f"{w:>5} {b:>4} {mode:<13} failed: {why}")
                     continue
-                rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-                print(json.dumps(rows[-1]), file=sys.stderr)
-    base = {(r["width"], r["batch"]): r for r in rows if r["mode"] == "nonprivate" and "skipped" not in r}
-    print(f"\n{'W':>5} {'B':>4} {'mode':<13} {'s/step':>8} {'×time':>6} {'peak MB':>9} {'×mem':>6}")
-    for r in rows:
-        if "skipped" in r:
-            print(f"{r['width']:>5} {r['batch']:>4} {r['mode']:<13} skipped: {r['skipped']}")
-            continue
-        ref = base.get((r["width"], r["batch"]))
-        tr = r["s_per_step"] / ref["s_per_step"] if ref else float("nan")
-        mr = r["peak_rss_mb"] / ref["peak_rss_mb"] if ref else float("nan")
-        print(f"{r['width']:>5} {r['batch']:>4} {r['mode']:<13} {r['s_per_step']:>8.3f} {tr:>6.2f} "
-              f"{r['peak_rss_mb']:>9.0f} {mr:>6.2f}")
+                if mode == "nonprivate":
+                    ref_t, ref_m = times[mode], mem["peak_rss_mb"]
+                print(f"{w:>5} {b:>4} {mode:<13} {times[mode]:>8.3f} {times[mode] / ref_t:>6.2f} "
+                      f"{mem['peak_rss_mb']:>9.0f} {mem['peak_rss_mb'] / ref_m:>6.2f}", flush=True)
 
 
 if __name__ == "__main__":

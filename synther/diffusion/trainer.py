@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from synther.diffusion.edm import EDM
 from synther.errors import UserError
-from synther.privacy.dpsgd import ClippedGradient, PoissonSampler, add_noise
+from synther.privacy.dpsgd import ClippedGradient, GaussianNoise, PoissonSampler
 from synther.privacy.ledger import PrivacyLedger
 from synther.utils.io import atomic_path, atomic_write_json
 
@@ -77,7 +77,6 @@ class DiffusionTrainer:
                                            weight_decay=cfg.weight_decay)
         # Which rows enter each batch, and the DP noise: reproducible for public training, secret under DP.
         self.batch_gen = torch.Generator().manual_seed(secrets.randbits(63) if dp else seed)
-        self.noise_gen = torch.Generator(device=data.device).manual_seed(secrets.randbits(63))
         if dp is not None:
             self.ledger.statistics["dp_randomness"] = ("Poisson sampling and noise seeded from OS entropy; "
                                                        "not derivable from the seed, never saved")
@@ -86,6 +85,7 @@ class DiffusionTrainer:
                                                            "the sensitive batches: do not release it")
         self.step = 0
         self.clipped = ClippedGradient(model, dp.clip_norm, dp.clipping_mode) if dp else None
+        self.noise = GaussianNoise(self.clipped.params) if dp else None  # seeded from OS entropy
         self.poisson = PoissonSampler(len(data), dp.sample_rate, self.batch_gen) if dp else None
         self.config_hash = hashlib.sha256(json.dumps([asdict(cfg), meta.get("phase"), seed,
                                                       asdict(dp) if dp else None], sort_keys=True,
@@ -142,15 +142,14 @@ class DiffusionTrainer:
             loss.backward()
             self.optimizer.step()
             return {"loss": loss.detach()}
-        params = self.clipped.params
+        expected = self.dp.sample_rate * len(self.data)  # divide by the expected, not the realized, batch size
         if len(x) == 0:  # a Poisson batch can be empty: the update is pure noise
-            for p in params:
+            for p in self.clipped.params:
                 p.grad = torch.zeros_like(p)
             losses = norms = torch.zeros(0, device=x.device)
         else:
-            losses, norms = self.clipped(lambda: self.model.per_sample_loss(x))
-        expected = self.dp.sample_rate * len(self.data)
-        add_noise(params, self.dp.noise_multiplier, self.dp.clip_norm, expected, self.noise_gen)
+            losses, norms = self.clipped(lambda: self.model.per_sample_loss(x), scale=1.0 / expected)
+        self.noise.add_(self.dp.noise_multiplier * self.dp.clip_norm / expected)
         self.optimizer.step()
         return {"loss": losses.mean() if len(x) else torch.tensor(float("nan")), "batch": len(x),
                 "grad_norm": norms.mean() if len(x) else torch.tensor(float("nan")),

@@ -61,11 +61,11 @@ class LinearGhostClipper:
         finally:
             self._capturing = False
 
-    def backward(self, per_sample_losses: torch.Tensor) -> torch.Tensor:
-        """Set p.grad = Σ_i min(1, C/‖∇ℓ_i‖)·∇ℓ_i for all parameters; return the per-sample norms ‖∇ℓ_i‖ (B,).
+    def backward(self, per_sample_losses: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """Set p.grad = scale · Σ_i min(1, C/‖∇ℓ_i‖)·∇ℓ_i for all parameters; return the norms ‖∇ℓ_i‖ (B,).
 
         `per_sample_losses` (B,) must come from a forward pass run inside `capture()`; ℓ_i may depend only on
-        sample i.
+        sample i. `scale` (e.g. 1/expected batch size) is folded into the clip factors for free.
         """
         if per_sample_losses.dim() != 1:
             raise ValueError("per_sample_losses must have shape (batch,)")
@@ -80,18 +80,18 @@ class LinearGhostClipper:
         for (layer, x, _), g in zip(records, grads):
             if g is None:  # a layer that did not influence the loss has zero gradient
                 continue
-            g_sq = g.pow(2).sum(dim=1)
-            x_sq = x.pow(2).sum(dim=1)
+            g_sq = torch.einsum("ij,ij->i", g, g)  # row norms without a (B, width) temporary
+            x_sq = torch.einsum("ij,ij->i", x, x)
             sq_norms += g_sq * (x_sq + (1.0 if layer.bias is not None else 0.0))
             used.append((layer, x, g))
         norms = sq_norms.sqrt()
         # opacus' clip factor, so results match its DPOptimizer exactly
-        coef = (self.clip_norm / (norms + 1e-6)).clamp(max=1.0)
+        coef = (self.clip_norm / (norms + 1e-6)).clamp(max=1.0) * scale
         for layer, x, g in used:
             gc = g * coef.unsqueeze(1)  # not in place: autograd may hand one tensor to two layers (x + y)
             layer.weight.grad = gc.t().mm(x)
             if layer.bias is not None:
-                layer.bias.grad = gc.sum(dim=0)
+                layer.bias.grad = coef @ g
         used_layers = {id(layer) for layer, _, _ in used}
         for layer in self.layers:  # layers that did not influence the loss get an explicit zero gradient
             if id(layer) not in used_layers:

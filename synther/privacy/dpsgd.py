@@ -2,12 +2,15 @@
 
 One DP step (as opacus does it with Poisson sampling):
     batch  = each training record independently with probability q           (PoissonSampler)
-    grad   = Σ_{i∈batch} clip(∇ℓ_i, C)                                       (ClippedGradient backends)
-    grad   = (grad + N(0, σ²C²·I)) / (q·N)                                   (add_noise)
-The division by the *expected* batch size q·N (not the realized one) keeps the sensitivity at C.
+    grad   = Σ_{i∈batch} clip(∇ℓ_i, C) / (q·N)                               (ClippedGradient backends)
+    grad  += N(0, (σC / (q·N))²·I)                                           (GaussianNoise)
+i.e. (Σ clip + N(0, σ²C²)) / (q·N), with the division folded into the clip factors to save a pass over the
+gradients. Dividing by the *expected* batch size q·N (not the realized one) keeps the sensitivity at C.
 """
 from __future__ import annotations
 
+import secrets
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import torch
@@ -34,14 +37,48 @@ class PoissonSampler:
         return mask.nonzero().squeeze(1)
 
 
-def add_noise(params: list[nn.Parameter], noise_multiplier: float, clip_norm: float, expected_batch_size: float,
-              generator: torch.Generator | None = None) -> None:
-    """grad ← (grad + N(0, (σC)²)) / expected_batch_size for every parameter (noise drawn on the grad's device)."""
-    std = noise_multiplier * clip_norm
-    for p in params:
-        if std > 0:
-            p.grad.add_(torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype), alpha=std)
-        p.grad.div_(expected_batch_size)
+class GaussianNoise:
+    """Adds i.i.d. N(0, std²) to every parameter's .grad, in place (DP-SGD: std = σC / expected batch size).
+
+    Drawing tens of millions of normals is the one real cost DP-SGD adds to a step on a CPU, and torch's CPU
+    generator is sequential, so the parameters are split across `workers` threads, each with its own generator
+    (torch kernels release the GIL). Drawing the next step's noise in the background during the forward pass was
+    tried and is slower on 2 cores: it competes with the matrix products. Generators are seeded from OS entropy
+    unless `seed` is given (tests only): noise that can be replayed can be subtracted. Buffers are never saved.
+    """
+
+    def __init__(self, params: list[nn.Parameter], workers: int | None = None, seed: int | None = None) -> None:
+        self.params = list(params)
+        device = self.params[0].device if self.params else torch.device("cpu")
+        workers = 1 if device.type == "cuda" else max(1, workers or torch.get_num_threads())
+        self.generators = [torch.Generator(device=device).manual_seed(
+            secrets.randbits(63) if seed is None else seed + k) for k in range(workers)]
+        # balance the parameters across workers by size (largest first, into the emptiest group)
+        self.groups: list[list[nn.Parameter]] = [[] for _ in range(workers)]
+        sizes = [0] * workers
+        for p in sorted(self.params, key=lambda q: q.numel(), reverse=True):
+            k = sizes.index(min(sizes))
+            self.groups[k].append(p)
+            sizes[k] += p.numel()
+        self.pool = ThreadPoolExecutor(workers) if workers > 1 else None
+        # one reusable buffer per worker: a fresh multi-MB tensor per parameter per step costs page faults
+        self.buffers = [torch.empty(max((p.numel() for p in g), default=0), device=device,
+                                    dtype=self.params[0].dtype if self.params else torch.float32)
+                        for g in self.groups]
+
+    def add_(self, std: float) -> None:
+        if std <= 0:
+            return
+
+        def fill(k: int) -> None:
+            for p in self.groups[k]:
+                noise = self.buffers[k][: p.numel()].normal_(generator=self.generators[k])
+                p.grad.add_(noise.view_as(p), alpha=std)
+
+        if self.pool is None:
+            fill(0)
+        else:
+            list(self.pool.map(fill, range(len(self.groups))))
 
 
 class ClippedGradient:
@@ -72,20 +109,22 @@ class ClippedGradient:
                 model, max_grad_norm=clip_norm, use_ghost_clipping=True, loss_reduction="sum"
             )
 
-    def __call__(self, loss_fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run forward + clipped backward; returns (per-sample losses, per-sample gradient norms before clipping)."""
+    def __call__(self, loss_fn: Callable[[], torch.Tensor], scale: float = 1.0
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward + clipped backward, p.grad = scale·Σ clip(∇ℓ_i); returns (losses, norms before clipping)."""
         if self.mode == "ghost":
             with self._ghost.capture():
                 losses = loss_fn()
-            return losses.detach(), self._ghost.backward(losses)
+            return losses.detach(), self._ghost.backward(losses, scale)
         if self.mode == "opacus_hooks":
             for p in self.params:
                 p.grad_sample = None
             losses = loss_fn()
             losses.sum().backward()
             per_sample = [p.grad_sample.reshape(len(losses), -1) for p in self.params]
-            norms = torch.cat(per_sample, dim=1).norm(dim=1)
-            coef = (self.clip_norm / (norms + 1e-6)).clamp(max=1.0)
+            # parameter by parameter: concatenating would double the (already huge) per-sample gradient memory
+            norms = torch.stack([g.pow(2).sum(dim=1) for g in per_sample]).sum(dim=0).sqrt()
+            coef = (self.clip_norm / (norms + 1e-6)).clamp(max=1.0) * scale
             for p, g in zip(self.params, per_sample):
                 p.grad = (coef @ g).view_as(p)
                 p.grad_sample = None
@@ -99,6 +138,6 @@ class ClippedGradient:
         wrapped.disable_hooks()
         for p in self.params:
             p.grad = None
-        (losses * coef).sum().backward()
+        (losses * coef * scale).sum().backward()
         wrapped.enable_hooks()
         return losses.detach(), norms.detach()
