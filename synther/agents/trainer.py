@@ -39,7 +39,7 @@ from synther.utils.provenance import package_versions
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "privtranr-agent-v1"
 # options that may differ between a killed run and its resumption
-_RESUME_IGNORED = ("progress", "overwrite", "device", "log_every", "save_checkpoints", "compile")
+_RESUME_IGNORED = ("progress", "overwrite", "device", "threads", "log_every", "save_checkpoints", "compile")
 
 
 @dataclass
@@ -67,6 +67,7 @@ class TrainConfig:
     eval_max_episode_steps: int = 0  # evaluation horizon; 0: the dataset's registered horizon (changing it invalidates the score constants)
     summary_last_k: int = 10  # summary.json reports the mean normalized score of the last k evaluations
     device: str = "auto"  # auto (CUDA when available), cpu or cuda
+    threads: int = 0  # torch CPU threads (0: torch's default; 1 is faster when other jobs share the cores)
     batch_size: int = 256  # transitions per update
     discount: float = 0.99  # γ
     normalize: bool = True  # z-score states with the mean/std (+1e-3) of the training data
@@ -220,6 +221,8 @@ def train(cfg: TrainConfig, agent_class: type[Agent]) -> dict[str, Any]:
 
     target = eval_target(cfg.dataset)  # fails fast, before any data is loaded
     device = resolve_device(cfg.device)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     data = load_training_data(cfg.dataset, cfg.diffusion.path, cfg.diffusion.sample_limit,
                               cfg.diffusion.num_samples, cfg.diffusion.num_steps, cfg.seed, cfg.device)

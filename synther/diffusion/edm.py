@@ -27,7 +27,7 @@ class EDMConfig:
 @dataclass
 class SamplerConfig:
     name: str = "dpm2m"  # 'stochastic_heun' (the paper's), 'heun' (deterministic), 'euler' or 'dpm2m' (DPM-Solver++ 2M)
-    steps: int = 32  # number of noise levels; network evaluations: heun 2·steps−1, euler/dpm2m steps
+    steps: int = 16  # number of noise levels; network evaluations: heun 2·steps−1, euler/dpm2m steps
     s_churn: float = 80.0  # stochastic_heun only: amount of noise re-injected per step
     s_tmin: float = 0.05  # stochastic_heun only: churn applies for σ in [s_tmin, s_tmax]
     s_tmax: float = 50.0
