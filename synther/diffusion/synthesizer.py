@@ -26,6 +26,7 @@ from synther.errors import UserError
 from synther.privacy.accounting import ACCOUNTANTS, calibrate_noise_multiplier, validate_target
 from synther.privacy.dpsgd import CLIPPING_MODES
 from synther.privacy.ledger import PrivacyLedger
+from synther.utils.device import resolve_device
 from synther.utils.provenance import package_versions
 
 
@@ -61,14 +62,6 @@ class DiffusionConfig:
     num_samples: int = 100_000  # transitions to generate in mode=sample (paper: --save_num_samples)
     sample_batch: int = 10_000  # transitions per sampling batch
     progress: bool = True  # show progress bars
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but CUDA is not available")
-    return torch.device(name)
 
 
 def _names(spec: str) -> list[str]:
