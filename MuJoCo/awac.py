@@ -1,0 +1,38 @@
+"""AWAC, advantage-weighted actor-critic (Nair et al. 2020):
+trained offline on real or synthetic transitions, scored in the simulator (D4RL-normalized).
+
+CORL's default hyper-parameters; per-dataset settings in config/agents/awac/<dataset>.yaml (--config or
+--config_path). Trains on --dataset's real transitions, or with --diffusion.path ONLY on synthetic ones (a
+samples.npz, or a diffusion checkpoint to sample from); either way it is evaluated in --dataset's registered
+simulator with its normalized-score constants. State statistics always come from the data trained on.
+
+Run folder <checkpoints_path>/<name> (default runs/agents/awac-<dataset>-<eps<ε>|synthetic|real>-seed<seed>):
+config.yaml, eval.jsonl (learning curve), metrics.jsonl (losses), checkpoint.pt, summary.json (last score, mean of
+the last k evaluations, best, data source, normalization provenance, ε). Finished runs are skipped; killed runs
+resume from checkpoint.pt.
+
+Examples:
+  python MuJoCo/awac.py --config config/agents/awac/ptr-maze2d-umaze-dense-v0.yaml
+  python MuJoCo/awac.py --dataset ptr-maze2d-medium-dense-v0 --seed 1 \\
+      --diffusion.path runs/diffusion/finetune-ptr-maze2d-medium-dense-v0-eps10-seed0/samples.npz --dp_epsilon 10
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from synther.agents.awac import AWACConfig, AWAC  # noqa: E402
+from synther.agents.trainer import parse_config, train  # noqa: E402
+from synther.cli import run  # noqa: E402
+
+
+def main() -> None:
+    cfg = parse_config(AWACConfig, description=__doc__)
+    summary = train(cfg, AWAC)
+    print(f"{summary['run_dir']}: normalized score {summary['final_normalized_score']:.1f} (last), "
+          f"{summary['last_k_mean_normalized_score']:.1f} (mean of last {summary['last_k']}), "
+          f"{summary['best_normalized_score']:.1f} (best)")
+
+
+if __name__ == "__main__":
+    run(main)

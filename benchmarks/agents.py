@@ -1,0 +1,128 @@
+"""Gradient updates per second of each offline RL agent, and where the time goes.
+
+CORL network sizes (TD3+BC/IQL 2×256, CQL/AWAC/EDAC 3×256, EDAC 10 critics), batch 256, random transitions with
+HalfCheetah's shapes (obs 17, action 6) in the real replay buffer. For each agent: updates/s over a fixed number of
+updates (or --seconds, whichever ends first), then one torch.profiler pass to split the time into
+
+  matmul   GEMM kernels (mm/addmm/bmm/baddbmm, forward and backward): the network math proper
+  kernels  every other ATen kernel (elementwise ops, reductions, Adam's foreach updates, the batch gather)
+  outside  time in no kernel at all: Python, autograd engine and dispatcher overhead
+
+so "outside the network math" = kernels + outside. Also reported: the share of the optimizer steps and of
+batch sampling (both included in the split above). The profiler adds per-op overhead, so 'outside' is an upper
+bound; updates/s are measured without it.
+
+  python benchmarks/agents.py                      # all agents, torch's default threads
+  python benchmarks/agents.py --threads 1 --agents td3_bc,iql --updates 2000
+"""
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
+
+from synther.agents import ALGORITHMS, get_algorithm  # noqa: E402
+from synther.agents.buffer import ReplayBuffer  # noqa: E402
+from synther.cli import parse, run  # noqa: E402
+from synther.data import TransitionDataset  # noqa: E402
+from synther.errors import UserError  # noqa: E402
+
+MATMUL = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear"}
+
+
+@dataclass
+class BenchConfig:
+    agents: str = ",".join(ALGORITHMS)  # comma-separated agents to measure
+    updates: int = 1000  # updates timed per agent (fewer if --seconds runs out first)
+    seconds: float = 20.0  # time limit of the timed loop per agent
+    profile_updates: int = 30  # updates under torch.profiler for the time split
+    batch_size: int = 256  # transitions per update
+    obs_dim: int = 17  # observation size (HalfCheetah)
+    action_dim: int = 6  # action size (HalfCheetah)
+    rows: int = 200_000  # transitions in the replay buffer
+    threads: int = 0  # torch CPU threads (0: torch's default)
+    compile: bool = False  # torch.compile the agents' networks (compile time is excluded from the timing)
+    device: str = "cpu"  # cpu or cuda
+    seed: int = 0  # seeds the data and the networks
+
+
+def random_dataset(rows: int, obs_dim: int, action_dim: int, seed: int) -> TransitionDataset:
+    rng = np.random.default_rng(seed)
+    return TransitionDataset(
+        observations=rng.normal(size=(rows, obs_dim)).astype(np.float32),
+        actions=rng.uniform(-1, 1, size=(rows, action_dim)).astype(np.float32),
+        rewards=rng.normal(size=rows).astype(np.float32),
+        next_observations=rng.normal(size=(rows, obs_dim)).astype(np.float32),
+        terminals=(rng.random(rows) < 0.01).astype(np.float32),
+        source="benchmark:random",
+    )
+
+
+def measure(name: str, buffer: ReplayBuffer, cfg: BenchConfig) -> dict:
+    agent_class, config_class = get_algorithm(name)
+    torch.manual_seed(cfg.seed)
+    agent = agent_class(config_class(batch_size=cfg.batch_size), cfg.obs_dim, cfg.action_dim, 1.0, cfg.device)
+    if cfg.compile:
+        for module in agent.modules():
+            module.compile()
+    sync = torch.cuda.synchronize if cfg.device.startswith("cuda") else (lambda: None)
+    for _ in range(10 if cfg.compile else 3):  # warm-up (and compilation)
+        agent.update(buffer.sample(cfg.batch_size))
+    sync()
+
+    done, start = 0, time.perf_counter()
+    while done < cfg.updates and time.perf_counter() - start < cfg.seconds:
+        for _ in range(10):
+            agent.update(buffer.sample(cfg.batch_size))
+        done += 10
+    sync()
+    elapsed = time.perf_counter() - start
+
+    n = cfg.profile_updates
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        wall = time.perf_counter()
+        for _ in range(n):
+            with record_function("sample_batch"):
+                batch = buffer.sample(cfg.batch_size)
+            agent.update(batch)
+        sync()
+        wall = time.perf_counter() - wall
+    events = prof.key_averages()
+    matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL) / 1e6
+    kernels = sum(e.self_cpu_time_total for e in events if e.key.startswith("aten::")) / 1e6
+    optim = sum(e.cpu_time_total for e in events if e.key.startswith("Optimizer.step")) / 1e6
+    sampling = sum(e.cpu_time_total for e in events if e.key == "sample_batch") / 1e6
+    return {"agent": name, "updates": done, "updates_per_s": done / elapsed, "ms_per_update": 1e3 * elapsed / done,
+            "matmul": matmul / wall, "kernels": (kernels - matmul) / wall, "outside": max(0.0, 1 - kernels / wall),
+            "optimizer": optim / wall, "sampling": sampling / wall}
+
+
+def main() -> None:
+    cfg = parse(BenchConfig, description=__doc__)
+    names = [a.strip() for a in cfg.agents.split(",") if a.strip()]
+    for a in names:
+        if a not in ALGORITHMS:
+            raise UserError(f"unknown agent '{a}' (choose from: {', '.join(ALGORITHMS)})")
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    buffer = ReplayBuffer(random_dataset(cfg.rows, cfg.obs_dim, cfg.action_dim, cfg.seed), cfg.device, seed=cfg.seed)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {cfg.device}, batch {cfg.batch_size}, "
+          f"obs {cfg.obs_dim}, action {cfg.action_dim}{', torch.compile' if cfg.compile else ''}")
+    header = (f"{'agent':<8} {'upd/s':>8} {'ms/upd':>8} {'updates':>8} | {'matmul':>7} {'kernels':>8} {'outside':>8} "
+              f"| {'non-matmul':>10} {'optim':>6} {'sample':>7}")
+    print(header)
+    print("-" * len(header))
+    for name in names:
+        r = measure(name, buffer, cfg)
+        print(f"{r['agent']:<8} {r['updates_per_s']:>8.1f} {r['ms_per_update']:>8.2f} {r['updates']:>8d} | "
+              f"{r['matmul']:>7.0%} {r['kernels']:>8.0%} {r['outside']:>8.0%} | {1 - r['matmul']:>10.0%} "
+              f"{r['optimizer']:>6.0%} {r['sampling']:>7.1%}", flush=True)
+
+
+if __name__ == "__main__":
+    run(main)

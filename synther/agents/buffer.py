@@ -1,0 +1,218 @@
+"""Training data for the agents: where it comes from (real dataset, samples.npz, diffusion checkpoint) and the
+tensor replay buffer the updates sample from.
+
+DP hygiene: every statistic the agent uses (state mean/std, reward scale) is computed from the data the buffer is
+given. When that is synthetic, nothing is computed from, or even read from, the sensitive dataset.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from synther.data import TransitionDataset, load_dataset
+from synther.data.formats import load_npz, read_sidecar
+from synther.errors import DatasetError, UserError
+
+STATE_STD_EPS = 1e-3  # CORL's compute_mean_std(states, eps=1e-3)
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+class Batch(NamedTuple):
+    """One batch of (normalized) transitions; rewards and dones are (batch,)."""
+
+    observations: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    next_observations: torch.Tensor
+    dones: torch.Tensor
+
+
+@dataclass
+class TrainingData:
+    """The transitions an agent trains on, and a description of them for the run's summary."""
+
+    dataset: TransitionDataset
+    kind: str  # 'real' or 'synthetic'
+    description: dict[str, Any]
+
+    @property
+    def synthetic(self) -> bool:
+        return self.kind == "synthetic"
+
+
+def load_training_data(
+    dataset: str,
+    diffusion_path: str = "",
+    sample_limit: int = -1,
+    num_samples: int = 100_000,
+    num_steps: int = 32,
+    seed: int = 0,
+    device: str = "auto",
+) -> TrainingData:
+    """The real dataset `dataset`, or, when `diffusion_path` is given, ONLY synthetic transitions.
+
+    diffusion_path: a samples .npz (D4RL keys) to train on, or a diffusion checkpoint (.pt) to generate
+    `num_samples` transitions from (as SynthER does). The real dataset is then never opened. sample_limit > 0 keeps
+    the first `sample_limit` synthetic rows (and is the number generated from a checkpoint).
+    """
+    if sample_limit == 0 or sample_limit < -1:
+        raise UserError(f"--diffusion.sample_limit must be a positive number of rows or -1 (all), got {sample_limit}")
+    if not diffusion_path:
+        ds = load_dataset(dataset)
+        return TrainingData(ds, "real", {"kind": "real", "dataset": dataset, "source": ds.source, "rows": ds.size})
+    path = Path(diffusion_path).expanduser()
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        ds = load_npz(path)
+        side = read_sidecar(path)
+        desc = {"kind": "synthetic", "path": str(path), "format": "samples.npz", "rows_in_file": ds.size}
+        if side.get("privacy_ledger"):
+            desc["privacy_ledger"] = side["privacy_ledger"]
+    elif suffix in CHECKPOINT_SUFFIXES:
+        n = sample_limit if sample_limit > 0 else num_samples
+        ds = generate_from_checkpoint(path, n, num_steps=num_steps, seed=seed, device=device)
+        desc = {"kind": "synthetic", "path": str(path), "format": "diffusion checkpoint, sampled on the fly",
+                "generated": ds.size, "sampler_steps": num_steps, "sampling_seed": seed}
+        ledger = ds.provenance.get("privacy_ledger")
+        if ledger:
+            desc["privacy_ledger"] = ledger
+    else:
+        raise UserError(
+            f"{path}: --diffusion.path must be a samples .npz or a diffusion checkpoint "
+            f"({', '.join(CHECKPOINT_SUFFIXES)}), got '{suffix or 'no suffix'}'"
+        )
+    ds = _limit(ds, sample_limit)
+    desc["rows"] = ds.size
+    return TrainingData(ds, "synthetic", desc)
+
+
+def generate_from_checkpoint(path: Path, n: int, num_steps: int, seed: int, device: str) -> TransitionDataset:
+    """Sample `n` transitions from a PrivTranR diffusion checkpoint (the seam to synther.diffusion)."""
+    if not path.exists():
+        raise UserError(f"{path}: diffusion checkpoint not found")
+    try:
+        from synther.diffusion.edm import SamplerConfig
+        from synther.diffusion.synthesizer import Synthesizer
+    except ImportError as e:  # pragma: no cover - depends on the diffusion module being installed
+        raise UserError(f"{path}: generating samples on the fly needs the diffusion module ({e}); "
+                        "sample a samples.npz first and pass that instead") from None
+    syn = Synthesizer.load(path, device)
+    ds = syn.sample(n, SamplerConfig(steps=num_steps), seed=seed)
+    ds.provenance["privacy_ledger"] = syn.ledger.to_dict()
+    return ds
+
+
+def _limit(ds: TransitionDataset, limit: int) -> TransitionDataset:
+    if limit < 0 or limit >= ds.size:
+        return ds
+    return ds.subset(np.arange(limit), note=f"first {limit} rows (--diffusion.sample_limit)")
+
+
+def state_statistics(observations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """CORL's state normalization: mean and std (+1e-3) of the observations given."""
+    obs = observations.astype(np.float64)
+    return obs.mean(0).astype(np.float32), (obs.std(0) + STATE_STD_EPS).astype(np.float32)
+
+
+def reward_scale_from_returns(ds: TransitionDataset, max_episode_steps: int) -> float:
+    """CORL's reward normalization for locomotion: max_episode_steps / (max return − min return) over the episodes
+    of `ds` (split at terminals, timeouts and every max_episode_steps rows). Needs data with episode structure."""
+    if ds.timeouts is None and not ds.terminals.any():
+        raise UserError(
+            f"{ds.source}: --normalize_reward needs episode boundaries (terminals or timeouts) to compute the return "
+            "range; unordered transitions such as synthetic samples have none (use --normalize_reward false)"
+        )
+    ends = ds.terminals.astype(bool) | (ds.timeouts if ds.timeouts is not None else False)
+    returns, ret, length = [], 0.0, 0
+    for r, end in zip(ds.rewards.tolist(), ends.tolist()):
+        ret += r
+        length += 1
+        if end or length == max_episode_steps:
+            returns.append(ret)
+            ret, length = 0.0, 0
+    if len(returns) < 2 or max(returns) == min(returns):
+        raise UserError(f"{ds.source}: --normalize_reward needs at least two episodes with different returns")
+    return max_episode_steps / (max(returns) - min(returns))
+
+
+class ReplayBuffer:
+    """All transitions as ONE (N, 2·obs + act + 2) tensor on the training device, normalized once up front.
+
+    A batch is one gather (`index_select`) of rows whose indices were drawn in bulk, `chunk` batches at a time,
+    from a generator seeded by the run's seed; the pieces are views into it. State statistics come from the data
+    passed in (see module docstring).
+    """
+
+    def __init__(
+        self,
+        ds: TransitionDataset,
+        device: torch.device | str = "cpu",
+        normalize_states: bool = True,
+        reward_scale: float = 1.0,
+        reward_bias: float = 0.0,
+        seed: int = 0,
+        chunk: int = 1000,
+    ) -> None:
+        self.device = torch.device(device)
+        self.size, self.obs_dim, self.action_dim = ds.size, ds.obs_dim, ds.action_dim
+        if normalize_states:
+            self.state_mean, self.state_std = state_statistics(ds.observations)
+        else:
+            self.state_mean = np.zeros(ds.obs_dim, np.float32)
+            self.state_std = np.ones(ds.obs_dim, np.float32)
+        self.reward_scale, self.reward_bias = float(reward_scale), float(reward_bias)
+        rows = np.concatenate(
+            [
+                self.normalize(ds.observations),
+                ds.actions,
+                (ds.rewards * self.reward_scale + self.reward_bias)[:, None],
+                self.normalize(ds.next_observations),
+                ds.terminals[:, None],
+            ],
+            axis=1,
+        ).astype(np.float32)
+        self.data = torch.from_numpy(rows).to(self.device)
+        s, a = self.obs_dim, self.action_dim
+        self._splits = (s, a, 1, s, 1)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+        self.chunk = chunk
+        self._indices: torch.Tensor | None = None
+        self._batch_size = 0
+        self._next = 0
+
+    def normalize(self, observations: np.ndarray) -> np.ndarray:
+        return (observations - self.state_mean) / self.state_std
+
+    def sample(self, batch_size: int) -> Batch:
+        if self._indices is None or self._next == self.chunk or batch_size != self._batch_size:
+            self._indices = torch.randint(self.size, (self.chunk, batch_size), generator=self.generator,
+                                          device=self.device)
+            self._batch_size, self._next = batch_size, 0
+        rows = self.data.index_select(0, self._indices[self._next])
+        self._next += 1
+        obs, act, rew, next_obs, done = torch.split(rows, self._splits, dim=1)
+        return Batch(obs, act, rew.squeeze(1), next_obs, done.squeeze(1))
+
+    def statistics(self) -> dict[str, Any]:
+        return {"state_mean": self.state_mean.tolist(), "state_std": self.state_std.tolist(),
+                "reward_scale": self.reward_scale, "reward_bias": self.reward_bias}
+
+    def rng_state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+        self._indices = None  # draw a fresh chunk from the restored generator
+
+
+def check_dimensions(ds: TransitionDataset, obs_dim: int, action_dim: int, env_name: str) -> None:
+    """Training data must fit the evaluation env (e.g. a samples.npz generated for another task)."""
+    for what, have, want in (("obs_dim", ds.obs_dim, obs_dim), ("action_dim", ds.action_dim, action_dim)):
+        if have != want:
+            raise DatasetError(
+                f"dimension mismatch: {ds.source} has {what}={have} but the evaluation env of {env_name} has "
+                f"{what}={want}"
+            )

@@ -1,0 +1,325 @@
+"""The ONE training loop shared by all agents (TD3+BC, IQL, CQL, AWAC, EDAC).
+
+    train(cfg, AgentClass) -> summary dict
+
+A run: look up the eval env and score constants of --dataset (by name, no data read) -> load the training data
+(the real dataset, or ONLY the synthetic samples of --diffusion.path) -> replay buffer with statistics of that
+data -> `max_timesteps` updates, evaluating every `eval_freq` -> run folder with
+
+    config.yaml    the full run config (pyrallis YAML; re-run with --config_path)
+    eval.jsonl     learning curve: one line per evaluation (returns, normalized score)
+    metrics.jsonl  training losses every `log_every` updates
+    checkpoint.pt  agent + optimizers + RNG at the last evaluation; a killed run resumes from it
+    summary.json   last score, mean of the last k evaluations, best; data source; normalization provenance; ε
+
+A run whose summary.json exists is skipped (unless --overwrite true), so sweeps can be re-run.
+"""
+import dataclasses
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyrallis
+import torch
+from tqdm.auto import tqdm
+
+from synther.agents.buffer import ReplayBuffer, check_dimensions, load_training_data, reward_scale_from_returns
+from synther.agents.evaluation import EvalTarget, eval_target, run_episodes
+from synther.agents.networks import Agent
+from synther.cli import parse
+from synther.errors import UserError
+from synther.utils.device import resolve_device
+from synther.utils.io import atomic_path, atomic_write_json
+from synther.utils.provenance import package_versions
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = "privtranr-agent-v1"
+# options that may differ between a killed run and its resumption
+_RESUME_IGNORED = ("progress", "overwrite", "device", "threads", "log_every", "save_checkpoints", "compile")
+
+
+@dataclass
+class DiffusionSource:
+    path: str = ""  # train on synthetic data INSTEAD of --dataset's real transitions: a samples.npz, or a diffusion checkpoint (.pt) to generate from on the fly; empty: train on the real dataset
+    sample_limit: int = -1  # use at most this many synthetic rows, the file's first ones (-1: all); with a checkpoint, how many to generate
+    num_samples: int = 100_000  # checkpoint only: how many transitions to generate when sample_limit is -1
+    num_steps: int = 32  # checkpoint only: sampler steps (DPM-Solver++ 2M)
+
+
+@dataclass
+class TrainConfig:
+    """Options shared by every agent; each algorithm's config adds its CORL hyper-parameters."""
+
+    dataset: str = "ptr-maze2d-umaze-dense-v0"  # dataset name from config/datasets.yaml (or a path): the real data trained on unless --diffusion.path is given, and always the source of the evaluation env and score constants
+    env: str = ""  # alias of --dataset (the paper repo's flag name)
+    seed: int = 0  # seeds numpy, torch, the replay sampling and the evaluation env
+    checkpoints_path: str = ""  # parent folder of the run folder; empty: $PRIVTRANR_RUNS_DIR/agents, else runs/agents
+    name: str = ""  # run folder name; empty: <algorithm>-<dataset>-<eps<ε>|synthetic|real>-seed<seed>
+    diffusion: DiffusionSource = field(default_factory=DiffusionSource)  # synthetic training data
+    dp_epsilon: float = -1.0  # ε of the DP synthesizer that made --diffusion.path, recorded in the summary and run name (-1: not given)
+    max_timesteps: int = 1_000_000  # gradient updates (CORL: 1M; PrivORL: 500k)
+    eval_freq: int = 5000  # evaluate every this many updates (and after the last one)
+    n_episodes: int = 10  # episodes per evaluation (PrivORL uses 100 on maze2d)
+    eval_max_episode_steps: int = 0  # evaluation horizon; 0: the dataset's registered horizon (changing it invalidates the score constants)
+    summary_last_k: int = 10  # summary.json reports the mean normalized score of the last k evaluations
+    device: str = "auto"  # auto (CUDA when available), cpu or cuda
+    threads: int = 0  # torch CPU threads (0: torch's default; 1 is faster when other jobs share the cores)
+    batch_size: int = 256  # transitions per update
+    discount: float = 0.99  # γ
+    normalize: bool = True  # z-score states with the mean/std (+1e-3) of the training data
+    normalize_reward: bool = False  # CORL's locomotion reward scaling by the training data's return range (needs episodes; off for synthetic samples)
+    log_every: int = 1000  # write training losses to metrics.jsonl every this many updates (the only host syncs in the loop)
+    save_checkpoints: bool = True  # write checkpoint.pt at every evaluation so a killed run resumes
+    overwrite: bool = False  # re-run even if the run folder holds a finished run (otherwise it is skipped)
+    compile: bool = False  # torch.compile the networks (first updates are slow while it compiles)
+    progress: bool = True  # show a progress bar
+
+
+def parse_config(config_class: type, description: str, args: list[str] | None = None) -> Any:
+    """synther.cli.parse, plus the paper repo's --config as an alias of pyrallis' --config_path."""
+    import sys
+
+    args = list(sys.argv[1:] if args is None else args)
+    args = ["--config_path" if a == "--config" else
+            "--config_path=" + a.split("=", 1)[1] if a.startswith("--config=") else a for a in args]
+    return parse(config_class, description, args)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _blank(value: Any) -> str:
+    """pyrallis reads an empty command-line value (--name "") as None, or as the string 'None' for str fields."""
+    return "" if value is None or value == "None" else str(value)
+
+
+def _normalize(cfg: TrainConfig) -> TrainConfig:
+    return dataclasses.replace(cfg, env=_blank(cfg.env), name=_blank(cfg.name),
+                               checkpoints_path=_blank(cfg.checkpoints_path),
+                               diffusion=dataclasses.replace(cfg.diffusion, path=_blank(cfg.diffusion.path)))
+
+
+def _check(cfg: TrainConfig) -> TrainConfig:
+    cfg = _normalize(cfg)
+    if cfg.env and cfg.dataset != cfg.env and cfg.dataset != TrainConfig.dataset:
+        raise UserError(f"--env '{cfg.env}' and --dataset '{cfg.dataset}' disagree; --env is an alias, give one")
+    if cfg.env:
+        cfg = dataclasses.replace(cfg, dataset=cfg.env, env="")
+    for opt in ("max_timesteps", "eval_freq", "n_episodes", "batch_size", "log_every", "summary_last_k"):
+        if getattr(cfg, opt) <= 0:
+            raise UserError(f"--{opt} must be positive, got {getattr(cfg, opt)}")
+    if cfg.dp_epsilon >= 0 and not cfg.diffusion.path:
+        raise UserError("--dp_epsilon describes synthetic data: it needs --diffusion.path")
+    return cfg
+
+
+def runs_root() -> Path:
+    return Path(os.environ.get("PRIVTRANR_RUNS_DIR", "runs")) / "agents"
+
+
+def data_tag(cfg: TrainConfig) -> str:
+    if not cfg.diffusion.path:
+        return "real"
+    return f"eps{cfg.dp_epsilon:g}" if cfg.dp_epsilon >= 0 else "synthetic"
+
+
+def run_name(cfg: TrainConfig, algorithm: str) -> str:
+    cfg = _normalize(cfg)
+    if cfg.name:
+        return cfg.name
+    dataset = cfg.env or cfg.dataset
+    tag = dataset.replace("/", "_") if not Path(dataset).suffix else Path(dataset).stem
+    return f"{algorithm}-{tag}-{data_tag(cfg)}-seed{cfg.seed}"
+
+
+def run_dir(cfg: TrainConfig, algorithm: str) -> Path:
+    cfg = _normalize(cfg)
+    root = Path(cfg.checkpoints_path) if cfg.checkpoints_path else runs_root()
+    return root / run_name(cfg, algorithm)
+
+
+def _comparable(cfg_dict: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in cfg_dict.items() if k not in _RESUME_IGNORED}
+
+
+class _JsonLines:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, row: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+
+    def keep_until(self, step: int) -> None:
+        """Drop rows logged after `step` (a resumed run repeats them)."""
+        if not self.path.exists():
+            return
+        rows = [line for line in self.path.read_text().splitlines() if line.strip()]
+        kept = [r for r in rows if json.loads(r).get("step", 0) <= step]
+        with atomic_path(self.path) as tmp:
+            tmp.write_text("".join(r + "\n" for r in kept))
+
+
+def make_policy(agent: Agent, buffer: ReplayBuffer, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
+    """Raw env observation -> action, normalizing with the training data's statistics."""
+    mean = torch.as_tensor(buffer.state_mean, device=device)
+    std = torch.as_tensor(buffer.state_std, device=device)
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0)
+        return agent.act((x - mean) / std)[0].cpu().numpy()
+
+    return policy
+
+
+def evaluate(agent: Agent, buffer: ReplayBuffer, env, target: EvalTarget, n_episodes: int, seed: int,
+             device: torch.device) -> dict[str, Any]:
+    agent.train_mode(False)
+    with torch.inference_mode():
+        returns = run_episodes(env, make_policy(agent, buffer, device), n_episodes, seed)
+    agent.train_mode(True)
+    scores = np.asarray(target.normalize(returns))
+    return {"return_mean": float(returns.mean()), "return_std": float(returns.std()),
+            "normalized_score": float(scores.mean()), "normalized_score_std": float(scores.std()),
+            "episodes": n_episodes}
+
+
+def summarize(evals: list[dict[str, Any]], k: int) -> dict[str, Any]:
+    scores = [e["normalized_score"] for e in evals]
+    best = int(np.argmax(scores))
+    last = evals[-1]
+    return {"final_normalized_score": last["normalized_score"], "final_return": last["return_mean"],
+            "last_k": min(k, len(scores)), "last_k_mean_normalized_score": float(np.mean(scores[-k:])),
+            "best_normalized_score": scores[best], "best_step": evals[best]["step"], "evaluations": len(evals)}
+
+
+def normalization_note(data_kind: str, source: str, normalize: bool, reward_scale: float) -> str:
+    what = "state mean/std" if normalize else "nothing (state normalization off)"
+    if reward_scale != 1.0:
+        what += " and the reward scale"
+    origin = (f"the synthetic samples ({source}); the real dataset was not read" if data_kind == "synthetic"
+              else f"the real dataset ({source})")
+    return f"normalization statistics ({what}) computed from: {origin}"
+
+
+def train(cfg: TrainConfig, agent_class: type[Agent]) -> dict[str, Any]:
+    """Train `agent_class` as configured; returns the summary (also written to <run folder>/summary.json)."""
+    cfg = _check(cfg)
+    algorithm = agent_class.name
+    out = run_dir(cfg, algorithm)
+    summary_path = out / "summary.json"
+    if summary_path.exists() and not cfg.overwrite:
+        print(f"{out}: finished run found (summary.json); skipped (pass --overwrite true to re-run)")
+        return json.loads(summary_path.read_text())
+    if cfg.overwrite and out.exists():
+        for name in ("summary.json", "eval.jsonl", "metrics.jsonl", CHECKPOINT, "config.yaml"):
+            (out / name).unlink(missing_ok=True)
+
+    target = eval_target(cfg.dataset)  # fails fast, before any data is loaded
+    device = resolve_device(cfg.device)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    data = load_training_data(cfg.dataset, cfg.diffusion.path, cfg.diffusion.sample_limit,
+                              cfg.diffusion.num_samples, cfg.diffusion.num_steps, cfg.seed, cfg.device)
+    env = target.make_env(cfg.eval_max_episode_steps)
+    obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    check_dimensions(data.dataset, obs_dim, action_dim, target.dataset)
+    max_action = float(np.max(np.abs(np.concatenate([env.action_space.low, env.action_space.high]))))
+    reward_scale = (reward_scale_from_returns(data.dataset, target.horizon or 1000) if cfg.normalize_reward else 1.0)
+    buffer = ReplayBuffer(data.dataset, device, cfg.normalize, reward_scale, seed=cfg.seed)
+    source = data.description.get("path") or data.description.get("source")
+    data.dataset = None  # the buffer holds what training needs; free the arrays
+
+    agent = agent_class(cfg, obs_dim, action_dim, max_action, device)
+    if cfg.compile:
+        for module in agent.modules():
+            module.compile()
+
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_dict = asdict(cfg)
+    evals_log, metrics_log = _JsonLines(out / "eval.jsonl"), _JsonLines(out / "metrics.jsonl")
+    evals: list[dict[str, Any]] = []
+    start, elapsed_train = 0, 0.0
+    ckpt_path = out / CHECKPOINT
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if state.get("format") != CHECKPOINT_FORMAT or _comparable(state["config"]) != _comparable(cfg_dict):
+            raise UserError(f"{out} holds a checkpoint of a different run configuration; pass --overwrite true "
+                            "to start over or --name for another run folder")
+        agent.load_state_dict(state["agent"])
+        buffer.set_rng_state(state["buffer_rng"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
+        np.random.set_state(state["numpy_rng"])
+        start, evals, elapsed_train = state["step"], state["evals"], state["train_seconds"]
+        print(f"{out}: resuming from update {start}")
+    evals_log.keep_until(start)
+    metrics_log.keep_until(start)
+    if start == 0:
+        evals_log.path.unlink(missing_ok=True)
+        metrics_log.path.unlink(missing_ok=True)
+    with atomic_path(out / "config.yaml") as tmp, open(tmp, "w") as f:
+        pyrallis.dump(cfg, f)
+
+    def save_checkpoint(step: int) -> None:
+        if not cfg.save_checkpoints:
+            return
+        state = {"format": CHECKPOINT_FORMAT, "algorithm": algorithm, "step": step, "config": cfg_dict,
+                 "agent": agent.state_dict(), "evals": evals, "train_seconds": elapsed_train,
+                 "buffer_rng": buffer.rng_state(), "torch_rng": torch.get_rng_state(),
+                 "numpy_rng": np.random.get_state(), "state_mean": buffer.state_mean, "state_std": buffer.state_std}
+        with atomic_path(ckpt_path) as tmp:
+            torch.save(state, tmp)
+
+    bar = tqdm(total=cfg.max_timesteps, initial=start, desc=run_name(cfg, algorithm), unit="upd",
+               disable=not cfg.progress, mininterval=1.0)
+    tick, tick_step = time.perf_counter(), start
+    for step in range(start + 1, cfg.max_timesteps + 1):
+        losses = agent.update(buffer.sample(cfg.batch_size))
+        if step % cfg.log_every == 0:
+            metrics_log.append({"step": step, **{k: float(v) for k, v in losses.items()}})
+        if step % cfg.eval_freq == 0 or step == cfg.max_timesteps:
+            now = time.perf_counter()
+            elapsed_train += now - tick
+            speed = (step - tick_step) / max(now - tick, 1e-9)
+            row = {"step": step, **evaluate(agent, buffer, env, target, cfg.n_episodes, cfg.seed, device),
+                   "updates_per_s": speed, "eval_seconds": time.perf_counter() - now}
+            evals.append(row)
+            evals_log.append(row)
+            save_checkpoint(step)
+            bar.set_postfix(score=f"{row['normalized_score']:.1f}", refresh=False)
+            bar.update(step - bar.n)
+            tick, tick_step = time.perf_counter(), step
+        elif step % 100 == 0:
+            bar.update(step - bar.n)
+    bar.close()
+    env.close()
+
+    summary = {
+        "algorithm": algorithm,
+        "dataset": cfg.dataset,
+        "run_dir": str(out),
+        "steps": cfg.max_timesteps,
+        **summarize(evals, cfg.summary_last_k),
+        "data": data.description,
+        "normalization_statistics": normalization_note(data.kind, str(source), cfg.normalize, reward_scale),
+        "normalization": {"computed_from": "synthetic samples" if data.synthetic else "real dataset",
+                          **buffer.statistics()},
+        "dp_epsilon": cfg.dp_epsilon if cfg.dp_epsilon >= 0 else None,
+        "privacy_guarantee": (data.description.get("privacy_ledger") or {}).get("guarantee"),
+        "evaluation": {**target.describe(), "n_episodes": cfg.n_episodes, "seed": cfg.seed},
+        "device": str(device),
+        "train_seconds": elapsed_train,
+        "updates_per_s": cfg.max_timesteps / max(elapsed_train, 1e-9),
+        "versions": package_versions(),
+    }
+    atomic_write_json(summary_path, summary)
+    return summary
