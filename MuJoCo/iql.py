@@ -21,18 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from synther.agents.iql import IQLConfig, IQL  # noqa: E402
-from synther.agents.trainer import parse_config, train  # noqa: E402
+from synther.agents.iql import IQL, IQLConfig  # noqa: E402
+from synther.agents.trainer import script_main  # noqa: E402
 from synther.cli import run  # noqa: E402
 
-
-def main() -> None:
-    cfg = parse_config(IQLConfig, description=__doc__)
-    summary = train(cfg, IQL)
-    print(f"{summary['run_dir']}: normalized score {summary['final_normalized_score']:.1f} (last), "
-          f"{summary['last_k_mean_normalized_score']:.1f} (mean of last {summary['last_k']}), "
-          f"{summary['best_normalized_score']:.1f} (best)")
-
-
 if __name__ == "__main__":
-    run(main)
+    run(lambda: script_main(IQLConfig, IQL, __doc__))

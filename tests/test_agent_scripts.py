@@ -2,7 +2,6 @@
 one-line error / exit code 2 contract."""
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,29 +11,11 @@ import pytest
 
 from synther.agents import ALGORITHMS, get_algorithm
 from synther.data.pointmaze import MazeCollectConfig, collect_maze2d, dataset_name
+from script_helpers import ROOT, assert_user_error, run_script, script_env
 
-ROOT = Path(__file__).resolve().parents[1]
 UMAZE = dataset_name("umaze")
 TINY = ("--max_timesteps", "20", "--eval_freq", "10", "--n_episodes", "1", "--eval_max_episode_steps", "20",
         "--progress", "false")
-
-
-def _env(extra: dict | None = None) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", **(extra or {})}
-
-
-def run_script(script: str, *args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "MuJoCo" / script), *args], capture_output=True, text=True,
-                          env=_env(env_extra), cwd=ROOT, timeout=300)
-
-
-def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def _options(config_class, prefix: str = "") -> list[str]:
@@ -63,7 +44,7 @@ def samples(tmp_path_factory):
 def test_help_explains_every_option():
     scripts = [f"{a}.py" for a in ALGORITHMS] + ["bash-agent-training.py"]
     procs = {s: subprocess.Popen([sys.executable, str(ROOT / "MuJoCo" / s), "--help"], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT) for s in scripts}
+                                 stderr=subprocess.PIPE, text=True, env=script_env(), cwd=ROOT) for s in scripts}
     outputs = {s: p.communicate(timeout=300) for s, p in procs.items()}
     for script, (stdout, stderr) in outputs.items():
         assert procs[script].returncode == 0, stderr

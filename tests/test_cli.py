@@ -1,9 +1,6 @@
 """The scripts as a user runs them: --help, outputs, and the one-line error / exit code 2 contract."""
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,24 +8,7 @@ import pytest
 
 from synther.data.locomotion import LocomotionCollectConfig
 from synther.data.pointmaze import MazeCollectConfig
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_script(script: str, *args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, str(ROOT / "MuJoCo" / script), *args], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=300)
-
-
-def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
-
+from script_helpers import assert_user_error, run_script
 
 def test_collect_help_explains_every_option():
     proc = run_script("collect_data.py", "--help")

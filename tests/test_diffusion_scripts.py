@@ -1,33 +1,14 @@
 """train_diffuser.py and bash-train-diffusion.py as a user runs them."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from synther.data.pointmaze import MazeCollectConfig, collect_maze2d
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(script, *args, env=None):
-    return subprocess.run([sys.executable, str(ROOT / "MuJoCo" / script), *args], capture_output=True, text=True,
-                          cwd=ROOT, env={**os.environ, **(env or {})}, timeout=600)
-
-
-def one_line_error(proc, *fragments):
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, proc.stderr
-    for f in fragments:
-        assert f in lines[0]
-
+from script_helpers import assert_user_error, run_script
 
 def test_help_maps_the_paper_flags():
-    out = run("train_diffuser.py", "--help").stdout
+    out = run_script("train_diffuser.py", "--help").stdout
     for option in ("--mode", "--dataset", "--public_datasets", "--dp.epsilon", "--dp.delta", "--dp.clip_norm",
                    "--dp.accountant", "--curiosity.rate", "--num_samples", "--load_checkpoint", "--sampler.name",
                    "--profile", "--device", "--train.epochs", "--dp.clipping", "--dp.normalizer"):
@@ -43,7 +24,7 @@ def test_help_maps_the_paper_flags():
     (("--mode", "sample", "--load_checkpoint", "README.md"), "not a readable checkpoint"),
 ])
 def test_bad_input_exits_2_with_one_line(args, fragment):
-    one_line_error(run("train_diffuser.py", *args), fragment)
+    assert_user_error(run_script("train_diffuser.py", *args), fragment)
 
 
 def test_sweep_runs_pretrain_finetune_sample_and_skips_finished_work(tmp_path):
@@ -58,7 +39,7 @@ def test_sweep_runs_pretrain_finetune_sample_and_skips_finished_work(tmp_path):
     args = ("--datasets", "ptr-maze2d-medium-dense-v0", "--epsilons", "2,8", "--seeds", "0",
             "--base_config", str(base), "--runs_dir", str(tmp_path / "runs"))
     env = {"PRIVTRANR_DATA_DIR": str(data)}
-    first = run("bash-train-diffusion.py", *args, env=env)
+    first = run_script("bash-train-diffusion.py", *args, env_extra=env)
     assert first.returncode == 0, first.stderr
     for eps in (2, 8):
         folder = tmp_path / "runs" / f"finetune-ptr-maze2d-medium-dense-v0-eps{eps}-seed0"
@@ -69,5 +50,5 @@ def test_sweep_runs_pretrain_finetune_sample_and_skips_finished_work(tmp_path):
         side = json.loads((folder / "samples.json").read_text())
         assert side["privacy_ledger"]["epsilon_spent"] == ledger["epsilon_spent"]
     assert len(list((tmp_path / "runs").glob("pretrain-*"))) == 1  # one pre-training shared by both ε
-    again = run("bash-train-diffusion.py", *args, env=env)
+    again = run_script("bash-train-diffusion.py", *args, env_extra=env)
     assert again.returncode == 0 and again.stdout.count("done, skipped") == 2

@@ -1,16 +1,12 @@
 """Readers (npz, D4RL hdf5, Minari) and the registry entry point load_dataset, all offline."""
-import json
-import os
 import socket
 import warnings
-from pathlib import Path
 
 import gymnasium
 import h5py
 import numpy as np
 import pytest
 
-from synther.data.dataset import TransitionDataset
 from synther.data.formats import load_d4rl_hdf5, load_minari, load_npz, read_sidecar
 from synther.data.registry import Registry, ScoreRef, dataset_info, load_dataset
 from synther.errors import DatasetError, UserError

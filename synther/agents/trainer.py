@@ -323,3 +323,11 @@ def train(cfg: TrainConfig, agent_class: type[Agent]) -> dict[str, Any]:
     }
     atomic_write_json(summary_path, summary)
     return summary
+
+
+def script_main(config_class: type, agent_class: type[Agent], description: str) -> None:
+    """The whole body of MuJoCo/<algorithm>.py: parse options, train, print the scores."""
+    summary = train(parse_config(config_class, description=description), agent_class)
+    print(f"{summary['run_dir']}: normalized score {summary['final_normalized_score']:.1f} (last), "
+          f"{summary['last_k_mean_normalized_score']:.1f} (mean of last {summary['last_k']}), "
+          f"{summary['best_normalized_score']:.1f} (best)")
