@@ -40,6 +40,7 @@ class DPConfig:
     normalizer: str = "public"  # 'public': keep the pre-trained model's public statistics; 'dp': re-estimate them on the sensitive data with the Gaussian mechanism, charged to the same budget
     normalizer_noise_multiplier: float = 50.0  # noise multiplier of that Gaussian mechanism (normalizer 'dp' only)
     train_fraction: float = 0.8  # share of the sensitive set trained on; the rest is held out (MIA non-members)
+    enabled: bool = True  # false: fine-tune WITHOUT privacy (a reference for attacks and audits; its output is not DP)
 
 
 @dataclass
@@ -47,6 +48,7 @@ class DiffusionConfig:
     mode: str = "pretrain"  # pretrain | finetune | sample
     public_datasets: str = ""  # pretrain: comma-separated public datasets, names or paths (paper: --datasets_name)
     dataset: str = ""  # finetune: the sensitive dataset, a name or path (paper: --dataset)
+    max_sensitive_rows: int = 0  # finetune: use a random subset (seeded by --seed) of this many sensitive rows before the split (0: all)
     load_checkpoint: str = ""  # finetune: the pre-trained checkpoint; sample: the checkpoint to sample from
     run_dir: str = ""  # output folder; default runs/diffusion/<mode>-<dataset>[-eps<ε>]-seed<seed> ($PRIVTRANR_RUNS_DIR replaces runs/); sample: the checkpoint's folder
     seed: int = 0  # seeds torch, numpy and the data split
@@ -74,7 +76,7 @@ def default_run_dir(cfg: DiffusionConfig) -> Path:
     if cfg.mode == "sample":
         return Path(cfg.load_checkpoint).parent
     tag = "+".join(Path(n).stem for n in _names(cfg.public_datasets)) if cfg.mode == "pretrain" else Path(cfg.dataset).stem
-    eps = f"-eps{cfg.dp.epsilon:g}" if cfg.mode == "finetune" else ""
+    eps = (f"-eps{cfg.dp.epsilon:g}" if cfg.dp.enabled else "-nodp") if cfg.mode == "finetune" else ""
     return Path(os.environ.get("PRIVTRANR_RUNS_DIR", "runs")) / "diffusion" / f"{cfg.mode}-{tag}{eps}-seed{cfg.seed}"
 
 
@@ -128,9 +130,26 @@ def pretrain(cfg: DiffusionConfig) -> Path:
 
 
 # --- DP fine-tuning ----------------------------------------------------------------------------------------
-def finetune(cfg: DiffusionConfig) -> Path:
+def sensitive_split(cfg: DiffusionConfig, sensitive: TransitionDataset | None = None
+                    ) -> tuple[TransitionDataset, TransitionDataset, TransitionDataset]:
+    """(sensitive set used, training split, held-out split) exactly as fine-tuning with `cfg` makes them; the
+    membership-inference attack calls this again to know who the members are."""
+    sensitive = sensitive if sensitive is not None else load_dataset(cfg.dataset)
+    if 0 < cfg.max_sensitive_rows < sensitive.size:
+        keep = np.random.default_rng(cfg.seed).choice(sensitive.size, cfg.max_sensitive_rows, replace=False)
+        sensitive = sensitive.subset(np.sort(keep), note=f"random {cfg.max_sensitive_rows} rows (seed {cfg.seed})")
+    train, heldout = sensitive.split(cfg.dp.train_fraction, seed=cfg.seed)
+    return sensitive, train, heldout
+
+
+def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -> Path:
+    """DP fine-tuning (or, with dp.enabled false, a non-private reference run).
+
+    `extra_train_rows` (raw vectors) join the training split: the privacy audit inserts its canaries this way.
+    """
     dp = cfg.dp
-    validate_target(dp.epsilon, dp.delta)
+    if dp.enabled:
+        validate_target(dp.epsilon, dp.delta)
     if dp.accountant not in ACCOUNTANTS:
         raise UserError(f"unknown accountant '{dp.accountant}' (choose from: {', '.join(ACCOUNTANTS)})")
     if dp.clipping not in CLIPPING_MODES:
@@ -147,12 +166,14 @@ def finetune(cfg: DiffusionConfig) -> Path:
     if (sensitive.obs_dim, sensitive.action_dim) != (meta["obs_dim"], meta["action_dim"]):
         raise UserError(f"dimension mismatch: {cfg.dataset} has obs/action dims {sensitive.obs_dim}/"
                         f"{sensitive.action_dim} but the checkpoint was trained on {meta['obs_dim']}/{meta['action_dim']}")
-    train, heldout = sensitive.split(dp.train_fraction, seed=cfg.seed)
+    sensitive, train, heldout = sensitive_split(cfg, sensitive)
     x = train.to_vectors()
+    if extra_train_rows is not None:
+        x = np.concatenate([x, np.asarray(extra_train_rows, dtype=x.dtype)])
     layout = TransitionLayout(meta["obs_dim"], meta["action_dim"])
     prior: list[dict[str, Any]] = []
     statistics = dict(base_ledger.statistics)
-    if dp.normalizer == "dp":
+    if dp.normalizer == "dp" and dp.enabled:
         pad = 0.1 * (np.asarray(meta["public_max"]) - np.asarray(meta["public_min"]))
         box_low, box_high = np.asarray(meta["public_min"]) - pad, np.asarray(meta["public_max"]) + pad
         normalizer = Normalizer.dp_estimate(x, layout, box_low, box_high, dp.normalizer_noise_multiplier,
@@ -166,20 +187,29 @@ def finetune(cfg: DiffusionConfig) -> Path:
     if q > 1:
         raise UserError(f"train.batch_size {cfg.train.batch_size} exceeds the {len(x)} training records")
     steps = cfg.train.total_steps(len(x))
-    sigma = calibrate_noise_multiplier(dp.epsilon, dp.delta, q, steps, dp.accountant,
-                                       prior=[tuple(p["accountant_entry"]) for p in prior])
-    ledger = PrivacyLedger(
-        target_epsilon=dp.epsilon, delta=dp.delta, accountant=dp.accountant, noise_multiplier=sigma, sample_rate=q,
-        expected_batch_size=cfg.train.batch_size, clip_norm=dp.clip_norm, clipping_mode=dp.clipping,
-        planned_steps=steps, sensitive_dataset=sensitive.name or str(cfg.dataset), sensitive_train_rows=len(train),
-        sensitive_heldout_rows=len(heldout), public_datasets=base_ledger.public_datasets, prior_mechanisms=prior,
-        statistics={**statistics, "sample_rate": "expected batch size / training rows (row count treated as public)",
-                    "split": f"sensitive.split(train_fraction={dp.train_fraction}, seed={cfg.seed})"})
+    statistics["split"] = (f"sensitive.split(train_fraction={dp.train_fraction}, seed={cfg.seed})"
+                           + (f" of a random {sensitive.size}-row subset" if cfg.max_sensitive_rows else ""))
+    if extra_train_rows is not None:
+        statistics["extra_train_rows"] = f"{len(extra_train_rows)} rows added to the training split (audit canaries)"
+    common = dict(sensitive_dataset=sensitive.name or str(cfg.dataset), sensitive_train_rows=len(x),
+                  sensitive_heldout_rows=len(heldout), public_datasets=base_ledger.public_datasets)
+    if dp.enabled:
+        sigma = calibrate_noise_multiplier(dp.epsilon, dp.delta, q, steps, dp.accountant,
+                                           prior=[tuple(p["accountant_entry"]) for p in prior])
+        ledger = PrivacyLedger(
+            target_epsilon=dp.epsilon, delta=dp.delta, accountant=dp.accountant, noise_multiplier=sigma,
+            sample_rate=q, expected_batch_size=cfg.train.batch_size, clip_norm=dp.clip_norm,
+            clipping_mode=dp.clipping, planned_steps=steps, prior_mechanisms=prior, **common,
+            statistics={**statistics, "sample_rate": "expected batch size / training rows (row count treated as public)"})
+        settings = DPSettings(noise_multiplier=sigma, clip_norm=dp.clip_norm, sample_rate=q, clipping_mode=dp.clipping)
+    else:
+        ledger = PrivacyLedger(private=False, planned_steps=steps, statistics=statistics, **common)
+        settings = None
     meta = {**meta, "phase": "finetune", "normalizer_source": model.normalizer.source,
-            "sensitive_dataset": ledger.sensitive_dataset, "split_seed": cfg.seed,
+            "sensitive_dataset": ledger.sensitive_dataset, "sensitive_spec": str(cfg.dataset), "split_seed": cfg.seed,
             "train_fraction": dp.train_fraction, "pretrained_from": str(cfg.load_checkpoint),
-            "versions": package_versions()}
-    settings = DPSettings(noise_multiplier=sigma, clip_norm=dp.clip_norm, sample_rate=q, clipping_mode=dp.clipping)
+            "extra_train_rows": 0 if extra_train_rows is None else len(extra_train_rows),
+            "config": asdict(cfg), "versions": package_versions()}
     run_dir = default_run_dir(cfg)
     data = torch.as_tensor(x, device=device)
     DiffusionTrainer(model, data, cfg.train, run_dir, ledger, meta, cfg.seed, dp=settings, progress=cfg.progress).run()

@@ -24,6 +24,8 @@ class PrivacyLedger:
     # Other mechanisms run on the sensitive data, as accountant entries (σ, q, steps), e.g. a DP normalizer.
     prior_mechanisms: list[dict[str, Any]] = field(default_factory=list)
     statistics: dict[str, Any] = field(default_factory=dict)  # statistic -> where it came from
+    # False only for reference runs trained on sensitive data WITHOUT DP (attack baselines): nothing is guaranteed.
+    private: bool = True
 
     def history(self) -> list[tuple[float, float, int]]:
         entries = [tuple(m["accountant_entry"]) for m in self.prior_mechanisms]
@@ -32,6 +34,8 @@ class PrivacyLedger:
         return entries
 
     def epsilon_spent(self) -> float:
+        if not self.private:
+            return float("inf")
         if self.delta is None:
             return 0.0
         return epsilon_spent(self.history(), self.delta, self.accountant or "rdp")
@@ -41,6 +45,9 @@ class PrivacyLedger:
                 "guarantee": self.describe()}
 
     def describe(self) -> str:
+        if not self.private:
+            return (f"NOT differentially private: trained on {self.sensitive_dataset} without DP "
+                    "(a reference for attacks and audits; never release it)")
         if self.target_epsilon is None:
             return "no sensitive data used: nothing to account"
         return (f"({self.epsilon_spent():.4g}, {self.delta:g})-DP for each record of {self.sensitive_dataset} "

@@ -1,0 +1,115 @@
+"""Membership-inference attack on a fine-tuned diffusion model, the canary privacy audit, and the paper's MIA
+experiment.
+
+  --mode attack      attack --checkpoint (a fine-tuned model) with its own split: members = fine-tuning rows,
+                     non-members = held-out rows. Writes <out_dir>/mia.json (AUC, TPR at 0.1/1/10% FPR, bootstrap
+                     intervals, accountant ε) and mia_roc.png. --audit true also repeats that fine-tuning with
+                     canaries inserted and writes audit.json: an empirical lower bound on ε beside the accountant's.
+  --mode experiment  PrivORL's setup: from a pre-trained --load_checkpoint, fine-tune on --members records of
+                     --dataset (as many held out) without DP (long) and with DP at each --epsilons, attack all,
+                     print one table (and audit each with --audit true). Finished runs are reused.
+
+The attack scores a record by minus its EDM denoising loss at σ ∈ --sigmas, averaged over --draws fixed noise
+draws. It reads the sensitive data: the results are for the data holder and are not themselves private.
+
+  python MuJoCo/mia.py --checkpoint runs/diffusion/finetune-ptr-maze2d-medium-dense-v0-eps10-seed0/checkpoint.pt
+  python MuJoCo/mia.py --mode experiment --dataset ptr-maze2d-medium-dense-v0 --epsilons 1,10 \\
+      --load_checkpoint runs/diffusion/pretrain-...-seed0/checkpoint.pt --out_dir runs/mia/maze2d-medium
+"""
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import pyrallis  # noqa: E402
+
+from synther.cli import parse, run  # noqa: E402
+from synther.diffusion.synthesizer import DiffusionConfig  # noqa: E402
+from synther.errors import UserError  # noqa: E402
+from synther.evaluation.mia import (AttackSettings, attack_checkpoint, finetune_config, format_table,  # noqa: E402
+                                    run_audit, run_experiment, write_result)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class MIAConfig:
+    mode: str = "attack"  # attack | experiment
+    checkpoint: str = ""  # attack: the fine-tuned checkpoint to attack
+    dataset: str = ""  # attack: the sensitive dataset (default: the one recorded in the checkpoint); experiment: required
+    out_dir: str = ""  # attack default: <checkpoint folder>/mia; experiment default: runs/mia/<dataset>-seed<seed>
+    members: int = 1000  # members and non-members attacked (paper: 1000 each)
+    sigmas: str = "0.10,0.11,0.12,0.13"  # fixed noise levels σ of the loss score (paper: 0.10-0.13)
+    draws: int = 64  # noise draws averaged per record and σ (paper: 64)
+    bootstrap: int = 1000  # bootstrap resamples for the confidence intervals (0: none)
+    audit: bool = False  # also run the one-run canary audit (a second fine-tuning run with canaries)
+    canaries: int = 1000  # audit: canaries, each inserted with probability 1/2
+    canary_radius: float = 2.0  # audit: canary distance from the public mean, in public standard deviations per dimension
+    confidence: float = 0.95  # audit: confidence of the ε lower bound
+    load_checkpoint: str = ""  # experiment: the pre-trained (public) checkpoint to fine-tune from
+    base_config: str = "config/diffusion/maze2d-quickstart.yaml"  # experiment: DiffusionConfig YAML for the fine-tuning runs
+    epsilons: str = "1,10"  # experiment: ε of the DP runs
+    nodp_epochs: float = 300.0  # experiment: epochs of the non-private run (long, so it over-fits as in the paper)
+    seed: int = 0  # noise draws, member sampling, canaries; experiment: also the split and fine-tuning seed
+    device: str = "auto"  # auto (CUDA when available), cpu or cuda
+    progress: bool = True  # progress bars
+
+
+def _floats(spec: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(s) for s in spec.split(",") if s.strip())
+    except ValueError:
+        raise UserError(f"--{flag} must be comma-separated numbers, got '{spec}'") from None
+
+
+def _resolve(path: str) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() or p.exists() else ROOT / p
+
+
+def main() -> None:
+    cfg = parse(MIAConfig, description=__doc__)
+    sigmas = _floats(cfg.sigmas, "sigmas")
+    if not sigmas or min(sigmas) <= 0:
+        raise UserError(f"--sigmas must be positive noise levels, got '{cfg.sigmas}'")
+    if cfg.members < 2 or cfg.draws < 1 or cfg.bootstrap < 0:
+        raise UserError("--members must be ≥ 2, --draws ≥ 1 and --bootstrap ≥ 0")
+    settings = AttackSettings(sigmas=sigmas, draws=cfg.draws, seed=cfg.seed)
+    if cfg.mode == "attack":
+        if not cfg.checkpoint:
+            raise UserError("--mode attack needs --checkpoint (a fine-tuned checkpoint.pt)")
+        out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.checkpoint).parent / "mia"
+        result = attack_checkpoint(cfg.checkpoint, cfg.members, settings, cfg.bootstrap, cfg.device, cfg.dataset,
+                                   cfg.progress)
+        result["label"] = Path(cfg.checkpoint).parent.name
+        if cfg.audit:
+            ft = finetune_config(cfg.checkpoint)
+            if cfg.dataset:
+                ft.dataset = cfg.dataset
+            ft.device = cfg.device
+            result["audit"] = run_audit(ft, out_dir, cfg.canaries, cfg.canary_radius, cfg.confidence, settings,
+                                        cfg.progress)
+        path = write_result(result, out_dir)
+        print(format_table([result]))
+        print(f"wrote {path}")
+    elif cfg.mode == "experiment":
+        if not cfg.dataset or not cfg.load_checkpoint:
+            raise UserError("--mode experiment needs --dataset (sensitive) and --load_checkpoint (pre-trained)")
+        base_path = _resolve(cfg.base_config)
+        if not base_path.exists():
+            raise UserError(f"{cfg.base_config}: base config not found")
+        base = pyrallis.parse(config_class=DiffusionConfig, config_path=str(base_path), args=[])
+        base.seed, base.device = cfg.seed, cfg.device
+        out_dir = Path(cfg.out_dir) if cfg.out_dir else Path("runs/mia") / f"{Path(cfg.dataset).stem}-seed{cfg.seed}"
+        rows = run_experiment(base, cfg.load_checkpoint, cfg.dataset, out_dir, cfg.members,
+                              _floats(cfg.epsilons, "epsilons"), cfg.nodp_epochs, settings, cfg.bootstrap, cfg.audit,
+                              cfg.canaries, cfg.canary_radius, cfg.confidence, cfg.progress)
+        print(format_table(rows))
+        print(f"wrote {out_dir / 'mia_experiment.md'}")
+    else:
+        raise UserError(f"unknown --mode '{cfg.mode}' (choose from: attack, experiment)")
+
+
+if __name__ == "__main__":
+    run(main)
