@@ -1,29 +1,31 @@
 """Train offline RL agents over datasets × algorithms × ε × seeds on existing sample files, plus the real dataset
 as the non-private reference; finished runs (summary.json present) are skipped, killed runs resume.
 
-Each run uses config/agents/<algorithm>/<dataset>.yaml (CORL's per-env settings; the algorithm's defaults when
-there is none) with the dataset, seed, samples and ε of the grid point. Samples are found with --samples, by
-default the layout MuJoCo/bash-train-diffusion.py writes: runs/diffusion/finetune-<dataset>-eps<ε>-seed<s>/samples.npz.
-Runs go to <checkpoints_path>/<algorithm>-<dataset>-eps<ε>-seed<s> (and ...-real-seed<s>); a results table is
-printed at the end and written to <checkpoints_path>/results.json.
+A front-end of MuJoCo/sweep.py's engine: each run is a job (a MuJoCo/<algorithm>.py subprocess logging to
+<run folder>/job-agent.log) on a local process pool (--workers, default all cores; --cpus per run) or a Ray cluster
+(--executor ray [--ray_address host:port]). A failed run is recorded in <checkpoints_path>/sweep_state.json and
+does not stop the others. Each run uses config/agents/<algorithm>/<dataset>.yaml (CORL's per-env settings; the
+algorithm's defaults when there is none) with the dataset, seed, samples and ε of the grid point. Samples are found
+with --samples, by default the layout MuJoCo/bash-train-diffusion.py writes:
+runs/diffusion/finetune-<dataset>-eps<ε>-seed<s>/samples.npz. Runs go to
+<checkpoints_path>/<algorithm>-<dataset>-eps<ε>-seed<s> (and ...-real-seed<s>); a results table is printed at the
+end and written to <checkpoints_path>/results.json.
 
   python MuJoCo/bash-agent-training.py --datasets ptr-maze2d-medium-dense-v0 --algorithms td3_bc,iql \\
       --epsilons 1,10 --seeds 0,1 --dry_run true
 """
-import dataclasses
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import pyrallis  # noqa: E402
-
-from synther.agents import ALGORITHMS, get_algorithm  # noqa: E402
-from synther.agents.trainer import DiffusionSource, run_dir, runs_root, train  # noqa: E402
+from synther.agents import ALGORITHMS  # noqa: E402
 from synther.cli import parse, run  # noqa: E402
 from synther.errors import UserError  # noqa: E402
+from synther.sweep import SUCCESS, Job, agent_job, execute  # noqa: E402
 from synther.utils.io import atomic_write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,10 +47,15 @@ class AgentSweepConfig:
     eval_freq: int = 0  # override the evaluation interval (0: the YAML's)
     n_episodes: int = 0  # override the episodes per evaluation (0: the YAML's)
     device: str = "auto"  # auto (CUDA when available), cpu or cuda
-    threads: int = 0  # torch CPU threads per run (0: torch's default)
+    threads: int = 0  # torch CPU threads per run (0: --cpus)
+    cpus: int = 1  # CPU cores reserved per run (local pool slots, Ray num_cpus, OMP_NUM_THREADS)
+    gpus: float = 0.0  # GPUs per run (Ray: num_gpus, fractions share a GPU)
+    executor: str = "local"  # local (process pool on this machine) or ray
+    ray_address: str = ""  # Ray cluster to join, host:port (empty with --executor ray: start a local Ray)
+    workers: int = 0  # local: CPU slots, runs in parallel = workers / cpus (0: all cores)
     missing: str = "skip"  # a sample file that does not exist: 'skip' (listed as missing) or 'error'
     dry_run: bool = False  # print the plan (and what is done or missing) without training
-    progress: bool = True  # progress bars
+    progress: bool = True  # progress bars (in each run's job-agent.log)
 
 
 def _split(s: str) -> list[str]:
@@ -56,26 +63,19 @@ def _split(s: str) -> list[str]:
 
 
 def _resolve(path: str) -> Path:
+    """Jobs run from the repository root: a path is made absolute (from here if it exists, else the repo's)."""
     p = Path(path).expanduser()
-    return p if p.is_absolute() or p.exists() else ROOT / p
+    return p if p.is_absolute() else p.absolute() if p.exists() else ROOT / p
 
 
-@dataclass
-class Job:
-    algorithm: str
-    dataset: str
-    eps: float | None  # None: the real dataset
-    seed: int
-    samples: Path | None
-    config: object
-
-    @property
-    def label(self) -> str:
-        data = "real" if self.eps is None else f"eps{self.eps:g}"
-        return f"{self.algorithm:<7} {self.dataset} {data:<8} seed{self.seed}"
+def agents_root(cfg: AgentSweepConfig) -> Path:
+    default = Path(os.environ.get("PRIVTRANR_RUNS_DIR", "runs")) / "agents"
+    root = Path(cfg.checkpoints_path) if cfg.checkpoints_path else default
+    return root.expanduser().absolute()
 
 
-def plan(cfg: AgentSweepConfig) -> list[Job]:
+def plan(cfg: AgentSweepConfig) -> tuple[list[Job], list[tuple[Job, Path]]]:
+    """(jobs to run, jobs whose sample file is missing)."""
     try:
         epsilons = [float(e) for e in _split(cfg.epsilons)]
         seeds = [int(s) for s in _split(cfg.seeds)]
@@ -87,54 +87,59 @@ def plan(cfg: AgentSweepConfig) -> list[Job]:
             raise UserError(f"unknown algorithm '{a}' in --algorithms (choose from: {', '.join(ALGORITHMS)})")
     if cfg.missing not in ("skip", "error"):
         raise UserError(f"--missing must be 'skip' or 'error', got '{cfg.missing}'")
-    overrides = {k: getattr(cfg, k) for k in ("max_timesteps", "eval_freq", "n_episodes", "threads") if getattr(cfg, k)}
-    jobs = []
+    if cfg.cpus < 1:
+        raise UserError(f"--cpus must be ≥ 1, got {cfg.cpus}")
+    common = dict(agents_dir=agents_root(cfg), python=sys.executable, config_dir=_resolve(cfg.config_dir),
+                  max_timesteps=cfg.max_timesteps, eval_freq=cfg.eval_freq, n_episodes=cfg.n_episodes,
+                  sample_limit=cfg.sample_limit, device=cfg.device, cpus=cfg.cpus, gpus=cfg.gpus,
+                  threads=cfg.threads or cfg.cpus, progress=cfg.progress)
+    jobs, missing = [], []
     for dataset in _split(cfg.datasets):
         for algorithm in algorithms:
-            _, config_class = get_algorithm(algorithm)
-            yaml_path = _resolve(cfg.config_dir) / algorithm / f"{dataset}.yaml"
-            base = (pyrallis.parse(config_class=config_class, config_path=str(yaml_path), args=[])
-                    if yaml_path.exists() else config_class())
-            base = dataclasses.replace(base, dataset=dataset, checkpoints_path=cfg.checkpoints_path,
-                                       device=cfg.device, progress=cfg.progress, **overrides)
             for seed in seeds:
                 if cfg.real:
-                    jobs.append(Job(algorithm, dataset, None, seed, None, dataclasses.replace(base, seed=seed)))
+                    jobs.append(agent_job(algorithm=algorithm, dataset=dataset, seed=seed, **common))
                 for eps in epsilons:
                     sample_seed = seed if cfg.sample_seed < 0 else cfg.sample_seed
                     path = _resolve(cfg.samples.format(dataset=dataset, eps=f"{eps:g}", seed=sample_seed))
-                    source = DiffusionSource(path=str(path), sample_limit=cfg.sample_limit)
-                    jobs.append(Job(algorithm, dataset, eps, seed, path,
-                                    dataclasses.replace(base, seed=seed, diffusion=source, dp_epsilon=eps)))
-    return jobs
+                    job = agent_job(algorithm=algorithm, dataset=dataset, seed=seed, samples=path, epsilon=eps,
+                                    **common)
+                    if path.exists():
+                        jobs.append(job)
+                    elif cfg.missing == "error":
+                        raise UserError(f"{path}: sample file not found (for {label(job)})")
+                    else:
+                        missing.append((job, path))
+    return jobs, missing
+
+
+def label(job: Job) -> str:
+    eps = job.labels["epsilon"]
+    data = "real" if eps is None else f"eps{eps:g}"
+    return f"{job.labels['agent']:<7} {job.labels['dataset']} {data:<8} seed{job.labels['seed']}"
 
 
 def main() -> None:
     cfg = parse(AgentSweepConfig, description=__doc__)
-    jobs = plan(cfg)
+    jobs, missing = plan(cfg)
+    for job, path in missing:
+        print(f"{label(job)}: samples missing ({path}), skipped")
+    if cfg.dry_run:
+        for i, job in enumerate(jobs, 1):
+            print(f"[{i}/{len(jobs)}] {label(job)}: {'done' if job.is_done() else 'to run'} -> {job.run_dir}")
+        return
+    root = agents_root(cfg)
+    result = execute(jobs, cfg.executor, cfg.ray_address, cfg.workers, root / "sweep_state.json",
+                     "bash-agent-training")
     results = []
-    for i, job in enumerate(jobs, 1):
-        agent_class, _ = get_algorithm(job.algorithm)
-        out = run_dir(job.config, job.algorithm)
-        label = f"[{i}/{len(jobs)}] {job.label}"
-        if job.samples is not None and not job.samples.exists():
-            if cfg.missing == "error":
-                raise UserError(f"{job.samples}: sample file not found (for {job.label.strip()})")
-            print(f"{label}: samples missing ({job.samples}), skipped")
+    for job in jobs:
+        if result.status.get(job.id) not in SUCCESS:
             continue
-        done = (out / "summary.json").exists()
-        if cfg.dry_run:
-            print(f"{label}: {'done' if done else 'to run'} -> {out}")
-            continue
-        if done:
-            print(f"{label}: done, skipped")
-            summary = json.loads((out / "summary.json").read_text())
-        else:
-            print(f"{label} -> {out}", flush=True)
-            summary = train(job.config, agent_class)
-        results.append({"algorithm": job.algorithm, "dataset": job.dataset, "dp_epsilon": job.eps,
-                        "data": "real" if job.eps is None else "synthetic", "seed": job.seed,
-                        "final": summary["final_normalized_score"], "best": summary["best_normalized_score"],
+        summary = json.loads((job.run_dir / "summary.json").read_text())
+        results.append({"algorithm": job.labels["agent"], "dataset": job.labels["dataset"],
+                        "dp_epsilon": job.labels["epsilon"], "data": "real" if job.labels["epsilon"] is None
+                        else "synthetic", "seed": job.labels["seed"], "final": summary["final_normalized_score"],
+                        "best": summary["best_normalized_score"],
                         "last_k_mean": summary["last_k_mean_normalized_score"], "run_dir": summary["run_dir"]})
     if results:
         print(f"\n{'algorithm':<8} {'dataset':<34} {'data':<9} {'seed':>4} {'final':>7} {'last-k':>7} {'best':>7}")
@@ -142,8 +147,9 @@ def main() -> None:
             data = "real" if r["dp_epsilon"] is None else f"eps{r['dp_epsilon']:g}"
             print(f"{r['algorithm']:<8} {r['dataset']:<34} {data:<9} {r['seed']:>4} {r['final']:>7.1f} "
                   f"{r['last_k_mean']:>7.1f} {r['best']:>7.1f}")
-        root = Path(cfg.checkpoints_path) if cfg.checkpoints_path else runs_root()
         atomic_write_json(root / "results.json", results)
+    if not result.ok:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ class MIAConfig:
     load_checkpoint: str = ""  # experiment: the pre-trained (public) checkpoint to fine-tune from
     base_config: str = "config/diffusion/maze2d-quickstart.yaml"  # experiment: DiffusionConfig YAML for the fine-tuning runs
     epsilons: str = "1,10"  # experiment: ε of the DP runs
-    nodp_epochs: float = 300.0  # experiment: epochs of the non-private run (long, so it over-fits as in the paper)
+    nodp_epochs: float = 1000.0  # experiment: epochs of the non-private run (long, so it over-fits as in the paper)
     seed: int = 0  # noise draws, member sampling, canaries; experiment: also the split and fine-tuning seed
     device: str = "auto"  # auto (CUDA when available), cpu or cuda
     progress: bool = True  # progress bars

@@ -169,7 +169,7 @@ def test_sweep_driver_plans_trains_and_skips(samples, tmp_path, data_roots):
     assert proc.returncode == 0, proc.stderr
     names = sorted(p.name for p in runs.iterdir())
     assert names == sorted([f"awac-{UMAZE}-eps10-seed0", f"awac-{UMAZE}-real-seed0", f"td3_bc-{UMAZE}-eps10-seed0",
-                            f"td3_bc-{UMAZE}-real-seed0", "results.json"])
+                            f"td3_bc-{UMAZE}-real-seed0", "results.json", "sweep_state.json"])
     results = json.loads((runs / "results.json").read_text())
     assert {(r["algorithm"], r["dp_epsilon"]) for r in results} == {("td3_bc", None), ("td3_bc", 10.0),
                                                                     ("awac", None), ("awac", 10.0)}

@@ -51,4 +51,5 @@ def test_sweep_runs_pretrain_finetune_sample_and_skips_finished_work(tmp_path):
         assert side["privacy_ledger"]["epsilon_spent"] == ledger["epsilon_spent"]
     assert len(list((tmp_path / "runs").glob("pretrain-*"))) == 1  # one pre-training shared by both ε
     again = run_script("bash-train-diffusion.py", *args, env_extra=env)
-    assert again.returncode == 0 and again.stdout.count("done, skipped") == 2
+    # every finished step is skipped: the pre-training, both fine-tunings and both sample files
+    assert again.returncode == 0 and again.stdout.count("done, skipped") == 5

@@ -220,7 +220,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run_experiment(base: DiffusionConfig, pretrained: str, dataset: str, out_dir: str | Path, members: int = 1000,
-                   epsilons: tuple[float, ...] = (1.0, 10.0), nodp_epochs: float = 300.0,
+                   epsilons: tuple[float, ...] = (1.0, 10.0), nodp_epochs: float = 1000.0,
                    settings: AttackSettings = AttackSettings(), bootstrap: int = 1000, audit: bool = False,
                    canaries: int = 1000, radius: float = 2.0, confidence: float = 0.95, progress: bool = False
                    ) -> list[dict[str, Any]]:

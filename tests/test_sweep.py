@@ -1,0 +1,346 @@
+"""The sweep engine: grid expansion and dependency order, skipping finished jobs, resuming killed ones, failures that
+block only their dependents, Ctrl-C, and tiny real PrivTranR sweeps on the local pool and on a real local Ray
+cluster."""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synther.cli import parse
+from synther.data.pointmaze import MazeCollectConfig, collect_maze2d
+from synther.errors import UserError
+from synther.sweep import (Budgets, Job, LocalExecutor, SweepConfig, agent_run_name, plan, run_jobs, summary_table,
+                           topological_order)
+from script_helpers import ROOT, assert_user_error, run_script, script_env
+
+UMAZE, MEDIUM = "ptr-maze2d-umaze-dense-v0", "ptr-maze2d-medium-dense-v0"
+
+
+# --- planning ----------------------------------------------------------------------------------------------------
+def test_grid_expansion_counts_dependencies_and_commands(tmp_path):
+    cfg = SweepConfig(datasets=[UMAZE, MEDIUM], public={UMAZE: ["pub-a", "pub-b"], MEDIUM: ["pub-a", "pub-b"]},
+                      methods=["privtranr", "mst"], epsilons=[1.0, 10.0], seeds=[0, 1], agents=["td3_bc", "iql"],
+                      evaluations=["fidelity", "mia"], runs_dir=str(tmp_path), budgets=Budgets(num_samples=5000))
+    jobs = plan(cfg)
+    kinds = {k: sum(j.kind == k for j in jobs) for k in ("pretrain", "finetune", "sample", "mia", "baseline",
+                                                        "fidelity", "agent")}
+    # one pre-training per seed (both datasets share the public sets), one fine-tune/sample/MIA per dataset × ε × seed,
+    # fidelity for both methods, agents: 2 methods × 8 sample sets × 2 algorithms + 2 datasets × 2 seeds × 2 real runs
+    assert kinds == {"pretrain": 2, "finetune": 8, "sample": 8, "mia": 8, "baseline": 8, "fidelity": 16, "agent": 40}
+    assert len({j.id for j in jobs}) == len(jobs) == 90
+    assert len({j.run_dir for j in jobs if j.kind == "agent"}) == 40  # no two agent runs share a folder
+    position = {j.id: i for i, j in enumerate(jobs)}
+    by_id = {j.id: j for j in jobs}
+    for job in jobs:
+        assert all(position[d] < position[job.id] for d in job.deps), job.id
+    expected_deps = {"pretrain": set(), "finetune": {"pretrain"}, "sample": {"finetune"}, "mia": {"finetune"},
+                     "baseline": set(), "fidelity": {"sample", "baseline"}}
+    for job in jobs:
+        dep_kinds = {by_id[d].kind for d in job.deps}
+        if job.kind == "agent":
+            assert dep_kinds <= {"sample", "baseline"} and len(job.deps) == (job.labels["method"] != "real")
+        else:
+            assert len(job.deps) <= 1 and dep_kinds <= expected_deps[job.kind], job.id
+
+    def cmd(job_id: str) -> str:
+        return " ".join(by_id[job_id].command)
+
+    d = tmp_path
+    ft = d / "diffusion" / f"finetune-{UMAZE}-eps10-seed1"
+    assert by_id[f"finetune/{ft.name}"].deps == ["pretrain/pretrain-pub-a+pub-b-seed1"]
+    assert (f"--mode finetune --dataset {UMAZE} --dp.epsilon 10 --dp.delta 1e-06 --load_checkpoint "
+            f"{d}/diffusion/pretrain-pub-a+pub-b-seed1/checkpoint.pt --seed 1 --run_dir {ft}"
+            ) in cmd(f"finetune/{ft.name}")
+    assert f"--mode sample --load_checkpoint {ft}/checkpoint.pt --num_samples 5000" in cmd(f"sample/{ft.name}")
+    b = d / "baselines" / f"mst-{UMAZE}-eps1-seed0"
+    assert cmd(f"baseline/{b.name}").endswith(f"MuJoCo/baselines.py --method mst --dataset {UMAZE} --epsilon 1 "
+                                              f"--delta 1e-06 --num_samples 5000 --seed 0 --run_dir {b}")
+    f = d / "evaluation" / f"fidelity-mst-{UMAZE}-eps1-seed0"
+    assert cmd(f"fidelity/{f.name}").endswith(f"MuJoCo/marginal.py --real {UMAZE} --synthetic {b}/samples.npz "
+                                              f"--out_dir {f} --dynamics false")
+    assert by_id[f"fidelity/{f.name}"].deps == [f"baseline/{b.name}"]
+    m = d / "evaluation" / f"mia-privtranr-{UMAZE}-eps10-seed1"
+    assert cmd(f"mia/{m.name}").endswith(f"MuJoCo/mia.py --checkpoint {ft}/checkpoint.pt --out_dir {m} --audit false")
+    agent = by_id[f"agent/td3_bc-{UMAZE}-mst-eps1-seed0"]
+    assert agent.deps == [f"baseline/{b.name}"] and agent.run_dir == d / "agents" / f"td3_bc-{UMAZE}-mst-eps1-seed0"
+    assert f"--diffusion.path {b}/samples.npz" in cmd(agent.id) and "--dp_epsilon 1" in cmd(agent.id)
+    assert f"config/agents/td3_bc/{UMAZE}.yaml" in cmd(agent.id)  # the per-dataset agent YAML
+    real = by_id[f"agent/iql-{MEDIUM}-real-seed1"]
+    assert real.deps == [] and "--diffusion.path" not in cmd(real.id)
+
+    with pytest.raises(UserError, match="unknown method 'foo'"):
+        plan(SweepConfig(methods=["foo"], runs_dir=str(tmp_path)))
+    with pytest.raises(UserError, match="unknown agent 'ppo'"):
+        plan(SweepConfig(agents=["ppo"], runs_dir=str(tmp_path)))
+    with pytest.raises(UserError, match="no public datasets for 'mystery'"):
+        plan(SweepConfig(datasets=["mystery"], runs_dir=str(tmp_path)))
+    with pytest.raises(UserError, match="num_samples"):
+        plan(SweepConfig(methods=["aim"], runs_dir=str(tmp_path)))
+
+
+def test_agent_folder_names_match_the_agent_scripts():
+    from synther.agents.trainer import DiffusionSource, TrainConfig, run_name
+
+    for eps in (None, 2.5, 10.0):
+        cfg = TrainConfig(dataset=MEDIUM, seed=3, dp_epsilon=-1 if eps is None else eps,
+                          diffusion=DiffusionSource(path="" if eps is None else "s.npz"))
+        assert agent_run_name("iql", MEDIUM, 3, epsilon=eps) == run_name(cfg, "iql")
+    assert agent_run_name("iql", MEDIUM, 3, "aim", 10.0) == f"iql-{MEDIUM}-aim-eps10-seed3"
+
+
+def test_topological_order_rejects_cycles_and_unknown_dependencies(tmp_path):
+    a, b = _job(tmp_path, "a", "pass", deps=["b"]), _job(tmp_path, "b", "pass", deps=["a"])
+    with pytest.raises(ValueError, match="cycle"):
+        topological_order([a, b])
+    with pytest.raises(ValueError, match="unknown job"):
+        topological_order([_job(tmp_path, "c", "pass", deps=["nope"])])
+    c, d = _job(tmp_path, "c", "pass", deps=["d"]), _job(tmp_path, "d", "pass")
+    assert [j.id for j in topological_order([c, d])] == ["d", "c"]
+
+
+def test_shipped_sweep_configs_parse_and_dry_run(tmp_path):
+    cfg = parse(SweepConfig, "", ["--config_path", str(ROOT / "config/sweeps/maze2d-paper.yaml"),
+                                  "--runs_dir", str(tmp_path / "runs")])
+    jobs = plan(cfg)
+    # 9 pre-trainings (3 mazes with different public sets × 3 seeds), 45 DP fine-tunings, 180 baseline runs
+    assert [sum(j.kind == k for j in jobs) for k in ("pretrain", "finetune", "baseline", "agent")] == [9, 45, 180, 468]
+    tiny = parse(SweepConfig, "", ["--config_path", str(ROOT / "config/sweeps/maze2d-tiny.yaml")])
+    assert tiny.budgets.agent_max_timesteps == 20 and tiny.methods == ["privtranr"]
+
+    proc = run_script("sweep.py", "--config", "config/sweeps/maze2d-paper.yaml", "--dry_run", "true",
+                      "--runs_dir", str(tmp_path / "runs"))
+    assert proc.returncode == 0, proc.stderr
+    assert "1017 jobs in all" in proc.stdout and "baseline: 180 (180 to run)" in proc.stdout
+    assert "MuJoCo/baselines.py --method patectgan" in proc.stdout
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+    assert_user_error(run_script("sweep.py", "--config", "config/sweeps/maze2d-tiny.yaml", "--methods", "[foo]",
+                                 "--dry_run", "true"), "unknown method 'foo'")
+    assert_user_error(run_script("sweep.py", "--config", "config/sweeps/maze2d-tiny.yaml", "--executor", "spark"),
+                      "executor must be 'local' or 'ray'")
+
+
+# --- the engine on cheap command jobs ------------------------------------------------------------------------------
+def _job(root: Path, name: str, code: str, deps: list[str] | None = None, outputs=("out.txt",)) -> Job:
+    """A job running the Python statements `code`, with OUT = its run folder."""
+    run_dir = root / name
+    prog = f"import os, sys, signal, time\nfrom pathlib import Path\nOUT = Path({str(run_dir)!r})\n" + code
+    return Job(name, "command", run_dir, [sys.executable, "-c", prog], list(deps or []), outputs=outputs)
+
+
+WRITE = "OUT.mkdir(parents=True, exist_ok=True); (OUT / 'out.txt').write_text('ok')"
+
+
+def _run(jobs, state, workers=2):
+    lines: list[str] = []
+    result = run_jobs(jobs, LocalExecutor(workers), state, echo=lines.append, poll=0.05)
+    return result, lines
+
+
+def test_failure_blocks_only_dependents_and_finished_jobs_are_skipped(tmp_path):
+    flag = tmp_path / "fixed"
+    fail_unless_fixed = (f"if not Path({str(flag)!r}).exists():\n"
+                         "    print('error: bad input in b.yaml', file=sys.stderr); sys.exit(3)\n" + WRITE)
+    finished = _job(tmp_path, "f", "sys.exit(1)")  # its output exists already: it must never run
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "out.txt").write_text("old")
+    jobs = [_job(tmp_path, "a", WRITE), _job(tmp_path, "b", fail_unless_fixed, ["a"]),
+            _job(tmp_path, "c", WRITE, ["b"]), _job(tmp_path, "c2", WRITE, ["c"]), _job(tmp_path, "d", WRITE),
+            _job(tmp_path, "e", WRITE, ["d"]), finished]
+    state_path = tmp_path / "state" / "sweep_state.json"
+    result, lines = _run(jobs, state_path)
+    assert result.status == {"f": "skipped", "a": "done", "b": "failed", "c": "blocked", "c2": "blocked",
+                             "d": "done", "e": "done"}
+    assert not result.ok and result.count("failed") == 1 and result.count("blocked") == 2
+    assert any("f: done, skipped" in ln for ln in lines)
+    assert "exit 3: error: bad input in b.yaml" in result.notes["b"]
+    assert result.notes["c2"] == "needs c (blocked)"
+    state = json.loads(state_path.read_text())["jobs"]
+    assert state["b"]["returncode"] == 3 and state["b"]["tail"][-1] == "error: bad input in b.yaml"
+    assert state["c"]["blocked_by"] == ["b"] and state["e"]["status"] == "done"
+    assert "error: bad input in b.yaml" in (tmp_path / "b" / "job-command.log").read_text()
+    assert (tmp_path / "f" / "out.txt").read_text() == "old"
+    table = summary_table(result)
+    assert "failed      b: exit 3" in table and "blocked     c: needs b (failed)" in table
+
+    flag.touch()  # the user fixes the input and re-runs: only what did not finish runs
+    again, lines = _run(jobs, state_path)
+    assert again.ok
+    assert again.status == {"f": "skipped", "a": "skipped", "b": "done", "c": "done", "c2": "done",
+                            "d": "skipped", "e": "skipped"}
+    state = json.loads(state_path.read_text())["jobs"]
+    assert state["b"]["attempts"] == 2 and state["a"]["attempts"] == 1 and "tail" not in state["b"]
+
+
+def test_killed_job_leaves_no_marker_and_resumes_from_its_checkpoint_on_the_next_run(tmp_path):
+    # first attempt: save a "checkpoint", then die by SIGKILL before writing the output; second: resume from it
+    code = ("OUT.mkdir(parents=True, exist_ok=True); ck = OUT / 'ckpt'\n"
+            "if not ck.exists(): ck.write_text('step 5'); os.kill(os.getpid(), signal.SIGKILL)\n"
+            "(OUT / 'out.txt').write_text('resumed from ' + ck.read_text())")
+    jobs = [_job(tmp_path, "k", code), _job(tmp_path, "after", WRITE, ["k"]), _job(tmp_path, "other", WRITE)]
+    state_path = tmp_path / "sweep_state.json"
+    first, _ = _run(jobs, state_path)
+    assert first.status == {"k": "failed", "after": "blocked", "other": "done"}
+    assert "killed by signal 9" in first.notes["k"] and not (tmp_path / "k" / "out.txt").exists()
+    second, lines = _run(jobs, state_path)
+    assert second.status == {"k": "done", "after": "done", "other": "skipped"}
+    assert (tmp_path / "k" / "out.txt").read_text() == "resumed from step 5"
+    assert json.loads(state_path.read_text())["jobs"]["k"]["attempts"] == 2
+    # a job that exits 0 without its output is not finished
+    liar = _job(tmp_path, "liar", "pass")
+    third, _ = _run([liar], state_path)
+    assert third.status == {"liar": "failed"} and "exit 0 but no out.txt" in third.notes["liar"]
+
+
+def test_ctrl_c_stops_running_jobs_and_records_them_interrupted(tmp_path):
+    pid_file = tmp_path / "sleeper.pid"
+    driver = tmp_path / "driver.py"
+    driver.write_text(textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from synther.cli import run
+        from synther.sweep import Job, LocalExecutor, run_jobs
+        root = Path({str(tmp_path)!r})
+        sleep = "import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+        jobs = [Job("sleeper", "command", root / "s", [sys.executable, "-c", sleep], outputs=("out.txt",)),
+                Job("after", "command", root / "a", [sys.executable, "-c", "pass"], ["sleeper"], outputs=("out.txt",))]
+        run(lambda: run_jobs(jobs, LocalExecutor(2), root / "sweep_state.json", poll=0.05))
+    """))
+    proc = subprocess.Popen([sys.executable, str(driver)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=script_env(), cwd=ROOT)
+    deadline = time.time() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.time() < deadline:
+        time.sleep(0.1)
+    sleeper = int(pid_file.read_text())
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "sleeper: interrupted" in out
+    with pytest.raises(ProcessLookupError):  # the job's process was stopped with the driver
+        os.kill(sleeper, 0)
+    state = json.loads((tmp_path / "sweep_state.json").read_text())["jobs"]
+    assert state["sleeper"]["status"] == "interrupted" and "after" not in state
+    assert not (tmp_path / ".sweep.lock").exists()  # the lock is released
+
+
+# --- real PrivTranR jobs -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    """Tiny maze datasets, then the shipped tiny sweep (ε = 2) run by MuJoCo/sweep.py on the local pool."""
+    base = tmp_path_factory.mktemp("sweep")
+    data = base / "data"
+    for maze, seed in (("open", 0), ("umaze", 1), ("medium", 2), ("large", 3)):
+        collect_maze2d(MazeCollectConfig(name=maze, num_steps=1500), seed=seed, progress=False).save(
+            data / f"ptr-maze2d-{maze}-dense-v0.npz")
+    env = {"PRIVTRANR_DATA_DIR": str(data)}
+    runs = base / "runs"
+    args = ("--config", "config/sweeps/maze2d-tiny.yaml", "--runs_dir", str(runs))
+    start = time.time()
+    proc = run_script("sweep.py", *args, "--epsilons", "[2]", "--workers", "2", env_extra=env)
+    return {"runs": runs, "env": env, "args": args, "proc": proc, "seconds": time.time() - start}
+
+
+def test_tiny_privtranr_sweep_end_to_end_on_the_local_pool(tiny_sweep):
+    proc, runs = tiny_sweep["proc"], tiny_sweep["runs"]
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ft = runs / "diffusion" / f"finetune-{MEDIUM}-eps2-seed0"
+    public = "ptr-maze2d-open-dense-v0+ptr-maze2d-umaze-dense-v0+ptr-maze2d-large-dense-v0"
+    pre = runs / "diffusion" / f"pretrain-{public}-seed0"
+    assert (pre / "checkpoint.pt").exists() and (pre / "job-pretrain.log").exists()
+    ledger = json.loads((ft / "ledger.json").read_text())
+    assert ledger["target_epsilon"] == 2 and ledger["epsilon_spent"] <= 2
+    with np.load(ft / "samples.npz") as f:
+        assert f["observations"].shape == (500, 4)
+    synthetic = json.loads((runs / "agents" / f"td3_bc-{MEDIUM}-eps2-seed0" / "summary.json").read_text())
+    assert synthetic["data"]["kind"] == "synthetic" and synthetic["data"]["path"] == str(ft / "samples.npz")
+    assert synthetic["dp_epsilon"] == 2 and synthetic["steps"] == 20
+    real = json.loads((runs / "agents" / f"td3_bc-{MEDIUM}-real-seed0" / "summary.json").read_text())
+    assert real["data"]["kind"] == "real"
+    state = json.loads((runs / "sweep_state.json").read_text())["jobs"]
+    assert sorted(e["status"] for e in state.values()) == ["done"] * 5
+    assert re.search(r"total\s+5\s+0\s+0\s+0\s+0", proc.stdout)  # the summary table: 5 done, nothing else
+
+    again = run_script("sweep.py", *tiny_sweep["args"], "--epsilons", "[2]", env_extra=tiny_sweep["env"])
+    assert again.returncode == 0 and again.stdout.count("done, skipped") == 5 and "started" not in again.stdout
+
+    out = runs.parent / "results"
+    rep = run_script("report.py", "--runs_dir", str(runs), "--out", str(out))
+    assert rep.returncode == 0, rep.stderr
+    utility = (out / "utility.csv").read_text().splitlines()
+    assert len(utility) == 3 and utility[1].startswith(f"{MEDIUM},td3_bc,real,,1,")
+    assert (out / "ledger.md").read_text().count("| privtranr | 2 | 0 |") == 1
+    assert (out / f"utility_vs_epsilon_{MEDIUM}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_cluster(tmp_path_factory):
+    """A real single-node Ray cluster on loopback, started with `ray start --head --block` and stopped after."""
+    import ray  # noqa: F401  (fails here, clearly, when Ray is not installed)
+
+    port = _free_port()
+    # Ray swaps 127.0.0.1 for the machine's outward address unless told it is not clustering across machines:
+    # this keeps every Ray socket on loopback
+    env = {**script_env(), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    temp = Path(f"/tmp/ptr-ray-{os.getpid()}-{port}")  # short: Ray's socket paths must stay under 107 characters
+    ray_cli = Path(sys.executable).parent / "ray"
+    head = subprocess.Popen(
+        [str(ray_cli), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+         "--num-cpus", "2", "--object-store-memory", "100000000", "--include-dashboard", "false",
+         "--disable-usage-stats", "--temp-dir", str(temp)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    started, output = threading.Event(), []
+
+    def drain() -> None:
+        for line in head.stdout:
+            output.append(line)
+            if "Ray runtime started" in line:
+                started.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    try:
+        assert started.wait(90), "".join(output[-20:])
+        yield {"address": f"127.0.0.1:{port}", "env": {k: env[k] for k in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
+                                                                           "RAY_USAGE_STATS_ENABLED")}}
+    finally:
+        head.send_signal(signal.SIGINT)  # `ray start --block` stops every process it started on SIGINT
+        try:
+            head.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_tiny_sweep_through_a_real_local_ray_cluster(tiny_sweep, ray_cluster):
+    runs = tiny_sweep["runs"]
+    env = {**tiny_sweep["env"], **ray_cluster["env"]}
+    # the same sweep grown to ε ∈ {2, 8}: what the local pool finished is skipped, ε = 8 runs as Ray tasks
+    proc = run_script("sweep.py", *tiny_sweep["args"], "--epsilons", "[2,8]", "--executor", "ray",
+                      "--ray_address", ray_cluster["address"], env_extra=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Ray cluster with 2 CPUs" in proc.stdout
+    assert proc.stdout.count("done, skipped") == 5 and proc.stdout.count(": done (") == 3
+    ft = runs / "diffusion" / f"finetune-{MEDIUM}-eps8-seed0"
+    assert json.loads((ft / "ledger.json").read_text())["target_epsilon"] == 8
+    assert (ft / "samples.npz").exists() and "--mode sample" in (ft / "job-sample.log").read_text()
+    summary = json.loads((runs / "agents" / f"td3_bc-{MEDIUM}-eps8-seed0" / "summary.json").read_text())
+    assert summary["dp_epsilon"] == 8 and summary["data"]["path"] == str(ft / "samples.npz")
+    state = json.loads((runs / "sweep_state.json").read_text())["jobs"]
+    assert state[f"agent/td3_bc-{MEDIUM}-eps8-seed0"]["node"] == socket.gethostname()
+    assert all(e["status"] in ("done", "skipped") for e in state.values()) and len(state) == 8
