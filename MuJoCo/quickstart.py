@@ -1,0 +1,35 @@
+"""The whole PrivTranR pipeline on an embedded default, in one command:
+
+  1. generate maze2d-like datasets (PointMaze, offline): the sensitive umaze and the public open/medium/large mazes
+  2. pre-train the EDM diffusion model on the public mazes
+  3. DP fine-tune it on the sensitive maze to ε = 10, δ = 1e-6, and sample 100k synthetic transitions
+  4. train TD3+BC on the real and on the synthetic transitions, scored in the real simulator (D4RL-normalized)
+  5. fidelity (marginal / correlation vs the real data) and a membership-inference attack on the fine-tuned model
+  6. write the report (tables + plots) and print a summary table
+
+Profiles: default (about 10 minutes on 2 CPU cores), tiny (a plumbing check in under a minute, what CI runs) and
+paper (PrivORL's scale: D4RL-sized data, W=2048x6 denoiser, 1M samples, 500k agent updates; for a GPU machine).
+Runs (and the generated data) go to runs/quickstart[-<profile>], the report to results/quickstart[-<profile>].
+Re-running skips what is finished; the sweep behind it is config/sweeps/quickstart*.yaml (see MuJoCo/sweep.py).
+
+  python MuJoCo/quickstart.py
+  python MuJoCo/quickstart.py --profile paper --executor ray --ray_address head:6379
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from synther.cli import parse, run  # noqa: E402
+from synther.quickstart import QuickstartConfig, quickstart  # noqa: E402
+
+
+def main() -> None:
+    result = quickstart(parse(QuickstartConfig, description=__doc__))
+    if not result["ok"]:
+        print("some jobs failed: see the table above and their job-*.log files", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    run(main)
