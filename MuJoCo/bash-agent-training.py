@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from synther.agents import ALGORITHMS  # noqa: E402
-from synther.cli import parse, run  # noqa: E402
+from synther.cli import comma_list, parse, run  # noqa: E402
 from synther.errors import UserError  # noqa: E402
 from synther.sweep import SUCCESS, Job, agent_job, execute  # noqa: E402
 from synther.utils.io import atomic_write_json  # noqa: E402
@@ -58,10 +58,6 @@ class AgentSweepConfig:
     progress: bool = True  # progress bars (in each run's job-agent.log)
 
 
-def _split(s: str) -> list[str]:
-    return [x.strip() for x in s.split(",") if x.strip()]
-
-
 def _resolve(path: str) -> Path:
     """Jobs run from the repository root: a path is made absolute (from here if it exists, else the repo's)."""
     p = Path(path).expanduser()
@@ -77,11 +73,11 @@ def agents_root(cfg: AgentSweepConfig) -> Path:
 def plan(cfg: AgentSweepConfig) -> tuple[list[Job], list[tuple[Job, Path]]]:
     """(jobs to run, jobs whose sample file is missing)."""
     try:
-        epsilons = [float(e) for e in _split(cfg.epsilons)]
-        seeds = [int(s) for s in _split(cfg.seeds)]
+        epsilons = [float(e) for e in comma_list(cfg.epsilons)]
+        seeds = [int(s) for s in comma_list(cfg.seeds)]
     except ValueError as e:
         raise UserError(f"--epsilons and --seeds must be comma-separated numbers ({e})") from None
-    algorithms = _split(cfg.algorithms)
+    algorithms = comma_list(cfg.algorithms)
     for a in algorithms:
         if a not in ALGORITHMS:
             raise UserError(f"unknown algorithm '{a}' in --algorithms (choose from: {', '.join(ALGORITHMS)})")
@@ -94,7 +90,7 @@ def plan(cfg: AgentSweepConfig) -> tuple[list[Job], list[tuple[Job, Path]]]:
                   sample_limit=cfg.sample_limit, device=cfg.device, cpus=cfg.cpus, gpus=cfg.gpus,
                   threads=cfg.threads or cfg.cpus, progress=cfg.progress)
     jobs, missing = [], []
-    for dataset in _split(cfg.datasets):
+    for dataset in comma_list(cfg.datasets):
         for algorithm in algorithms:
             for seed in seeds:
                 if cfg.real:

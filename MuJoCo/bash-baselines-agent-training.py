@@ -1,41 +1,51 @@
 """DP tabular baselines over datasets × methods × ε × seeds: synthesize, score fidelity, train offline-RL agents.
 
-For each grid point (skipping whatever is already finished):
-  1. samples.npz   MuJoCo/baselines.py's synthesize() into runs/baselines/<method>-<dataset>-eps<ε>-seed<s>/
-  2. fidelity.json marginal and correlation scores (synther.evaluation.fidelity) of the samples against the
-                   sensitive train split the synthesizer saw (terminal column excluded)
-  3. agents        each --algorithms agent trained ONLY on the samples (config/agents/<algo>/<dataset>.yaml, like
-                   MuJoCo/bash-agent-training.py) into <run>/agents/<algo>-seed<s>/summary.json
-A results table is printed at the end and written to <runs>/baselines/results.json. A grid point that fails
-(e.g. ε too small for a method's budget) is reported and the sweep goes on.
+A front-end of MuJoCo/sweep.py's engine. For each grid point, three kinds of job (skipping what is finished):
+  1. baseline  MuJoCo/baselines.py: samples.npz + samples.json (privacy ledger) in
+               <runs_dir>/baselines/<method>-<dataset>-eps<ε>-seed<s>/
+  2. fidelity  MuJoCo/marginal.py against the sensitive dataset: <runs_dir>/evaluation/fidelity-<method>-...
+  3. agent     each --algorithms agent trained ONLY on the samples (config/agents/<algo>/<dataset>.yaml):
+               <runs_dir>/agents/<algo>-<dataset>-<method>-eps<ε>-seed<s>/summary.json
+Jobs run on a local process pool (--workers, default all cores; --cpus per job) or a Ray cluster (--executor ray
+[--ray_address host:port]); each logs to <run folder>/job-<kind>.log. A failed grid point (e.g. ε too small for a
+method's budget) is recorded in <runs_dir>/sweep_state.json and blocks only its own fidelity and agent jobs.
+At the end the tables (utility, fidelity, ledger) are printed and written to <runs_dir>/baselines/report/.
 
   python MuJoCo/bash-baselines-agent-training.py --datasets ptr-maze2d-umaze-dense-v0 --methods mst,aim,dpctgan \\
       --epsilons 1,10 --seeds 0 --max_timesteps 20000 --eval_freq 5000 --n_episodes 10
   python MuJoCo/bash-baselines-agent-training.py --dry_run true     # the plan and what is done
 """
 import dataclasses
-import json
-import os
+import shlex
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import numpy as np  # noqa: E402
-import pyrallis  # noqa: E402
-
-from synther.agents import ALGORITHMS, get_algorithm  # noqa: E402
-from synther.agents.trainer import DiffusionSource, train  # noqa: E402
-from synther.baselines import METHODS, BaselineConfig, GANConfig, MarginalConfig, run_dir, synthesize  # noqa: E402
-from synther.cli import parse, run  # noqa: E402
-from synther.data import load_dataset  # noqa: E402
+from synther.baselines import METHODS, GANConfig, MarginalConfig  # noqa: E402
+from synther.cli import comma_list, parse, run  # noqa: E402
 from synther.errors import UserError  # noqa: E402
-from synther.evaluation.fidelity import correlation_score, marginal_score  # noqa: E402
-from synther.utils.io import atomic_write_json  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+from synther.report import (  # noqa: E402
+    collect,
+    fidelity_markdown,
+    fidelity_rows,
+    ledger_markdown,
+    ledger_rows,
+    utility_markdown,
+    utility_rows,
+    write_report,
+)
+from synther.sweep import (  # noqa: E402
+    Budgets,
+    ExtraArgs,
+    KindResources,
+    Resources,
+    SweepConfig,
+    execute,
+    plan,
+    runs_root,
+)
 
 
 @dataclass
@@ -46,7 +56,7 @@ class BaselineSweepConfig:
     seeds: str = "0"  # comma-separated seeds (split, synthesizer and agent)
     delta: float = 1e-6  # target δ of every run
     num_samples: int = 100_000  # synthetic transitions per run
-    public_datasets: str = ""  # public datasets for edges/bounds; empty: config/diffusion/pairs.yaml
+    public_datasets: str = ""  # comma-separated public datasets for bin edges and bounds; empty: config/diffusion/pairs.yaml
     marginal: MarginalConfig = field(default_factory=MarginalConfig)  # MST / AIM settings (see MuJoCo/baselines.py --help)
     gan: GANConfig = field(default_factory=GANConfig)  # DP-CTGAN / PATE-CTGAN settings
     algorithms: str = "td3_bc"  # comma-separated agents trained on each sample file (empty: none)
@@ -54,115 +64,79 @@ class BaselineSweepConfig:
     max_timesteps: int = 0  # override the agents' updates (0: the YAML's)
     eval_freq: int = 0  # override the evaluation interval (0: the YAML's)
     n_episodes: int = 0  # override the episodes per evaluation (0: the YAML's)
-    fidelity_rows: int = 50_000  # score fidelity on at most this many rows of each side (random subset, seeded)
+    fidelity_rows: int = 0  # score fidelity on at most this many rows of each side (0: all)
+    dynamics: bool = True  # fidelity also steps the simulator (dynamics error; PointMaze and MuJoCo locomotion)
+    runs_dir: str = ""  # sweep root (empty: $PRIVTRANR_RUNS_DIR, else runs)
     device: str = "auto"  # agents: auto (CUDA when available), cpu or cuda
-    threads: int = 1  # torch threads for agents and the synthesizer worker
+    cpus: int = 1  # CPU cores per job (torch threads inside it)
+    gpus: float = 0.0  # GPUs per agent job (Ray: num_gpus)
+    executor: str = "local"  # local (process pool on this machine) or ray
+    ray_address: str = ""  # Ray cluster to join, host:port (empty with --executor ray: start a local Ray)
+    workers: int = 0  # local: CPU slots, jobs in parallel = workers / cpus (0: all cores)
     dry_run: bool = False  # print the plan (and what is done) without running anything
-    progress: bool = True  # progress output
+    progress: bool = True  # progress bars (in each job's log)
 
 
-def _split(s: str) -> list[str]:
-    return [x.strip() for x in s.split(",") if x.strip()]
+def _flags(prefix: str, cfg: object) -> list[str]:
+    """The settings of a nested dataclass that differ from its defaults, as baselines.py flags (--marginal.bins 20)."""
+    out, default = [], type(cfg)()
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if v == getattr(default, f.name):
+            continue
+        value = "[" + ",".join(map(str, v)) + "]" if isinstance(v, list) else str(v)
+        out += [f"--{prefix}.{f.name}", value]
+    return out
 
 
-def _resolve(path: str) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() or p.exists() else ROOT / p
-
-
-def fidelity(samples: Path, cfg: BaselineConfig, max_rows: int) -> dict:
-    """Marginal/correlation scores of the samples vs the sensitive train split (the rows the synthesizer saw)."""
-    train, _ = load_dataset(cfg.dataset).split(cfg.train_fraction, seed=cfg.seed)
-    real, syn = train.to_vectors(), load_dataset(samples).to_vectors()
-    rng = np.random.default_rng(cfg.seed)
-    real = real[rng.permutation(len(real))[:max_rows]]
-    syn = syn[rng.permutation(len(syn))[:max_rows]]
-    return {"marginal_score": marginal_score(real, syn), "correlation_score": correlation_score(real, syn),
-            "real_rows": len(real), "synthetic_rows": len(syn),
-            "reference": f"sensitive train split (split(train_fraction={cfg.train_fraction}, seed={cfg.seed}))"}
-
-
-def agent_config(sweep: BaselineSweepConfig, algorithm: str, dataset: str, seed: int, eps: float, samples: Path,
-                 out_dir: Path):
-    _, config_class = get_algorithm(algorithm)
-    yaml_path = _resolve(sweep.config_dir) / algorithm / f"{Path(dataset).stem}.yaml"
-    base = (pyrallis.parse(config_class=config_class, config_path=str(yaml_path), args=[])
-            if yaml_path.exists() else config_class())
-    overrides = {k: getattr(sweep, k) for k in ("max_timesteps", "eval_freq", "n_episodes", "threads")
-                 if getattr(sweep, k)}
-    return dataclasses.replace(base, dataset=dataset, seed=seed, diffusion=DiffusionSource(path=str(samples)),
-                               dp_epsilon=eps, checkpoints_path=str(out_dir / "agents"),
-                               name=f"{algorithm}-seed{seed}", device=sweep.device, progress=sweep.progress,
-                               **overrides)
-
-
-def main() -> None:
-    sweep = parse(BaselineSweepConfig, description=__doc__)
+def sweep_config(cfg: BaselineSweepConfig) -> SweepConfig:
     try:
-        epsilons = [float(e) for e in _split(sweep.epsilons)]
-        seeds = [int(s) for s in _split(sweep.seeds)]
+        epsilons = [float(e) for e in comma_list(cfg.epsilons)]
+        seeds = [int(s) for s in comma_list(cfg.seeds)]
     except ValueError as e:
         raise UserError(f"--epsilons and --seeds must be comma-separated numbers ({e})") from None
-    methods, algorithms = _split(sweep.methods), _split(sweep.algorithms)
+    methods = comma_list(cfg.methods)
     for m in methods:
         if m not in METHODS:
             raise UserError(f"unknown method '{m}' in --methods (choose from: {', '.join(METHODS)})")
-    for a in algorithms:
-        if a not in ALGORITHMS:
-            raise UserError(f"unknown algorithm '{a}' in --algorithms (choose from: {', '.join(ALGORITHMS)})")
-    grid = [(d, m, e, s) for d in _split(sweep.datasets) for m in methods for e in epsilons for s in seeds]
-    results = []
-    for i, (dataset, method, eps, seed) in enumerate(grid, 1):
-        cfg = BaselineConfig(method=method, dataset=dataset, public_datasets=sweep.public_datasets, epsilon=eps,
-                             delta=sweep.delta, num_samples=sweep.num_samples, seed=seed,
-                             marginal=sweep.marginal, gan=sweep.gan, threads=sweep.threads)
-        out_dir = run_dir(cfg)
-        samples = out_dir / "samples.npz"
-        label = f"[{i}/{len(grid)}] {method:<9} {dataset} eps{eps:g} seed{seed}"
-        if sweep.dry_run:
-            done = [samples.exists(), (out_dir / "fidelity.json").exists(),
-                    *[(out_dir / "agents" / f"{a}-seed{seed}" / "summary.json").exists() for a in algorithms]]
-            print(f"{label}: {sum(done)}/{len(done)} steps done -> {out_dir}")
-            continue
-        row = {"dataset": dataset, "method": method, "epsilon": eps, "delta": sweep.delta, "seed": seed,
-               "run_dir": str(out_dir)}
-        try:
-            if not samples.exists():
-                print(f"{label}: synthesizing", flush=True)
-            synthesize(cfg, progress=sweep.progress)
-            meta = json.loads(samples.with_suffix(".json").read_text())
-            row["fit_seconds"] = meta["baseline_meta"]["fit_seconds"]
-            row["epsilon_spent"] = meta["privacy_ledger"]["epsilon_spent"]
-            fid_path = out_dir / "fidelity.json"
-            if not fid_path.exists():
-                start = time.time()
-                atomic_write_json(fid_path, fidelity(samples, cfg, sweep.fidelity_rows))
-                print(f"{label}: fidelity scored in {time.time() - start:.0f} s", flush=True)
-            row.update({k: v for k, v in json.loads(fid_path.read_text()).items() if k.endswith("_score")})
-            for algorithm in algorithms:
-                agent_class, _ = get_algorithm(algorithm)
-                acfg = agent_config(sweep, algorithm, dataset, seed, eps, samples, out_dir)
-                summary_path = out_dir / "agents" / acfg.name / "summary.json"
-                if summary_path.exists():
-                    summary = json.loads(summary_path.read_text())
-                else:
-                    print(f"{label}: training {algorithm}", flush=True)
-                    summary = train(acfg, agent_class)
-                row[f"{algorithm}_final"] = summary["final_normalized_score"]
-                row[f"{algorithm}_last_k"] = summary["last_k_mean_normalized_score"]
-        except UserError as e:  # one failed grid point must not stop the sweep
-            print(f"{label}: FAILED: {e}", file=sys.stderr, flush=True)
-            row["error"] = str(e)
-        results.append(row)
-    if results:
-        cols = ["fit_seconds", "marginal_score", "correlation_score", *[f"{a}_final" for a in algorithms]]
-        print(f"\n{'method':<10} {'dataset':<30} {'eps':>5} {'seed':>4} " + " ".join(f"{c:>17}" for c in cols))
-        for r in results:
-            vals = " ".join(f"{r[c]:>17.3f}" if isinstance(r.get(c), float) else f"{'-':>17}" for c in cols)
-            print(f"{r['method']:<10} {Path(r['dataset']).stem:<30} {r['epsilon']:>5g} {r['seed']:>4} {vals}")
-        root = Path(os.environ.get("PRIVTRANR_RUNS_DIR", "runs")) / "baselines"
-        atomic_write_json(root / "results.json", results)
-        print(f"wrote {root / 'results.json'}")
+    if cfg.cpus < 1:
+        raise UserError(f"--cpus must be ≥ 1, got {cfg.cpus}")
+    datasets = comma_list(cfg.datasets)
+    public = {d: comma_list(cfg.public_datasets) for d in datasets} if cfg.public_datasets else {}
+    res = Resources(cpus=cfg.cpus)
+    baseline_flags = [*_flags("marginal", cfg.marginal), *_flags("gan", cfg.gan), "--threads", str(cfg.cpus)]
+    fidelity_flags = ["--max_rows", str(cfg.fidelity_rows)] if cfg.fidelity_rows else []
+    return SweepConfig(
+        name="bash-baselines-agent-training", datasets=datasets, public=public, methods=methods, epsilons=epsilons,
+        delta=cfg.delta, seeds=seeds, agents=comma_list(cfg.algorithms), real_reference=False,
+        evaluations=["fidelity"], fidelity_dynamics=cfg.dynamics, agent_config_dir=cfg.config_dir,
+        runs_dir=cfg.runs_dir, device=cfg.device, progress=cfg.progress,
+        budgets=Budgets(num_samples=cfg.num_samples, agent_max_timesteps=cfg.max_timesteps,
+                        agent_eval_freq=cfg.eval_freq, agent_n_episodes=cfg.n_episodes),
+        resources=KindResources(baseline=res, fidelity=res, agent=Resources(cpus=cfg.cpus, gpus=cfg.gpus)),
+        extra_args=ExtraArgs(baseline=shlex.join(baseline_flags), fidelity=shlex.join(fidelity_flags)),
+        executor=cfg.executor, ray_address=cfg.ray_address, workers=cfg.workers, dry_run=cfg.dry_run)
+
+
+def main() -> None:
+    sweep = sweep_config(parse(BaselineSweepConfig, description=__doc__))
+    jobs = plan(sweep)
+    root = runs_root(sweep)
+    result = execute(jobs, sweep.executor, sweep.ray_address, sweep.workers, root / "sweep_state.json", sweep.name,
+                     sweep.dry_run)
+    if result is None:
+        return
+    results = collect(root)
+    # only this driver's methods: the sweep root may also hold PrivTranR runs
+    util = [r for r in utility_rows(results) if r["method"] in METHODS]
+    fid = [r for r in fidelity_rows(results) if r["method"] in METHODS]
+    led = [r for r in ledger_rows(results) if r["method"] in METHODS]
+    print("\n" + "\n\n".join(t for t in (utility_markdown(util), fidelity_markdown(fid), ledger_markdown(led)) if t))
+    out = root / "baselines" / "report"
+    write_report(results, out, plots=True, source=str(root))
+    print(f"\nreport: {out / 'report.md'}")
+    if not result.ok:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

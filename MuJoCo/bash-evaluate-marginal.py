@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from synther.cli import parse, run  # noqa: E402
+from synther.cli import comma_list, parse, run  # noqa: E402
 from synther.data import load_dataset  # noqa: E402
 from synther.errors import UserError  # noqa: E402
 from synther.evaluation.fidelity import write_fidelity_report  # noqa: E402
@@ -41,10 +41,6 @@ class FidelitySweepConfig:
     dry_run: bool = False  # list what would be evaluated, done or missing, and stop
 
 
-def _split(s: str) -> list[str]:
-    return [x.strip() for x in s.split(",") if x.strip()]
-
-
 def _resolve(path: str) -> Path:
     import os
 
@@ -58,11 +54,11 @@ def _resolve(path: str) -> Path:
 def main() -> None:
     cfg = parse(FidelitySweepConfig, description=__doc__)
     try:
-        epsilons = [float(e) for e in _split(cfg.epsilons)]
-        seeds = [int(s) for s in _split(cfg.seeds)]
+        epsilons = [float(e) for e in comma_list(cfg.epsilons)]
+        seeds = [int(s) for s in comma_list(cfg.seeds)]
     except ValueError as e:
         raise UserError(f"--epsilons and --seeds must be comma-separated numbers ({e})") from None
-    datasets = _split(cfg.datasets)
+    datasets = comma_list(cfg.datasets)
     if not datasets or not epsilons or not seeds:
         raise UserError("--datasets, --epsilons and --seeds must each name at least one value")
     jobs = [(d, e, s, _resolve(cfg.samples.format(dataset=d, eps=f"{e:g}", seed=s)))

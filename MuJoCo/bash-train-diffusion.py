@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from synther.cli import parse, run  # noqa: E402
+from synther.cli import comma_list, parse, run  # noqa: E402
 from synther.errors import UserError  # noqa: E402
 from synther.sweep import Budgets, KindResources, Layout, Resources, SweepConfig, execute, plan  # noqa: E402
 
@@ -41,14 +41,10 @@ class DiffusionSweepConfig:
     dry_run: bool = False  # print the plan without running it
 
 
-def _split(s: str) -> list[str]:
-    return [x.strip() for x in s.split(",") if x.strip()]
-
-
 def sweep_config(cfg: DiffusionSweepConfig) -> SweepConfig:
     try:
-        epsilons = [float(e) for e in _split(cfg.epsilons)]
-        seeds = [int(s) for s in _split(cfg.seeds)]
+        epsilons = [float(e) for e in comma_list(cfg.epsilons)]
+        seeds = [int(s) for s in comma_list(cfg.seeds)]
     except ValueError as e:
         raise UserError(f"--epsilons and --seeds must be comma-separated numbers ({e})") from None
     base = Path(cfg.base_config)
@@ -57,7 +53,7 @@ def sweep_config(cfg: DiffusionSweepConfig) -> SweepConfig:
     runs = Path(cfg.runs_dir).expanduser().resolve()
     res = Resources(cpus=cfg.cpus, gpus=cfg.gpus)
     return SweepConfig(
-        name="bash-train-diffusion", datasets=_split(cfg.datasets), pairs=cfg.pairs, methods=["privtranr"],
+        name="bash-train-diffusion", datasets=comma_list(cfg.datasets), pairs=cfg.pairs, methods=["privtranr"],
         epsilons=epsilons, seeds=seeds, agents=[], real_reference=False, evaluations=[],
         diffusion_config=cfg.base_config, device=cfg.device,
         budgets=Budgets(pretrain_epochs=cfg.pretrain_epochs, finetune_epochs=cfg.finetune_epochs, num_samples=0),

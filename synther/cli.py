@@ -31,6 +31,14 @@ def parse(config_class: type[T], description: str, args: list[str] | None = None
         raise UserError(f"invalid option: {str(e).splitlines()[0]}") from None
 
 
+def comma_list(value: str | None) -> list[str]:
+    """A comma-separated option as a list. An empty option (`--algorithms ""`) or `none` is the empty list:
+    pyrallis hands an empty string on as None or 'None'."""
+    if value is None or value.strip().lower() in ("", "none"):
+        return []
+    return [x.strip() for x in value.split(",") if x.strip()]
+
+
 def run(main: Callable[[], object]) -> None:
     """Run a script's main(), turning UserError into `error: ...` on stderr and exit code 2."""
     try:

@@ -341,7 +341,8 @@ def plan(cfg: SweepConfig) -> list[Job]:
     privtranr = "privtranr" in cfg.methods
     if privtranr and not diffusion_config.exists():
         raise UserError(f"diffusion_config: {cfg.diffusion_config} not found")
-    public = public_sets(cfg) if privtranr else {}
+    # baselines take their bin edges and bounds from the same public sets PrivTranR pre-trains on
+    public = public_sets(cfg) if cfg.methods else {}
     num_samples = ["--num_samples", str(budgets.num_samples)] if budgets.num_samples > 0 else []
     if num_samples == [] and any(m in BASELINES for m in cfg.methods):
         raise UserError("budgets.num_samples: the baselines need an explicit number of samples")
@@ -392,6 +393,7 @@ def plan(cfg: SweepConfig) -> list[Job]:
                         py, str(ROOT / "MuJoCo" / "baselines.py"), "--method", method, "--dataset", _dataset_arg(ds),
                         "--epsilon", f"{eps:g}", "--delta", f"{cfg.delta:g}", "--num_samples",
                         str(budgets.num_samples), "--seed", str(seed), "--run_dir", str(b_dir),
+                        "--public_datasets", ",".join(public[ds]),
                         *_extra(cfg, "baseline")], [], outputs=("samples.npz",),
                         labels={"dataset": ds, "method": method, "epsilon": eps, "seed": seed},
                         **_res(cfg, "baseline")))

@@ -195,10 +195,41 @@ def test_env_is_rebuilt_when_requirements_change(tmp_path, monkeypatch):
 
 def test_sweep_driver_dry_run_and_bad_method(tmp_path, tiny_pair):
     runs = {"PRIVTRANR_RUNS_DIR": str(tmp_path / "runs")}
-    proc = run_script("bash-baselines-agent-training.py", "--datasets", tiny_pair[0], "--methods", "mst,dpctgan",
-                      "--epsilons", "1,10", "--dry_run", "true", env_extra=runs, timeout=120)
+    proc = run_script("bash-baselines-agent-training.py", "--datasets", tiny_pair[0], "--public_datasets",
+                      tiny_pair[1], "--methods", "mst,dpctgan", "--epsilons", "1,10", "--marginal.bins", "4",
+                      "--dry_run", "true", env_extra=runs, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    lines = [ln for ln in proc.stdout.splitlines() if "steps done" in ln]
-    assert len(lines) == 4 and "baselines/mst-sens-eps1-seed0" in lines[0] and "0/3 steps done" in lines[0]
+    jobs = [ln for ln in proc.stdout.splitlines() if ln.startswith("[")]
+    # per (method, ε): the baseline, then its fidelity and TD3+BC jobs after it
+    assert len(jobs) == 12 and all(": to run" in ln for ln in jobs)
+    assert "baseline mst-sens-eps1-seed0" in jobs[0]
+    assert "fidelity fidelity-mst-sens-eps1-seed0: to run (after baseline/mst-sens-eps1-seed0)" in proc.stdout
+    assert "td3_bc-sens-mst-eps1-seed0" in proc.stdout
+    command = proc.stdout.splitlines()[1]
+    assert f"--public_datasets {tiny_pair[1]}" in command and "--marginal.bins 4" in command
+    assert "--gan.epochs" not in command  # only settings that differ from the defaults are passed on
     proc = run_script("bash-baselines-agent-training.py", "--methods", "mst,ctgan", env_extra=runs, timeout=120)
     assert_user_error(proc, "unknown method 'ctgan'")
+
+
+def test_sweep_driver_runs_through_the_sweep_engine(tmp_path, tiny_pair, baselines_python):
+    """bash-baselines-agent-training.py end to end: baseline job -> fidelity job -> report; a re-run skips both."""
+    runs = tmp_path / "runs"
+    args = ["--datasets", tiny_pair[0], "--public_datasets", tiny_pair[1], "--methods", "mst", "--epsilons", "1",
+            "--num_samples", "200", "--marginal.bins", "4", "--algorithms", "", "--dynamics", "false",
+            "--runs_dir", str(runs), "--progress", "false"]
+    proc = run_script("bash-baselines-agent-training.py", *args, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    samples = runs / "baselines" / "mst-sens-eps1-seed0" / "samples.npz"
+    assert load_dataset(samples).size == 200
+    ledger = json.loads((samples.parent / "ledger.json").read_text())
+    assert ledger["mechanism"] == "mst" and ledger["epsilon_spent"] <= 1.0 + 1e-9
+    fidelity = json.loads((runs / "evaluation" / "fidelity-mst-sens-eps1-seed0" / "fidelity.json").read_text())
+    assert 0 < fidelity["marginal_score"] <= 1 and 0 < fidelity["correlation_score"] <= 1
+    report = (runs / "baselines" / "report" / "fidelity.md").read_text()
+    assert "mst" in report and f"{fidelity['marginal_score']:.3f}" in report
+    state = json.loads((runs / "sweep_state.json").read_text())
+    assert {j["status"] for j in state["jobs"].values()} == {"done"}
+    mtime = samples.stat().st_mtime_ns
+    proc = run_script("bash-baselines-agent-training.py", *args, timeout=300)
+    assert proc.returncode == 0 and samples.stat().st_mtime_ns == mtime

@@ -95,3 +95,10 @@ def test_inspect_missing_registered_dataset_tells_how_to_make_it(tmp_path):
     proc = run_script("inspect_data.py", "--dataset", "ptr-maze2d-large-dense-v0",
                       env_extra={"PRIVTRANR_DATA_DIR": str(tmp_path)})
     assert_user_error(proc, "ptr-maze2d-large-dense-v0", "collect_data.py --generator pointmaze --maze.name large")
+
+
+def test_comma_list_reads_empty_and_none_as_no_items():
+    from synther.cli import comma_list
+
+    assert comma_list("td3_bc, iql,") == ["td3_bc", "iql"]
+    assert comma_list("") == comma_list(None) == comma_list("None") == comma_list(" none ") == []
