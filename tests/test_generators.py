@@ -1,5 +1,6 @@
 """Offline generators at tiny budgets: maze2d-like PointMaze data and SAC locomotion data."""
 import json
+import tempfile
 
 import numpy as np
 import pytest
@@ -84,8 +85,12 @@ def _check_transitions_chain(ds):
     np.testing.assert_allclose(ds.next_observations[:-1][cont], ds.observations[1:][cont])
 
 
-def test_locomotion_run_produces_all_four_kinds(tmp_path):
-    paths = collect_locomotion(LocomotionCollectConfig(**TINY_SAC), tmp_path, seed=0, progress=False)
+def test_locomotion_run_produces_all_four_kinds(tmp_path, monkeypatch):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # SAC's logger must not leave folders in the temp dir
+    paths = collect_locomotion(LocomotionCollectConfig(**TINY_SAC), tmp_path / "out", seed=0, progress=False)
+    assert not list(scratch.glob("SB3-*"))
     assert set(paths) == set(KINDS)
     sets = {kind: load_dataset(path) for kind, path in paths.items()}
     for kind, ds in sets.items():

@@ -151,6 +151,9 @@ def _train(cfg: LocomotionCollectConfig, work: Path, seed: int, score, progress:
                     learning_starts=cfg.learning_starts, train_freq=cfg.train_freq,
                     gradient_steps=cfg.gradient_steps, batch_size=cfg.batch_size,
                     policy_kwargs={"net_arch": [cfg.net_width, cfg.net_width]}, verbose=0)
+    from stable_baselines3.common.logger import Logger
+
+    model.set_logger(Logger(folder=None, output_formats=[]))  # SB3's default logger leaves an SB3-<time> dir in /tmp
     eval_env = _make_env(cfg)
     bar = tqdm(total=cfg.total_steps, initial=model.num_timesteps, desc=f"{cfg.env} SAC", unit="step",
                disable=not progress, mininterval=1.0)
