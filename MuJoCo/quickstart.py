@@ -7,7 +7,7 @@
   5. fidelity (marginal / correlation vs the real data) and a membership-inference attack on the fine-tuned model
   6. write the report (tables + plots) and print a summary table
 
-Profiles: default (about 10 minutes on 2 CPU cores), tiny (a plumbing check in under a minute, what CI runs) and
+Profiles: default (about 8 minutes on 2 CPU cores), tiny (a plumbing check in under a minute, what CI runs) and
 paper (PrivORL's scale: D4RL-sized data, W=2048x6 denoiser, 1M samples, 500k agent updates; for a GPU machine).
 Runs (and the generated data) go to runs/quickstart[-<profile>], the report to results/quickstart[-<profile>].
 Re-running skips what is finished; the sweep behind it is config/sweeps/quickstart*.yaml (see MuJoCo/sweep.py).

@@ -21,7 +21,7 @@ from synther.sweep import ROOT, SweepConfig, public_sets, run_sweep
 
 # profile -> (sweep YAML, rows generated per maze; 0 = D4RL's sizes)
 PROFILES = {
-    "default": ("config/sweeps/quickstart.yaml", 100_000),  # ≈ 10 minutes on 2 CPU cores
+    "default": ("config/sweeps/quickstart.yaml", 100_000),  # ≈ 8 minutes on 2 CPU cores
     "tiny": ("config/sweeps/quickstart-tiny.yaml", 2_000),  # seconds of compute: checks the plumbing (CI)
     "paper": ("config/sweeps/quickstart-paper.yaml", 0),  # PrivORL's scale: W=2048x6, 1M samples, 500k updates (GPU)
 }
