@@ -16,6 +16,8 @@ from synther.diffusion.trainer import DiffusionTrainer, TrainConfig
 from synther.errors import UserError
 from synther.privacy.accounting import epsilon_spent
 
+from devices import DEVICES
+
 PUBLIC = "ptr-maze2d-open-dense-v0,ptr-maze2d-umaze-dense-v0"
 SENSITIVE = "ptr-maze2d-medium-dense-v0"
 
@@ -172,9 +174,10 @@ def test_non_finite_rows_are_dropped_and_counted(pretrained, monkeypatch):
     assert ds.size == 90 and ds.provenance["dropped_non_finite"] == 10
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", SAMPLERS)
-def test_every_sampler_produces_finite_transitions(pretrained, name):
-    syn = Synthesizer.load(pretrained, device="cpu")
+def test_every_sampler_produces_finite_transitions(pretrained, name, device):
+    syn = Synthesizer.load(pretrained, device=device)
     cfg = SamplerConfig(name=name, steps=6)
     ds = syn.sample(64, cfg)
     assert ds.size == 64 and np.isfinite(ds.to_vectors()).all()
@@ -201,7 +204,8 @@ def test_dp_randomness_is_secret_and_metrics_hold_no_private_statistics(pretrain
     wa, wb = load_model(a, ema=False)[0].net.out.weight, load_model(b, ema=False)[0].net.out.weight
     assert not torch.allclose(wa, wb)
     state = torch.load(a, weights_only=False)
-    assert set(state["rng"]) == {"torch"}  # no sampling/noise generator state saved
+    # only the global generators (diffusion σ/ε draws) are saved; DP sampling/noise have their own, never saved
+    assert set(state["rng"]) <= {"torch", "cuda"}
     assert "OS entropy" in state["ledger"]["statistics"]["dp_randomness"]
     for line in (a.parent / "metrics.jsonl").read_text().splitlines():
         assert set(json.loads(line)) == {"step", "time_s", "batch", "epsilon"}

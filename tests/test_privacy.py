@@ -14,6 +14,8 @@ from synther.privacy.clipping import LinearGhostClipper
 from synther.privacy.dpsgd import ClippedGradient, GaussianNoise, PoissonSampler
 from synther.privacy.ledger import PrivacyLedger
 
+from devices import DEVICES
+
 LAYOUT = TransitionLayout(obs_dim=4, action_dim=2)
 
 
@@ -99,8 +101,9 @@ def test_poisson_sampler_includes_each_record_independently():
     assert abs(freq.mean().item() - q) < 0.002 and freq.std().item() < 0.02
 
 
-def test_every_clipped_contribution_is_bounded_and_sums_match_independent_grads():
-    model, (x, sigma, noise) = tiny_edm(), fixed_batch()
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_clipped_contribution_is_bounded_and_sums_match_independent_grads(device):
+    model, (x, sigma, noise) = tiny_edm().to(device), (t.to(device) for t in fixed_batch())
     per_sample = independent_per_sample_grads(model, x, sigma, noise)
     norms = per_sample.norm(dim=1)
     clip = float(norms.median())  # half the samples get clipped
@@ -116,12 +119,13 @@ def test_every_clipped_contribution_is_bounded_and_sums_match_independent_grads(
     torch.testing.assert_close(ours, contributions.sum(0) / 24, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("reference", ["opacus_hooks", "opacus_ghost"])
-def test_fast_clipping_matches_opacus(reference):
-    x, sigma, noise = fixed_batch(32)
+def test_fast_clipping_matches_opacus(reference, device):
+    x, sigma, noise = (t.to(device) for t in fixed_batch(32))
     grads = {}
     for mode in ("ghost", reference):
-        model = tiny_edm()
+        model = tiny_edm().to(device)
         clipped = ClippedGradient(model, clip_norm=1.0, mode=mode)
         losses, norms = clipped(lambda: model.per_sample_loss(x, sigma, noise), scale=0.25)
         grads[mode] = (torch.cat([p.grad.flatten() for p in model.parameters()]), norms)
@@ -135,9 +139,10 @@ def test_ghost_clipping_refuses_unsupported_models():
         LinearGhostClipper(model, 1.0)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("workers", [1, 2])
-def test_noise_std_is_sigma_times_clip_over_expected_batch(workers):
-    params = [torch.nn.Parameter(torch.zeros(n)) for n in (150_000, 60_000, 40_000)]
+def test_noise_std_is_sigma_times_clip_over_expected_batch(workers, device):
+    params = [torch.nn.Parameter(torch.zeros(n, device=device)) for n in (150_000, 60_000, 40_000)]
     for p in params:
         p.grad = torch.zeros_like(p)
     sigma, clip, expected = 0.8, 2.0, 50.0

@@ -99,6 +99,8 @@ class DiffusionTrainer:
                  "total_steps": self.total_steps, "config_hash": self.config_hash, "meta": self.meta,
                  "ledger": self.ledger.to_dict(), "train_config": asdict(self.cfg),
                  "rng": {"torch": torch.get_rng_state()}}
+        if self.data.device.type == "cuda":  # the diffusion noise (σ, ε draws) comes from the GPU's generator
+            state["rng"]["cuda"] = torch.cuda.get_rng_state(self.data.device)
         if self.dp is None:  # DP sampling/noise state is never written anywhere
             state["rng"]["batch"] = self.batch_gen.get_state()
         with atomic_path(self.run_dir / CHECKPOINT) as tmp:
@@ -116,9 +118,12 @@ class DiffusionTrainer:
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
-        torch.set_rng_state(state["rng"]["torch"])
+        # RNG states are CPU byte tensors, whatever map_location moved them to
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        if "cuda" in state["rng"] and self.data.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.data.device)
         if self.dp is None:
-            self.batch_gen.set_state(state["rng"]["batch"])
+            self.batch_gen.set_state(state["rng"]["batch"].cpu())
         self.ledger = PrivacyLedger.from_dict(state["ledger"])  # continues the spent budget, never resets it
         metrics = self.run_dir / "metrics.jsonl"
         if metrics.exists():  # drop records a killed run wrote after its last checkpoint

@@ -74,30 +74,52 @@ class LinearGhostClipper:
             raise RuntimeError("no forward pass was captured: run the model inside `with clipper.capture():`")
         outputs = [out for _, _, out in records]
         grads = torch.autograd.grad(per_sample_losses.sum(), outputs, allow_unused=True)
-        batch = per_sample_losses.shape[0]
-        sq_norms = per_sample_losses.new_zeros(batch)
-        used = []
-        for (layer, x, _), g in zip(records, grads):
-            if g is None:  # a layer that did not influence the loss has zero gradient
-                continue
-            g_sq = torch.einsum("ij,ij->i", g, g)  # row norms without a (B, width) temporary
-            x_sq = torch.einsum("ij,ij->i", x, x)
-            sq_norms += g_sq * (x_sq + (1.0 if layer.bias is not None else 0.0))
-            used.append((layer, x, g))
-        norms = sq_norms.sqrt()
+        # a layer that did not influence the loss has zero gradient (handled below)
+        used = [(layer, x, g) for (layer, x, _), g in zip(records, grads) if g is not None]
+        groups, layer_sq = [], []
+        for items in self._groups(used):
+            # X (L, B, in), G (L, B, out): layers of one shape stacked, so each op below is one kernel per group
+            X = torch.stack([x for _, x, _ in items]) if len(items) > 1 else items[0][1].unsqueeze(0)
+            G = torch.stack([g for _, _, g in items]) if len(items) > 1 else items[0][2].unsqueeze(0)
+            g_sq = torch.linalg.vector_norm(G, dim=2).square_()  # row norms without a (B, width) temporary
+            x_sq = torch.linalg.vector_norm(X, dim=2).square_()
+            if items[0][0].bias is not None:  # ‖∇W_i‖² + ‖∇b_i‖² = ‖g_i‖²(‖x_i‖² + 1)
+                x_sq += 1.0
+            layer_sq.append(g_sq.mul_(x_sq))  # (L, B): each layer's share of each sample's squared norm
+            groups.append((items, X, G))
+        if layer_sq:
+            norms = torch.cat(layer_sq).sum(0).sqrt()
+        else:
+            norms = per_sample_losses.new_zeros(per_sample_losses.shape[0])
         # opacus' clip factor, so results match its DPOptimizer exactly
         coef = (self.clip_norm / (norms + 1e-6)).clamp(max=1.0) * scale
-        for layer, x, g in used:
-            gc = g * coef.unsqueeze(1)  # not in place: autograd may hand one tensor to two layers (x + y)
-            layer.weight.grad = gc.t().mm(x)
-            if layer.bias is not None:
-                layer.bias.grad = coef @ g
+        for items, X, G in groups:
+            weight_grads = torch.bmm((G * coef[None, :, None]).transpose(1, 2), X)  # Σ_i c_i g_i x_iᵀ per layer
+            bias_grads = coef @ G if items[0][0].bias is not None else None
+            for k, (layer, _, _) in enumerate(items):
+                layer.weight.grad = weight_grads[k]
+                if bias_grads is not None:
+                    layer.bias.grad = bias_grads[k]
         used_layers = {id(layer) for layer, _, _ in used}
         for layer in self.layers:  # layers that did not influence the loss get an explicit zero gradient
             if id(layer) not in used_layers:
                 for p in layer.parameters(recurse=False):
                     p.grad = torch.zeros_like(p) if p.requires_grad else None
         return norms.detach()
+
+    @staticmethod
+    def _groups(used: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]]
+                ) -> list[list[tuple[nn.Linear, torch.Tensor, torch.Tensor]]]:
+        """On CUDA, layers with the same input/output shapes and bias form one group: a step at the paper's sizes
+        is bound by kernel launches there, and a group costs the launches of one layer. On the CPU stacking would
+        only copy, so every layer is its own group."""
+        if not used or not used[0][1].is_cuda:
+            return [[item] for item in used]
+        groups: dict[tuple, list] = {}
+        for item in used:
+            layer, x, g = item
+            groups.setdefault((tuple(x.shape), tuple(g.shape), layer.bias is not None, x.dtype), []).append(item)
+        return list(groups.values())
 
     def remove(self) -> None:
         for h in self._handles:

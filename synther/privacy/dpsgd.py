@@ -61,13 +61,27 @@ class GaussianNoise:
             self.groups[k].append(p)
             sizes[k] += p.numel()
         self.pool = ThreadPoolExecutor(workers) if workers > 1 else None
+        dtype = self.params[0].dtype if self.params else torch.float32
+        self.flat: list[torch.Tensor] | None = None
+        if device.type == "cuda":
+            # on a GPU the cost is kernel launches, not the draws: one draw for all parameters, one fused add
+            buffer = torch.empty(sum(p.numel() for p in self.params), device=device, dtype=dtype)
+            self.flat, offset = [], 0
+            for p in self.params:
+                self.flat.append(buffer[offset: offset + p.numel()].view_as(p))
+                offset += p.numel()
+            self.buffers = [buffer]
+            return
         # one reusable buffer per worker: a fresh multi-MB tensor per parameter per step costs page faults
-        self.buffers = [torch.empty(max((p.numel() for p in g), default=0), device=device,
-                                    dtype=self.params[0].dtype if self.params else torch.float32)
+        self.buffers = [torch.empty(max((p.numel() for p in g), default=0), device=device, dtype=dtype)
                         for g in self.groups]
 
     def add_(self, std: float) -> None:
         if std <= 0:
+            return
+        if self.flat is not None:
+            self.buffers[0].normal_(generator=self.generators[0])
+            torch._foreach_add_([p.grad for p in self.params], self.flat, alpha=std)
             return
 
         def fill(k: int) -> None:
