@@ -2,7 +2,9 @@
 
 Step times come from one process per (width, batch) that runs the modes interleaved, step by step, so drift in
 machine speed hits them alike (median per mode); peak memory comes from one process per mode, so it is that
-mode's alone. Ratios are to the non-private step of the same width and batch, all measured in this one run. Target (issue 3): ghost ≤ 1.25× time and ≤ 1.3× peak memory of non-private.
+mode's alone. Ratios are to the non-private step of the same width and batch, all measured in this one run.
+Every mode uses the trainer's optimizer (fused AdamW). Target (issue 3): ghost ≤ 1.25× time and ≤ 1.3× peak
+memory of non-private.
 
   python benchmarks/dp_step.py                      # W ∈ {1024, 2048} × batch ∈ {128, 256}
   python benchmarks/dp_step.py --widths 1024 --batches 128 --steps 3
@@ -35,10 +37,11 @@ def make_step(width: int, batch: int, mode: str, device: str):
     from synther.diffusion.edm import EDM
     from synther.diffusion.normalizer import Normalizer
     from synther.privacy.dpsgd import ClippedGradient, GaussianNoise
+    from synther.utils.optim import fused_optimizer
 
     torch.manual_seed(0)
     model = EDM(DIM, Normalizer.identity(DIM), DenoiserConfig(width=width, depth=6)).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.99))
+    opt = fused_optimizer(torch.optim.AdamW, model.parameters(), lr=3e-4, betas=(0.9, 0.99))  # as the trainer
     clipped = None if mode == "nonprivate" else ClippedGradient(model, 1.0, mode)
     noise = None if clipped is None else GaussianNoise(clipped.params)
     x = torch.randn(batch, DIM, device=device)
@@ -48,8 +51,8 @@ def make_step(width: int, batch: int, mode: str, device: str):
         if clipped is None:
             model.per_sample_loss(x).mean().backward()
         else:
-            clipped(lambda: model.per_sample_loss(x), scale=1.0 / batch)
-            noise.add_(1.0 * 1.0 / batch)  # σ = 1, C = 1, expected batch = batch
+            # σ = 1, C = 1, expected batch = batch; the trainer's call
+            clipped(lambda: model.per_sample_loss(x), scale=1.0 / batch, noise=noise, noise_std=1.0 / batch)
         opt.step()
         if device == "cuda":
             torch.cuda.synchronize()

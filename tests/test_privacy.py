@@ -141,17 +141,54 @@ def test_ghost_clipping_refuses_unsupported_models():
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("workers", [1, 2])
-def test_noise_std_is_sigma_times_clip_over_expected_batch(workers, device):
+@pytest.mark.parametrize("method", ["fill_", "add_"])
+def test_noise_std_is_sigma_times_clip_over_expected_batch(workers, device, method):
     params = [torch.nn.Parameter(torch.zeros(n, device=device)) for n in (150_000, 60_000, 40_000)]
     for p in params:
-        p.grad = torch.zeros_like(p)
+        p.grad = torch.full_like(p, 7.0)  # fill_ discards it, add_ adds to it
     sigma, clip, expected = 0.8, 2.0, 50.0
-    GaussianNoise(params, workers=workers).add_(sigma * clip / expected)
+    getattr(GaussianNoise(params, workers=workers), method)(sigma * clip / expected)
+    offset = 7.0 if method == "add_" else 0.0
     for p in params:  # every parameter got noise of the right scale, not just some of them
-        assert abs(p.grad.mean().item()) < 4 * sigma * clip / expected / np.sqrt(p.numel())
+        assert abs(p.grad.mean().item() - offset) < 4 * sigma * clip / expected / np.sqrt(p.numel())
         assert p.grad.std().item() == pytest.approx(sigma * clip / expected, rel=0.02)
     flat = torch.cat([p.grad for p in params])
     assert abs(torch.corrcoef(torch.stack([flat[:-1], flat[1:]]))[0, 1].item()) < 0.01  # independent draws
+
+
+def test_noise_refuses_to_add_onto_itself_and_redraws_every_step():
+    p = torch.nn.Parameter(torch.zeros(1000))
+    noise = GaussianNoise([p])
+    with pytest.raises(RuntimeError, match="needs every parameter"):
+        noise.add_(1.0)  # no gradient to add to
+    noise.fill_(1.0)
+    first = p.grad.clone()
+    with pytest.raises(RuntimeError, match="noise buffers themselves"):
+        noise.add_(1.0)  # would add a draw to itself: 2x the draw, not draw + gradient
+    noise.fill_(1.0)
+    assert not torch.equal(first, p.grad)  # the reused buffer holds a fresh draw
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["ghost", "opacus_hooks", "opacus_ghost"])
+def test_noisy_clipped_gradient_is_the_clipped_sum_plus_noise_of_the_right_scale(mode, device):
+    """The trainer's call: the same clipped sum as without noise, plus N(0, std²) on every parameter."""
+    x, sigma, noise = (t.to(device) for t in fixed_batch(32))
+    model = tiny_edm().to(device)
+    clipped = ClippedGradient(model, clip_norm=1.0, mode=mode)
+    clipped(lambda: model.per_sample_loss(x, sigma, noise), scale=0.25)
+    clean = [p.grad.clone() for p in clipped.params]
+    std = 0.3
+    gaussian = GaussianNoise(clipped.params)
+    for p in model.parameters():
+        p.grad = None  # as after the trainer's zero_grad(set_to_none=True)
+    _, norms = clipped(lambda: model.per_sample_loss(x, sigma, noise), scale=0.25, noise=gaussian, noise_std=std)
+    assert len(norms) == 32
+    residual = torch.cat([(p.grad - c).flatten() for p, c in zip(clipped.params, clean)])
+    assert residual.numel() > 3000 and residual.std().item() == pytest.approx(std, rel=0.1)
+    assert abs(residual.mean().item()) < 4 * std / np.sqrt(residual.numel())
+    for p, c in zip(clipped.params, clean):  # every parameter, not just some, got its own noise
+        assert not torch.allclose(p.grad, c)
 
 
 def test_noise_is_not_replayable():

@@ -27,6 +27,7 @@ from synther.errors import UserError
 from synther.privacy.dpsgd import ClippedGradient, GaussianNoise, PoissonSampler
 from synther.privacy.ledger import PrivacyLedger
 from synther.utils.io import atomic_path, atomic_write_json
+from synther.utils.optim import fused_optimizer
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -73,8 +74,8 @@ class DiffusionTrainer:
         self.ledger, self.meta, self.seed, self.dp, self.augment, self.progress = ledger, meta, seed, dp, augment, progress
         self.total_steps = cfg.total_steps(len(data))
         self.ema = copy.deepcopy(model).requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, cfg.adam_beta2),
-                                           weight_decay=cfg.weight_decay)
+        self.optimizer = fused_optimizer(torch.optim.AdamW, model.parameters(), lr=cfg.lr,
+                                         betas=(0.9, cfg.adam_beta2), weight_decay=cfg.weight_decay)
         # Which rows enter each batch, and the DP noise: reproducible for public training, secret under DP.
         self.batch_gen = torch.Generator().manual_seed(secrets.randbits(63) if dp else seed)
         if dp is not None:
@@ -148,13 +149,13 @@ class DiffusionTrainer:
             self.optimizer.step()
             return {"loss": loss.detach()}
         expected = self.dp.sample_rate * len(self.data)  # divide by the expected, not the realized, batch size
+        std = self.dp.noise_multiplier * self.dp.clip_norm / expected
         if len(x) == 0:  # a Poisson batch can be empty: the update is pure noise
-            for p in self.clipped.params:
-                p.grad = torch.zeros_like(p)
+            self.noise.fill_(std)
             losses = norms = torch.zeros(0, device=x.device)
         else:
-            losses, norms = self.clipped(lambda: self.model.per_sample_loss(x), scale=1.0 / expected)
-        self.noise.add_(self.dp.noise_multiplier * self.dp.clip_norm / expected)
+            losses, norms = self.clipped(lambda: self.model.per_sample_loss(x), scale=1.0 / expected,
+                                         noise=self.noise, noise_std=std)
         self.optimizer.step()
         return {"loss": losses.mean() if len(x) else torch.tensor(float("nan")), "batch": len(x),
                 "grad_norm": norms.mean() if len(x) else torch.tensor(float("nan")),

@@ -61,8 +61,9 @@ class LinearGhostClipper:
         finally:
             self._capturing = False
 
-    def backward(self, per_sample_losses: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-        """Set p.grad = scale · Σ_i min(1, C/‖∇ℓ_i‖)·∇ℓ_i for all parameters; return the norms ‖∇ℓ_i‖ (B,).
+    def backward(self, per_sample_losses: torch.Tensor, scale: float = 1.0, accumulate: bool = False) -> torch.Tensor:
+        """p.grad = scale · Σ_i min(1, C/‖∇ℓ_i‖)·∇ℓ_i for all parameters (added to p.grad if `accumulate`, e.g.
+        onto the DP noise, in the same matrix product); returns the norms ‖∇ℓ_i‖ (B,).
 
         `per_sample_losses` (B,) must come from a forward pass run inside `capture()`; ℓ_i may depend only on
         sample i. `scale` (e.g. 1/expected batch size) is folded into the clip factors for free.
@@ -72,6 +73,8 @@ class LinearGhostClipper:
         records, self._records = self._records, []
         if not records:
             raise RuntimeError("no forward pass was captured: run the model inside `with clipper.capture():`")
+        if accumulate and any(p.grad is None for layer in self.layers for p in layer.parameters() if p.requires_grad):
+            raise RuntimeError("accumulate=True needs every parameter's .grad to be set")
         outputs = [out for _, _, out in records]
         grads = torch.autograd.grad(per_sample_losses.sum(), outputs, allow_unused=True)
         # a layer that did not influence the loss has zero gradient (handled below)
@@ -94,17 +97,33 @@ class LinearGhostClipper:
         # opacus' clip factor, so results match its DPOptimizer exactly
         coef = (self.clip_norm / (norms + 1e-6)).clamp(max=1.0) * scale
         for items, X, G in groups:
-            weight_grads = torch.bmm((G * coef[None, :, None]).transpose(1, 2), X)  # Σ_i c_i g_i x_iᵀ per layer
-            bias_grads = coef @ G if items[0][0].bias is not None else None
-            for k, (layer, _, _) in enumerate(items):
-                layer.weight.grad = weight_grads[k]
-                if bias_grads is not None:
-                    layer.bias.grad = bias_grads[k]
-        used_layers = {id(layer) for layer, _, _ in used}
-        for layer in self.layers:  # layers that did not influence the loss get an explicit zero gradient
-            if id(layer) not in used_layers:
-                for p in layer.parameters(recurse=False):
-                    p.grad = torch.zeros_like(p) if p.requires_grad else None
+            CG = G * coef[None, :, None]  # not in place: autograd may hand one tensor to two layers (x + y)
+            if len(items) == 1:  # Σ_i c_i g_i x_iᵀ as one GEMM that adds onto p.grad as it writes
+                layer = items[0][0]
+                if accumulate:
+                    layer.weight.grad.addmm_(CG[0].t(), X[0])
+                else:
+                    layer.weight.grad = CG[0].t().mm(X[0])
+            else:
+                weight_grads = torch.bmm(CG.transpose(1, 2), X)
+                for k, (layer, _, _) in enumerate(items):
+                    if accumulate:
+                        layer.weight.grad.add_(weight_grads[k])
+                    else:
+                        layer.weight.grad = weight_grads[k]
+            if items[0][0].bias is not None:
+                bias_grads = CG.sum(1)  # (L, out)
+                for k, (layer, _, _) in enumerate(items):
+                    if accumulate:
+                        layer.bias.grad.add_(bias_grads[k])
+                    else:
+                        layer.bias.grad = bias_grads[k]
+        if not accumulate:  # layers that did not influence the loss get an explicit zero gradient
+            used_layers = {id(layer) for layer, _, _ in used}
+            for layer in self.layers:
+                if id(layer) not in used_layers:
+                    for p in layer.parameters(recurse=False):
+                        p.grad = torch.zeros_like(p) if p.requires_grad else None
         return norms.detach()
 
     @staticmethod

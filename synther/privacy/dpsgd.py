@@ -38,13 +38,17 @@ class PoissonSampler:
 
 
 class GaussianNoise:
-    """Adds i.i.d. N(0, std²) to every parameter's .grad, in place (DP-SGD: std = σC / expected batch size).
+    """Draws i.i.d. N(0, std²) for every parameter's gradient (DP-SGD: std = σC / expected batch size).
 
-    Drawing tens of millions of normals is the one real cost DP-SGD adds to a step on a CPU, and torch's CPU
-    generator is sequential, so the parameters are split across `workers` threads, each with its own generator
-    (torch kernels release the GIL). Drawing the next step's noise in the background during the forward pass was
-    tried and is slower on 2 cores: it competes with the matrix products. Generators are seeded from OS entropy
-    unless `seed` is given (tests only): noise that can be replayed can be subtracted. Buffers are never saved.
+    `fill_(std)` makes each p.grad a fresh draw, so a clipped sum can then be accumulated onto it in the same
+    pass that computes it (ghost clipping's addmm); `add_(std)` adds a draw to gradients already there. On this
+    CPU the step is bound by memory traffic and by the generator: fill_ touches each gradient once instead of
+    three times, into gradient buffers kept across steps (a fresh multi-MB tensor per parameter per step costs
+    page faults). torch's CPU generator is sequential, so the parameters are split across `workers` threads, each
+    with its own generator (torch kernels release the GIL). Drawing the next step's noise in the background
+    during the forward pass was tried and is slower on 2 cores: it competes with the matrix products.
+    Generators are seeded from OS entropy unless `seed` is given (tests only): noise that can be replayed can be
+    subtracted. Nothing here is ever saved.
     """
 
     def __init__(self, params: list[nn.Parameter], workers: int | None = None, seed: int | None = None) -> None:
@@ -62,37 +66,46 @@ class GaussianNoise:
             sizes[k] += p.numel()
         self.pool = ThreadPoolExecutor(workers) if workers > 1 else None
         dtype = self.params[0].dtype if self.params else torch.float32
-        self.flat: list[torch.Tensor] | None = None
-        if device.type == "cuda":
-            # on a GPU the cost is kernel launches, not the draws: one draw for all parameters, one fused add
-            buffer = torch.empty(sum(p.numel() for p in self.params), device=device, dtype=dtype)
-            self.flat, offset = [], 0
-            for p in self.params:
-                self.flat.append(buffer[offset: offset + p.numel()].view_as(p))
-                offset += p.numel()
-            self.buffers = [buffer]
-            return
-        # one reusable buffer per worker: a fresh multi-MB tensor per parameter per step costs page faults
-        self.buffers = [torch.empty(max((p.numel() for p in g), default=0), device=device, dtype=dtype)
-                        for g in self.groups]
+        # One flat buffer viewed as every parameter's gradient: on a GPU the cost is kernel launches, not the
+        # draws, so there a step is one draw for all parameters.
+        self._flat = torch.empty(sum(p.numel() for p in self.params), device=device, dtype=dtype)
+        self._grads, offset = {}, 0
+        for p in self.params:
+            self._grads[p] = self._flat[offset: offset + p.numel()].view_as(p)
+            offset += p.numel()
 
-    def add_(self, std: float) -> None:
-        if std <= 0:
-            return
-        if self.flat is not None:
-            self.buffers[0].normal_(generator=self.generators[0])
-            torch._foreach_add_([p.grad for p in self.params], self.flat, alpha=std)
+    def _draw(self, std: float) -> None:
+        """The gradient buffers ← N(0, std²)."""
+        if self.pool is None:
+            self._flat.normal_(0.0, std, generator=self.generators[0])
             return
 
         def fill(k: int) -> None:
             for p in self.groups[k]:
-                noise = self.buffers[k][: p.numel()].normal_(generator=self.generators[k])
-                p.grad.add_(noise.view_as(p), alpha=std)
+                self._grads[p].normal_(0.0, std, generator=self.generators[k])
 
-        if self.pool is None:
-            fill(0)
+        list(self.pool.map(fill, range(len(self.groups))))
+
+    def fill_(self, std: float) -> None:
+        """p.grad ← N(0, std²) for every parameter (zero when std = 0); what was in p.grad is discarded."""
+        if std > 0:
+            self._draw(std)
         else:
-            list(self.pool.map(fill, range(len(self.groups))))
+            self._flat.zero_()
+        for p in self.params:
+            p.grad = self._grads[p]
+
+    def add_(self, std: float) -> None:
+        """p.grad += N(0, std²) for every parameter (p.grad must be set)."""
+        if std <= 0:
+            return
+        grads = [p.grad for p in self.params]
+        if any(g is None for g in grads):
+            raise RuntimeError("add_ needs every parameter's .grad; use fill_ to start from noise")
+        if any(g is self._grads[p] for g, p in zip(grads, self.params)):
+            raise RuntimeError("the gradients are the noise buffers themselves: draw them with fill_ instead")
+        self._draw(std)
+        torch._foreach_add_(grads, [self._grads[p] for p in self.params])
 
 
 class ClippedGradient:
@@ -123,13 +136,22 @@ class ClippedGradient:
                 model, max_grad_norm=clip_norm, use_ghost_clipping=True, loss_reduction="sum"
             )
 
-    def __call__(self, loss_fn: Callable[[], torch.Tensor], scale: float = 1.0
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward + clipped backward, p.grad = scale·Σ clip(∇ℓ_i); returns (losses, norms before clipping)."""
+    def __call__(self, loss_fn: Callable[[], torch.Tensor], scale: float = 1.0, noise: GaussianNoise | None = None,
+                 noise_std: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward + clipped backward: p.grad = scale·Σ clip(∇ℓ_i) (+ N(0, noise_std²) drawn by `noise`, which
+        must cover self.params); returns (losses, norms before clipping)."""
         if self.mode == "ghost":
             with self._ghost.capture():
                 losses = loss_fn()
-            return losses.detach(), self._ghost.backward(losses, scale)
+            if noise is not None:  # the clipped sum is then accumulated onto the noise by the same products
+                noise.fill_(noise_std)
+            return losses.detach(), self._ghost.backward(losses, scale, accumulate=noise is not None)
+        losses, norms = self._opacus(loss_fn, scale)
+        if noise is not None:
+            noise.add_(noise_std)
+        return losses, norms
+
+    def _opacus(self, loss_fn: Callable[[], torch.Tensor], scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         if self.mode == "opacus_hooks":
             for p in self.params:
                 p.grad_sample = None
