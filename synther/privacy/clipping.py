@@ -98,26 +98,17 @@ class LinearGhostClipper:
         coef = (self.clip_norm / (norms + 1e-6)).clamp(max=1.0) * scale
         for items, X, G in groups:
             CG = G * coef[None, :, None]  # not in place: autograd may hand one tensor to two layers (x + y)
-            if len(items) == 1:  # Σ_i c_i g_i x_iᵀ as one GEMM that adds onto p.grad as it writes
-                layer = items[0][0]
-                if accumulate:
-                    layer.weight.grad.addmm_(CG[0].t(), X[0])
-                else:
-                    layer.weight.grad = CG[0].t().mm(X[0])
+            weight_grads = None
+            if accumulate and len(items) == 1:  # Σ_i c_i g_i x_iᵀ by one GEMM that adds onto p.grad as it writes
+                items[0][0].weight.grad.addmm_(CG[0].t(), X[0])
             else:
                 weight_grads = torch.bmm(CG.transpose(1, 2), X)
-                for k, (layer, _, _) in enumerate(items):
-                    if accumulate:
-                        layer.weight.grad.add_(weight_grads[k])
-                    else:
-                        layer.weight.grad = weight_grads[k]
-            if items[0][0].bias is not None:
-                bias_grads = CG.sum(1)  # (L, out)
-                for k, (layer, _, _) in enumerate(items):
-                    if accumulate:
-                        layer.bias.grad.add_(bias_grads[k])
-                    else:
-                        layer.bias.grad = bias_grads[k]
+            bias_grads = CG.sum(1) if items[0][0].bias is not None else None  # (L, out)
+            for k, (layer, _, _) in enumerate(items):
+                if weight_grads is not None:
+                    _store_grad(layer.weight, weight_grads[k], accumulate)
+                if bias_grads is not None:
+                    _store_grad(layer.bias, bias_grads[k], accumulate)
         if not accumulate:  # layers that did not influence the loss get an explicit zero gradient
             used_layers = {id(layer) for layer, _, _ in used}
             for layer in self.layers:
@@ -144,3 +135,10 @@ class LinearGhostClipper:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+
+def _store_grad(param: nn.Parameter, grad: torch.Tensor, accumulate: bool) -> None:
+    if accumulate:
+        param.grad.add_(grad)
+    else:
+        param.grad = grad
