@@ -128,10 +128,12 @@ def test_worker_selfcheck_opacus_on_this_torch(baselines_python):
 
 
 @pytest.mark.parametrize("method", ["mst", "aim", "dpctgan", "patectgan"])
-def test_adapter_writes_valid_samples(tmp_path, tiny_pair, baselines_python, method):
+def test_adapter_writes_valid_samples(tmp_path, tiny_pair, baselines_python, method, monkeypatch):
     cfg = _config(tmp_path, tiny_pair, method)
+    monkeypatch.chdir(tmp_path)
+    cfg.run_dir = f"run-{method}"  # relative, as typed on the command line (the default run folder is relative too)
     out = synthesize(cfg, progress=False)
-    assert out == tmp_path / f"run-{method}" / "samples.npz"
+    assert out.resolve() == tmp_path / f"run-{method}" / "samples.npz"
     with np.load(out) as z:
         assert set(z.files) == {"observations", "actions", "rewards", "next_observations", "terminals"}
         assert z["observations"].shape == (200, 3) and z["next_observations"].shape == (200, 3)

@@ -193,7 +193,7 @@ def synthesize(cfg: BaselineConfig, progress: bool = True) -> Path:
         f"public: {', '.join(prep.public_names)}")
 
     python = ensure_env(quiet=not progress)
-    work = out_dir / ".work"
+    work = (out_dir / ".work").resolve()  # absolute: the worker runs inside it, and its spec names files in it
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     np.savez(work / "input.npz", data=table)
