@@ -23,6 +23,7 @@ import contextlib
 import io
 import re
 import time
+from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,7 @@ class DynamicsUnsupported(UserError):
     """No simulator can reproduce this dataset's transitions; the message says why."""
 
 
-class _Simulator:
+class _Simulator(ABC):
     """Sets the simulator to an observation, steps one action, returns (next_obs, reward)."""
 
     env_name: str = ""
@@ -52,8 +53,9 @@ class _Simulator:
         self.low = np.asarray(env.action_space.low, dtype=np.float64)
         self.high = np.asarray(env.action_space.high, dtype=np.float64)
 
+    @abstractmethod
     def step_from(self, obs: np.ndarray, action: np.ndarray) -> tuple[np.ndarray, float]:
-        raise NotImplementedError
+        ...
 
     def close(self) -> None:
         self.env.close()
