@@ -220,3 +220,21 @@ def test_public_pretraining_is_reproducible_from_the_seed(tmp_path):
     a = pretrain(config(tmp_path / "a", "pretrain", public_datasets=PUBLIC, steps=20))
     b = pretrain(config(tmp_path / "b", "pretrain", public_datasets=PUBLIC, steps=20))
     torch.testing.assert_close(load_model(a)[0].state_dict(), load_model(b)[0].state_dict(), rtol=0, atol=0)
+
+
+def test_fused_optimizer_is_fused_where_torch_can_and_plain_elsewhere():
+    from synther.utils.optim import fused_optimizer
+
+    w = torch.nn.Parameter(torch.zeros(3))
+    opt = fused_optimizer(torch.optim.AdamW, [w], lr=1e-3, betas=(0.9, 0.99))
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"] is True
+    assert opt.defaults["lr"] == 1e-3 and opt.defaults["betas"] == (0.9, 0.99)
+
+    class NoFused(torch.optim.SGD):  # an optimizer without a fused kernel: the same class, unfused
+        def __init__(self, params, lr=0.1, fused=None):
+            if fused:
+                raise RuntimeError("no fused kernel")
+            super().__init__(params, lr=lr)
+
+    plain = fused_optimizer(NoFused, (p for p in [w]), lr=0.5)  # a generator of parameters is fine too
+    assert isinstance(plain, NoFused) and plain.defaults["lr"] == 0.5 and len(plain.param_groups[0]["params"]) == 1
