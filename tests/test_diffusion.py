@@ -83,6 +83,7 @@ def test_finetune_meets_target_and_never_reads_sensitive_statistics(pretrained, 
     assert ledger.steps_taken == 40 and ledger.epsilon_spent() <= 5.0
     assert ledger.sensitive_train_rows == 3200 and ledger.sensitive_heldout_rows == 800
     assert ledger.sample_rate == pytest.approx(64 / 3200)
+    assert "philox4x32-10" in ledger.statistics["dp_noise"]  # the ledger names the noise generator
     saved = json.loads((out.parent / "ledger.json").read_text())
     for key in ("epsilon_spent", "delta", "noise_multiplier", "sample_rate", "steps_taken", "accountant", "clip_norm",
                 "statistics", "sensitive_train_rows"):

@@ -140,14 +140,15 @@ def test_ghost_clipping_refuses_unsupported_models():
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("generator", ["philox", "torch"])
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("method", ["fill_", "add_"])
-def test_noise_std_is_sigma_times_clip_over_expected_batch(workers, device, method):
+def test_noise_std_is_sigma_times_clip_over_expected_batch(workers, device, method, generator):
     params = [torch.nn.Parameter(torch.zeros(n, device=device)) for n in (150_000, 60_000, 40_000)]
     for p in params:
         p.grad = torch.full_like(p, 7.0)  # fill_ discards it, add_ adds to it
     sigma, clip, expected = 0.8, 2.0, 50.0
-    getattr(GaussianNoise(params, workers=workers), method)(sigma * clip / expected)
+    getattr(GaussianNoise(params, workers=workers, generator=generator), method)(sigma * clip / expected)
     offset = 7.0 if method == "add_" else 0.0
     for p in params:  # every parameter got noise of the right scale, not just some of them
         assert abs(p.grad.mean().item() - offset) < 4 * sigma * clip / expected / np.sqrt(p.numel())

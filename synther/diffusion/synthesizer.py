@@ -24,7 +24,7 @@ from synther.diffusion.normalizer import Normalizer
 from synther.diffusion.trainer import CHECKPOINT, DiffusionTrainer, DPSettings, TrainConfig
 from synther.errors import UserError
 from synther.privacy.accounting import ACCOUNTANTS, calibrate_noise_multiplier, validate_target
-from synther.privacy.dpsgd import CLIPPING_MODES
+from synther.privacy.dpsgd import CLIPPING_MODES, NOISE_GENERATORS
 from synther.privacy.ledger import PrivacyLedger
 from synther.utils.device import resolve_device
 from synther.utils.provenance import package_versions
@@ -37,6 +37,7 @@ class DPConfig:
     clip_norm: float = 1.0  # per-sample gradient clip norm C (--dp_max_grad_norm)
     accountant: str = "rdp"  # privacy accountant: rdp or prv (--accountant)
     clipping: str = "ghost"  # per-sample clipping backend: ghost (fast, ours), opacus_hooks or opacus_ghost
+    noise_generator: str = "auto"  # Gaussian noise source: philox (our vectorized CPU kernel; torch's Philox on CUDA), torch, or auto (philox where the kernel builds)
     normalizer: str = "public"  # 'public': keep the pre-trained model's public statistics; 'dp': re-estimate them on the sensitive data with the Gaussian mechanism, charged to the same budget
     normalizer_noise_multiplier: float = 50.0  # noise multiplier of that Gaussian mechanism (normalizer 'dp' only)
     train_fraction: float = 0.8  # share of the sensitive set trained on; the rest is held out (MIA non-members)
@@ -154,6 +155,8 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
         raise UserError(f"unknown accountant '{dp.accountant}' (choose from: {', '.join(ACCOUNTANTS)})")
     if dp.clipping not in CLIPPING_MODES:
         raise UserError(f"unknown clipping '{dp.clipping}' (choose from: {', '.join(CLIPPING_MODES)})")
+    if dp.noise_generator not in NOISE_GENERATORS:
+        raise UserError(f"unknown noise generator '{dp.noise_generator}' (choose from: {', '.join(NOISE_GENERATORS)})")
     if dp.normalizer not in ("public", "dp"):
         raise UserError(f"dp.normalizer must be 'public' or 'dp', got '{dp.normalizer}'")
     if not cfg.dataset:
@@ -201,7 +204,8 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
             sample_rate=q, expected_batch_size=cfg.train.batch_size, clip_norm=dp.clip_norm,
             clipping_mode=dp.clipping, planned_steps=steps, prior_mechanisms=prior, **common,
             statistics={**statistics, "sample_rate": "expected batch size / training rows (row count treated as public)"})
-        settings = DPSettings(noise_multiplier=sigma, clip_norm=dp.clip_norm, sample_rate=q, clipping_mode=dp.clipping)
+        settings = DPSettings(noise_multiplier=sigma, clip_norm=dp.clip_norm, sample_rate=q, clipping_mode=dp.clipping,
+                              noise_generator=dp.noise_generator)
     else:
         ledger = PrivacyLedger(private=False, planned_steps=steps, statistics=statistics, **common)
         settings = None

@@ -60,6 +60,7 @@ class DPSettings:
     clip_norm: float
     sample_rate: float
     clipping_mode: str = "ghost"
+    noise_generator: str = "auto"  # GaussianNoise's: auto | philox | torch (same distribution, different speed)
 
 
 class DiffusionTrainer:
@@ -86,11 +87,17 @@ class DiffusionTrainer:
                                                            "the sensitive batches: do not release it")
         self.step = 0
         self.clipped = ClippedGradient(model, dp.clip_norm, dp.clipping_mode) if dp else None
-        self.noise = GaussianNoise(self.clipped.params) if dp else None  # seeded from OS entropy
+        self.noise = GaussianNoise(self.clipped.params, generator=dp.noise_generator) if dp else None  # OS entropy
+        self._note_noise_generator()
         self.poisson = PoissonSampler(len(data), dp.sample_rate, self.batch_gen) if dp else None
-        self.config_hash = hashlib.sha256(json.dumps([asdict(cfg), meta.get("phase"), seed,
-                                                      asdict(dp) if dp else None], sort_keys=True,
+        # the noise generator is left out: it changes speed, not the mechanism, so a run may resume with another
+        dp_hashed = {k: v for k, v in asdict(dp).items() if k != "noise_generator"} if dp else None
+        self.config_hash = hashlib.sha256(json.dumps([asdict(cfg), meta.get("phase"), seed, dp_hashed], sort_keys=True,
                                                      default=str).encode()).hexdigest()[:16]
+
+    def _note_noise_generator(self) -> None:
+        if self.noise is not None:
+            self.ledger.statistics["dp_noise"] = f"N(0, (σC)²) per parameter per step, {self.noise.generator_name}"
 
     # --- checkpoints -----------------------------------------------------------------------------------
     def _checkpoint(self) -> None:
@@ -126,6 +133,7 @@ class DiffusionTrainer:
         if self.dp is None:
             self.batch_gen.set_state(state["rng"]["batch"].cpu())
         self.ledger = PrivacyLedger.from_dict(state["ledger"])  # continues the spent budget, never resets it
+        self._note_noise_generator()
         metrics = self.run_dir / "metrics.jsonl"
         if metrics.exists():  # drop records a killed run wrote after its last checkpoint
             kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= self.step]
