@@ -191,6 +191,9 @@ def test_pipeline_errors_are_user_errors(pretrained, tmp_path):
     with pytest.raises(UserError, match="ε"):
         finetune(config(tmp_path, "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained),
                         dp=DPConfig(epsilon=0.0)))
+    with pytest.raises(UserError, match="unknown noise generator"):
+        finetune(config(tmp_path, "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained),
+                        dp=DPConfig(noise_generator="mt19937")))
     with pytest.raises(UserError, match="checkpoint not found"):
         finetune(config(tmp_path, "finetune", dataset=SENSITIVE, load_checkpoint=str(tmp_path / "none.pt")))
     with pytest.raises(UserError, match="unknown sampler"):
@@ -215,6 +218,10 @@ def test_dp_randomness_is_secret_and_metrics_hold_no_private_statistics(pretrain
                                         train=dataclasses.replace(cfg.train, log_private_diagnostics=True)))
     assert "loss" in json.loads((diag.parent / "metrics.jsonl").read_text().splitlines()[0])
     assert "do not release" in load_model(diag)[2].statistics["metrics.jsonl"]
+    # torch's generator on request, and the ledger says so
+    torch_noise = finetune(dataclasses.replace(cfg, run_dir=str(tmp_path / "torch-noise"),
+                                               dp=DPConfig(epsilon=5.0, noise_generator="torch")))
+    assert "mt19937" in load_model(torch_noise)[2].statistics["dp_noise"]
 
 
 def test_public_pretraining_is_reproducible_from_the_seed(tmp_path):

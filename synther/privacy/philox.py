@@ -5,8 +5,8 @@ per parameter, so for the paper's denoisers it cost as much as the forward pass.
 each block of 4 normals is a pure function of (key, nonce, counter), so it vectorizes and splits over threads
 with the same numbers whatever the split. It is compiled with the system C compiler for this CPU into a cache
 folder (keyed by source, flags and CPU) and called through ctypes (which releases the GIL) from the thread that
-runs torch's ops, so its OpenMP loop runs on torch's own thread pool. Where no compiler is
-found or the build fails, `load_kernel()` returns None and callers fall back to torch's generator.
+runs torch's ops, so its OpenMP loop runs on torch's own thread pool. Where no compiler is found or the build
+fails, `load_kernel()` returns None and callers fall back to torch's generator.
 
 Like torch's generators (and opacus outside its secure mode), Philox is a statistical, not a cryptographic,
 generator; its 128-bit key + nonce come from OS entropy, so a draw cannot be replayed without them.
