@@ -2,9 +2,9 @@
 
 Step times come from one process per (width, batch) that runs the modes in alternating blocks of steps, so drift
 in machine speed hits them alike (median per mode), with only the running mode's model in memory; peak memory
-comes from one process per mode, so it is that mode's alone. Ratios are to the non-private step of the same width and batch, all measured in this one run.
-Every mode uses the trainer's optimizer (fused AdamW) and noise generator (--noise_generator). Target (issue 3):
-ghost ≤ 1.25× time and ≤ 1.3× peak memory of non-private.
+comes from one process per mode, so it is that mode's alone. Ratios are to the non-private step of the same
+width and batch, all measured in this one run. Every mode uses the trainer's optimizer (fused AdamW) and noise
+generator (--noise_generator). Target (issue 3): ghost ≤ 1.25× time and ≤ 1.3× peak memory of non-private.
 
   python benchmarks/dp_step.py                      # W ∈ {1024, 2048} × batch ∈ {128, 256}
   python benchmarks/dp_step.py --widths 1024 --batches 128 --steps 3

@@ -92,8 +92,8 @@ class DiffusionTrainer:
         self.poisson = PoissonSampler(len(data), dp.sample_rate, self.batch_gen) if dp else None
         # the noise generator is left out: it changes speed, not the mechanism, so a run may resume with another
         dp_hashed = {k: v for k, v in asdict(dp).items() if k != "noise_generator"} if dp else None
-        self.config_hash = hashlib.sha256(json.dumps([asdict(cfg), meta.get("phase"), seed, dp_hashed], sort_keys=True,
-                                                     default=str).encode()).hexdigest()[:16]
+        self.config_hash = hashlib.sha256(json.dumps([asdict(cfg), meta.get("phase"), seed, dp_hashed],
+                                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def _note_noise_generator(self) -> None:
         if self.noise is not None:
