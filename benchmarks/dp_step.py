@@ -11,7 +11,6 @@ generator (--noise_generator). Target (issue 3): ghost ≤ 1.25× time and ≤ 1
 """
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -23,11 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 DIM = 42  # halfcheetah transition vector: 2·17 + 6 + 2
 MODES = ("nonprivate", "ghost", "opacus_ghost", "opacus_hooks")
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def make_step(width: int, batch: int, mode: str, device: str, noise_generator: str = "auto"):

@@ -108,12 +108,12 @@ def load_kernel() -> ctypes.CDLL | None:
     if cc is None:
         warnings.warn("no C compiler found: DP noise uses torch's (slower) CPU generator", stacklevel=2)
         return None
-    source = SOURCE.read_bytes()
+    source, cpu, cache = SOURCE.read_bytes(), _cpu_signature().encode(), _cache_dir()
     errors = []
     for flags in FLAG_SETS:
         tag = hashlib.sha256(b"\0".join([BUILD_RECIPE, source, cc.encode(), " ".join(flags).encode(),
-                                         _cpu_signature().encode()])).hexdigest()[:16]
-        target = _cache_dir() / f"philox_normal-{tag}.so"
+                                         cpu])).hexdigest()[:16]
+        target = cache / f"philox_normal-{tag}.so"
         if not target.exists():
             error = _build(cc, flags, target)
             if error:
