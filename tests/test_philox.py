@@ -1,6 +1,8 @@
-"""The CPU Gaussian-noise kernel: Philox4x32-10 bits as published, Box-Muller on them, a right N(0, 1), counters
-never reused, the same numbers on any thread count, and a clean fallback where it cannot be built."""
+"""The CPU Gaussian-noise kernel: Philox4x32-10 bits as published, Box-Muller on them, a right N(0, 1) with its
+tail to 9.42σ (and torch's fallback to 8.57σ), counters never reused, the same numbers on any thread count, and a
+clean fallback where it cannot be built."""
 import ctypes
+import math
 import platform
 from pathlib import Path
 
@@ -44,18 +46,46 @@ def test_philox_bits_match_the_published_known_answers(kernel, counter, key, exp
     assert tuple(int(w) for w in words[0]) == expected
 
 
+def box_muller_reference(hi: np.ndarray, lo: np.ndarray, angle: np.ndarray) -> np.ndarray:
+    """float64 Box-Muller as the kernel documents it, u1 = (hi·2^32 + lo + 1)·2^-64 and θ = 2π·(top 24 bits of
+    angle)/2^24: the cos halves, then the sin halves."""
+    u1 = hi.astype(np.float64) * 2.0**-32 + (lo.astype(np.float64) + 1) * 2.0**-64  # one rounding, as in C
+    theta = (angle >> 8).astype(np.float64) / 2**24 * 2 * np.pi
+    radius = np.sqrt(-2 * np.log(u1))
+    return np.concatenate([radius * np.cos(theta), radius * np.sin(theta)])
+
+
+def kernel_box_muller(kernel, hi, lo, angle) -> np.ndarray:
+    hi, lo, angle = (np.ascontiguousarray(a, np.uint32) for a in (hi, lo, angle))
+    out = np.empty(2 * len(hi), np.float32)
+    kernel.box_muller_words(*(a.ctypes.data_as(ctypes.c_void_p) for a in (out, hi, lo, angle)), len(hi))
+    return out
+
+
 def test_normals_are_box_muller_of_the_philox_bits(kernel):
     gen = PhiloxNormal(kernel, seed=1234)
-    batch, blocks = gen.batch, gen.blocks_per_batch
-    out = torch.empty(2 * batch)
+    batch, blocks, batches = gen.batch, gen.blocks_per_batch, 100
+    pairs = batch // 2
+    out = torch.empty(batches * batch)
     gen.fill_(out, 1.0)
-    for b in range(2):  # batch b: blocks at counters b·blocks …, cos halves first, then sin halves
-        w = philox_words(kernel, blocks, 1234, b * blocks, 0).astype(np.float64)
-        u1 = (np.concatenate([w[:, 0], w[:, 1]]) // 256 + 1) / 2**24  # 24-bit uniforms in (0, 1]
-        angle = np.concatenate([w[:, 2], w[:, 3]]) // 256 / 2**24 * 2 * np.pi
-        radius = np.sqrt(-2 * np.log(u1))
-        expected = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])
-        np.testing.assert_allclose(out[b * batch:(b + 1) * batch].numpy(), expected, rtol=1e-5, atol=2e-6)
+    for b in range(batches):  # batch b: blocks at counters b·blocks …, their words word-major, three per pair
+        words = philox_words(kernel, blocks, 1234, b * blocks, 0).T.reshape(-1)
+        expected = box_muller_reference(words[:pairs], words[pairs: 2 * pairs], words[2 * pairs: 3 * pairs])
+        np.testing.assert_allclose(out[b * batch:(b + 1) * batch].numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_the_radius_uniform_has_64_bits(kernel):
+    """Words no random draw reaches in a test: the smallest uniforms, where the low word decides the radius, and
+    the transform's branch points."""
+    lo = np.array([0, 1, 2, 1000, 2**31, 2**32 - 1, 0, 0, 2**32 - 1, 12345, 0, 2**32 - 1], np.uint32)
+    hi = np.array([0, 0, 0, 0, 0, 0, 1, 2**16, 0xB504F333, 0xB504F334, 2**31, 2**32 - 1], np.uint32)
+    for angle in (0, 2**30, 0x12345678, 2**32 - 1):
+        got = kernel_box_muller(kernel, hi, lo, np.full(len(hi), angle))
+        np.testing.assert_allclose(got, box_muller_reference(hi, lo, np.full(len(hi), angle, np.uint32)),
+                                   rtol=1e-6, atol=1e-6)
+    # the cap: k = 0 (u1 = 2^-64) at angle 0 gives sqrt(128 ln 2), which Z_MAX must not exceed
+    top = kernel_box_muller(kernel, [0], [0], [0])
+    assert top[1] == 0 and philox.Z_MAX <= top[0] <= math.sqrt(128 * math.log(2)) + 1e-5
 
 
 def test_draws_are_standard_normal(kernel):
@@ -66,12 +96,76 @@ def test_draws_are_standard_normal(kernel):
     assert z.std() == pytest.approx(1.0, abs=3e-3)
     assert stats.kstest(z, "norm").pvalue > 1e-3
     assert np.mean(np.abs(z) > 3) == pytest.approx(2 * stats.norm.sf(3), rel=0.05)  # the tails are there
-    assert np.abs(z).max() <= np.sqrt(2 * np.log(2**24)) + 1e-4  # 24-bit uniforms, as torch's float normal_
     # neighbours, and the two halves of each Box-Muller pair, are uncorrelated
     assert abs(np.corrcoef(z[:-1], z[1:])[0, 1]) < 0.005
     half = PhiloxNormal(kernel).batch // 2
     pairs = z[: len(z) // (2 * half) * 2 * half].reshape(-1, 2, half)
     assert abs(np.corrcoef(pairs[:, 0].ravel() ** 2, pairs[:, 1].ravel() ** 2)[0, 1]) < 0.005
+
+
+TAIL_DRAWS, TAIL_CHUNK = 10**9, 2**24
+
+
+def tail_of(draw_chunk) -> tuple[float, int]:
+    """max |z| over TAIL_DRAWS draws, and how many exceed 5.8 (the old 24-bit generators stopped at 5.77);
+    `draw_chunk()` returns the next TAIL_CHUNK draws."""
+    top, beyond = 0.0, 0
+    for _ in range(-(-TAIL_DRAWS // TAIL_CHUNK)):
+        z = draw_chunk()
+        low, high = torch.aminmax(z)  # one pass; counting is slower, so only where the extremes call for it
+        chunk_top = max(-low.item(), high.item())
+        if chunk_top > 5.8:
+            beyond += int((z.abs() > 5.8).sum())
+        top = max(top, chunk_top)
+    return top, beyond
+
+
+def assert_untruncated(top: float, beyond: int, cap: float) -> None:
+    # a fixed seed makes this deterministic; for N(0, 1), 1e9 draws hold ≈ 6.6 beyond 5.8 (P(none) = 0.1%)
+    assert 5.8 < top <= cap
+    assert 1 <= beyond <= 20
+
+
+def test_philox_draws_reach_past_the_old_cap(kernel):
+    gen, z = PhiloxNormal(kernel, seed=2024), torch.empty(TAIL_CHUNK)
+
+    def draw_chunk() -> torch.Tensor:
+        gen.fill_(z, 1.0)
+        return z
+
+    assert_untruncated(*tail_of(draw_chunk), cap=math.sqrt(128 * math.log(2)) + 1e-5)
+
+
+def test_torch_fallback_draws_reach_past_the_old_cap():
+    params = [torch.nn.Parameter(torch.zeros(TAIL_CHUNK // 2)) for _ in range(2)]  # one per worker thread
+    noise = GaussianNoise(params, workers=2, seed=2024, generator="torch")
+
+    def draw_chunk() -> torch.Tensor:
+        noise.fill_(1.0)
+        return torch.cat([p.grad for p in params])
+
+    # float64 Box-Muller on 53-bit uniforms, cast to float32 (rounding adds < 1e-6)
+    assert_untruncated(*tail_of(draw_chunk), cap=math.sqrt(106 * math.log(2)) + 1e-5)
+
+
+def test_torch_float64_normal_is_box_muller_on_53_bit_uniforms():
+    """What dpsgd.TORCH_FLOAT64_Z_MAX rests on: on the CPU, torch's float64 normal_ pairs 53-bit uniforms u
+    (torch.rand's, same stream) as r = sqrt(-2 ln(1 - u)), so 1 - u >= 2^-53 and |z| reaches sqrt(106 ln 2)."""
+    draws = torch.empty(4096, dtype=torch.float64).normal_(generator=torch.Generator().manual_seed(5))
+    u = torch.rand(4096, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(u * 2**53, torch.round(u * 2**53))
+    u = u.view(-1, 2, 8)  # 16 at a time: the first 8 give radii, the next 8 angles
+    radius, theta = torch.sqrt(-2 * torch.log(1 - u[:, 0])), 2 * math.pi * u[:, 1]
+    expected = torch.stack([radius * torch.cos(theta), radius * torch.sin(theta)], dim=1).reshape(-1)
+    torch.testing.assert_close(draws, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("generator", ["philox", "torch"])
+def test_gaussian_noise_states_its_tail_cap(kernel, generator):
+    noise = GaussianNoise([torch.nn.Parameter(torch.zeros(100))], generator=generator)
+    assert noise.z_max >= 8.5
+    # a lower bound of the cap the generator reaches (see philox.Z_MAX and dpsgd.TORCH_FLOAT64_Z_MAX)
+    assert noise.z_max <= (math.sqrt(128 * math.log(2)) if generator == "philox" else math.sqrt(106 * math.log(2)))
 
 
 def test_std_scales_the_draw(kernel):
@@ -119,7 +213,7 @@ def test_loading_the_kernel_keeps_torch_denormals(kernel):
 def test_gaussian_noise_uses_the_kernel_on_the_cpu(kernel):
     p = torch.nn.Parameter(torch.zeros(5000))
     assert GaussianNoise([p]).generator_name == philox.GENERATOR_NAME
-    assert "mt19937" in GaussianNoise([p], generator="torch").generator_name
+    assert "mt19937, float64" in GaussianNoise([p], generator="torch").generator_name
     with pytest.raises(UserError, match="unknown noise generator"):
         GaussianNoise([p], generator="mt")
 

@@ -18,10 +18,15 @@ from torch import nn
 
 from synther.errors import UserError
 from synther.privacy.clipping import LinearGhostClipper
-from synther.privacy.philox import GENERATOR_NAME as PHILOX_NAME, PhiloxNormal, load_kernel
+from synther.privacy.philox import GENERATOR_NAME as PHILOX_NAME, Z_MAX as PHILOX_Z_MAX, PhiloxNormal, load_kernel
 
 CLIPPING_MODES = ("ghost", "opacus_hooks", "opacus_ghost")
 NOISE_GENERATORS = ("auto", "philox", "torch")
+# A lower bound of the largest |z| torch's float64 normal_ draws (its float32 one stops at 5.77 on the CPU: 24-bit
+# uniforms). CPU: Box-Muller on u1 = 1 - u, u a 53-bit uniform in [0, 1), so u1 >= 2^-53 and the angle 0 occurs:
+# sqrt(-2 ln 2^-53) = sqrt(106 ln 2) = 8.5717, rounded down. CUDA (curand_normal2_double): u1 >= 2^-54, a cap of
+# 8.652 with angles just off 0; the CPU's smaller figure is a lower bound of both.
+TORCH_FLOAT64_Z_MAX = 8.571
 
 
 class PoissonSampler:
@@ -46,10 +51,13 @@ class GaussianNoise:
     pass that computes it (ghost clipping's addmm); `add_(std)` adds a draw to gradients already there. The draws
     go into gradient buffers kept across steps (a fresh multi-MB tensor per parameter per step costs page faults).
     Generators (`generator`):
-      philox: on the CPU, our vectorized Philox4x32-10 kernel (synther.privacy.philox), 3-4x faster than torch's;
+      philox: on the CPU, our vectorized Philox4x32-10 kernel (synther.privacy.philox), faster than torch's;
               on CUDA, torch's generator, which is Philox4x32-10 too.
-      torch:  torch's generator (on the CPU a sequential Mersenne Twister).
+      torch:  torch's generator (on the CPU a sequential Mersenne Twister), drawn in float64 and cast: its
+              float32 normal_ is built on 24-bit uniforms, which cut the Gaussian off at 5.77σ.
       auto:   philox where the kernel builds (float32 parameters), else torch.
+    `z_max` is a lower bound of the largest |z| (in units of std) the generator in use can draw, for the
+    ledger's account of the Gaussian tail beyond it.
     On the CPU the work is split across `workers` threads (default torch's count): the Philox kernel runs them
     in torch's own OpenMP pool, torch's generator on a thread pool with one generator per thread. Drawing the
     next step's noise in the background during the forward pass was tried and is slower on 2 cores: it competes
@@ -75,9 +83,11 @@ class GaussianNoise:
                                 "non-float32 parameters): use noise generator 'torch' or 'auto'")
         self.philox = PhiloxNormal(kernel, seed) if kernel is not None else None
         if self.philox is not None:
-            self.generator_name = PHILOX_NAME
+            self.generator_name, self.z_max = PHILOX_NAME, PHILOX_Z_MAX
         else:
-            self.generator_name = "torch CUDA (philox4x32-10)" if device.type == "cuda" else "torch CPU (mt19937)"
+            self.generator_name = "torch CUDA (philox4x32-10, float64)" if device.type == "cuda" else \
+                "torch CPU (mt19937, float64)"
+            self.z_max = TORCH_FLOAT64_Z_MAX
             self.generators = [torch.Generator(device=device).manual_seed(
                 secrets.randbits(63) if seed is None else seed + k) for k in range(workers)]
             # balance the parameters across workers by size (largest first, into the emptiest group)
@@ -91,9 +101,14 @@ class GaussianNoise:
         # One flat buffer viewed as every parameter's gradient: one kernel draws it in a few large pieces, and on
         # a GPU (where the cost is kernel launches, not the draws) a step is one draw for all parameters.
         self._flat = torch.empty(sum(p.numel() for p in self.params), device=device, dtype=dtype)
-        self._grads, offset = {}, 0
+        # torch's draws land in one float64 buffer, kept across steps, and are cast into the gradient buffers
+        self._scratch = torch.empty(self._flat.numel(), device=device, dtype=torch.float64) \
+            if self.philox is None and dtype != torch.float64 else None
+        self._grads, self._draws, offset = {}, {}, 0
         for p in self.params:
             self._grads[p] = self._flat[offset: offset + p.numel()].view_as(p)
+            self._draws[p] = self._grads[p] if self._scratch is None else \
+                self._scratch[offset: offset + p.numel()].view_as(p)
             offset += p.numel()
 
     def _draw(self, std: float) -> None:
@@ -101,15 +116,17 @@ class GaussianNoise:
         if self.philox is not None:
             self.philox.fill_(self._flat, std, self.workers)
             return
+        draws = self._flat if self._scratch is None else self._scratch
         if self.pool is None:
-            self._flat.normal_(0.0, std, generator=self.generators[0])
-            return
+            draws.normal_(0.0, std, generator=self.generators[0])
+        else:
+            def fill(k: int) -> None:
+                for p in self.groups[k]:
+                    self._draws[p].normal_(0.0, std, generator=self.generators[k])
 
-        def fill(k: int) -> None:
-            for p in self.groups[k]:
-                self._grads[p].normal_(0.0, std, generator=self.generators[k])
-
-        list(self.pool.map(fill, range(len(self.groups))))
+            list(self.pool.map(fill, range(len(self.groups))))
+        if self._scratch is not None:  # on the calling thread: the cast runs on torch's own threads
+            self._flat.copy_(self._scratch)
 
     def fill_(self, std: float) -> None:
         """p.grad ← N(0, std²) for every parameter (zero when std = 0); what was in p.grad is discarded."""

@@ -2,11 +2,13 @@
 
 torch's CPU normal_ draws from a sequential Mersenne Twister at ≈4 ns per normal; the DP step needs one normal
 per parameter, so for the paper's denoisers it cost as much as the forward pass. The kernel is counter-based:
-each block of 4 normals is a pure function of (key, nonce, counter), so it vectorizes and splits over threads
-with the same numbers whatever the split. It is compiled with the system C compiler for this CPU into a cache
-folder (keyed by source, flags and CPU) and called through ctypes (which releases the GIL) from the thread that
-runs torch's ops, so its OpenMP loop runs on torch's own thread pool. Where no compiler is found or the build
-fails, `load_kernel()` returns None and callers fall back to torch's generator.
+each batch of normals is a pure function of (key, nonce, counter), so it vectorizes and splits over threads
+with the same numbers whatever the split. Each Box-Muller pair takes a 64-bit radius uniform, so the draws reach
+|z| = 9.42 (a 24-bit one, as in torch's float32 normal_, stops at 5.77: a truncated Gaussian). It is compiled
+with the system C compiler for this CPU into a cache folder (keyed by source, flags and CPU) and called through
+ctypes (which releases the GIL) from the thread that runs torch's ops, so its OpenMP loop runs on torch's own
+thread pool. Where no compiler is found or the build fails, `load_kernel()` returns None and callers fall back to
+torch's generator.
 
 Like torch's generators (and opacus outside its secure mode), Philox is a statistical, not a cryptographic,
 generator; its 128-bit key + nonce come from OS entropy, so a draw cannot be replayed without them.
@@ -34,7 +36,11 @@ SOURCE = Path(__file__).resolve().parent / "csrc" / "philox_normal.c"
 FLAG_SETS = (["-O3", "-march=native", "-fno-math-errno", "-fopenmp"], ["-O3", "-march=native", "-fno-math-errno"],
              ["-O3", "-fno-math-errno"], ["-O2"])
 BUILD_RECIPE = b"v2: compile -c with flags, link -shared [-fopenmp] -lm"  # part of the cache key
-GENERATOR_NAME = "philox4x32-10 Box-Muller (privtranr CPU kernel)"
+GENERATOR_NAME = "philox4x32-10 Box-Muller, 64-bit radius (privtranr CPU kernel)"
+# A lower bound of the largest |z| the kernel draws: its smallest radius uniform, 2^-64, and angle 0 give
+# sqrt(-2 ln 2^-64) = sqrt(128 ln 2) = 9.41928 (with Philox's words taken as uniform, every word triple occurs),
+# rounded down. The ledger charges the tail beyond it to delta, so a smaller value is the conservative side.
+Z_MAX = 9.419
 
 
 def _cache_dir() -> Path:
@@ -76,6 +82,9 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.philox_bits.argtypes = [ptr, i64, u64, u64, u64]
     lib.philox_bits.restype = None
     lib.philox_batch_normals.restype = i64
+    lib.philox_batch_blocks.restype = i64
+    lib.box_muller_words.argtypes = [ptr, ptr, ptr, ptr, i64]
+    lib.box_muller_words.restype = None
     return lib
 
 
@@ -135,7 +144,7 @@ class PhiloxNormal:
     def __init__(self, kernel: ctypes.CDLL, seed: int | None = None) -> None:
         self.kernel = kernel
         self.batch = kernel.philox_batch_normals()  # normals per kernel batch; thread splits align to it
-        self.blocks_per_batch = self.batch // 4
+        self.blocks_per_batch = kernel.philox_batch_blocks()  # Philox blocks (counters) a batch uses
         if seed is None:
             self.key, self.nonce = secrets.randbits(64), secrets.randbits(64)
         else:

@@ -7,11 +7,19 @@
  *
  * Philox4x32-10 is the generator of cuRAND and of torch's CUDA normal_ (Salmon et al., SC'11, "Parallel random
  * numbers: as easy as 1, 2, 3"); philox_bits() exposes the raw words (scalar code) for the known-answer test, and
- * the tests check the normals against a float64 Box-Muller of those words. Uniforms use 24 bits like torch's float
- * normal_: u1 in (0, 1] keeps log finite, so |z| <= sqrt(2 ln 2^24) = 5.77.
+ * box_muller_words() the transform, so the tests check the normals against a float64 Box-Muller of those words.
  *
- * Output layout: batch b of BATCH_BLOCKS blocks (counters ctr_lo + b*BATCH_BLOCKS + j, j < BATCH_BLOCKS) fills
- * out[b*BATCH_NORMALS ...] with the cos halves of its Box-Muller pairs first, then the sin halves.
+ * The tail: the radius uniform u1 is built from two words (64 bits), u1 = (k + 1) 2^-64 in (0, 1], and ln u1 is
+ * computed in double, so |z| reaches sqrt(-2 ln 2^-64) = sqrt(128 ln 2) = 9.41928 (k = 0 and angle 0 give it).
+ * A 24-bit u1, as in torch's float normal_ and this kernel's first version, caps |z| at 5.77: a truncated
+ * Gaussian, whose DP guarantee holds only with a much larger delta. The angle takes 24 bits of a third word.
+ *
+ * Output layout: batch b uses the BATCH_BLOCKS blocks at counters ctr_lo + b*BATCH_BLOCKS + i, i < BATCH_BLOCKS,
+ * their words laid out word-major, W[w*BATCH_BLOCKS + i] = word w of block i, and makes BATCH_PAIRS =
+ * 4*BATCH_BLOCKS/3 Box-Muller pairs, three words each (96 of a block's 128 bits per pair, not one pair per block:
+ * a quarter fewer Philox blocks, which cost more than the transform): pair j takes k = W[j] 2^32 + W[BATCH_PAIRS + j]
+ * and the angle from W[2*BATCH_PAIRS + j]. It fills out[b*BATCH_NORMALS ...] with the cos halves of its pairs
+ * (pair j at j), then the sin halves (pair j at BATCH_PAIRS + j).
  */
 #include <math.h>
 #include <stdint.h>
@@ -20,11 +28,13 @@
 #include <immintrin.h>
 #endif
 
-#define BATCH_BLOCKS 512
-#define BATCH_NORMALS (4 * BATCH_BLOCKS)
+#define BATCH_BLOCKS 768  /* a multiple of 3 and of the vector lanes */
+#define BATCH_PAIRS (4 * BATCH_BLOCKS / 3)
+#define BATCH_NORMALS (2 * BATCH_PAIRS)
 #define MASK32 0xFFFFFFFFull
 
 int64_t philox_batch_normals(void) { return BATCH_NORMALS; }
+int64_t philox_batch_blocks(void) { return BATCH_BLOCKS; }
 
 /* One Philox4x32-10 block (the reference; the batch loop below uses the vector version where it can). */
 static inline void philox_block(uint64_t ctr_lo, uint64_t ctr_hi, uint64_t key, uint32_t out[4]) {
@@ -111,44 +121,36 @@ static inline void philox_lanes(uint64_t ctr, uint64_t ctr_hi, uint64_t key, uin
 }
 #endif
 
-static inline float bits_to_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
-static inline uint32_t float_to_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline double bits_to_double(uint64_t u) { double d; memcpy(&d, &u, 8); return d; }
+static inline uint64_t double_to_bits(double d) { uint64_t u; memcpy(&u, &d, 8); return u; }
+/* An integer 0 <= x < 2^52 as a double, exactly, by integer ops and one subtraction: unlike an unsigned-to-double
+ * conversion, this vectorizes without AVX-512. */
+static inline double exact_double(uint64_t x) { return bits_to_double(0x4330000000000000ull | x) - 0x1p52; }
 
-/* out[0..m), m <= BATCH_NORMALS, <- mean + std * N(0, 1) from the BATCH_BLOCKS blocks at counters ctr, ctr + 1, ... */
-static void normal_batch(float *out, int64_t m, float mean, float std, uint64_t key, uint64_t ctr, uint64_t ctr_hi) {
-  uint32_t radius_bits[2 * BATCH_BLOCKS], angle_bits[2 * BATCH_BLOCKS];
-  float z[BATCH_NORMALS];
-  uint32_t *words[4] = {radius_bits, radius_bits + BATCH_BLOCKS, angle_bits, angle_bits + BATCH_BLOCKS};
-  int j = 0;
-#ifdef LANES
-  for (; j + LANES <= BATCH_BLOCKS; j += LANES) philox_lanes(ctr + (uint64_t)j, ctr_hi, key, words, j);
-#endif
-  for (; j < BATCH_BLOCKS; j++) {
-    uint32_t w[4];
-    philox_block(ctr + (uint64_t)j, ctr_hi, key, w);
-    for (int k = 0; k < 4; k++) words[k][j] = w[k];
-  }
-  /* Box-Muller: z = r cos(theta), r sin(theta), r = sqrt(-2 ln u1), theta = 2 pi u2, with 24-bit u1 in (0, 1] and
-   * u2 in [0, 1). log, sin and cos are short polynomials (below) rather than libm calls, which the compiler would
-   * not vectorize. */
-  for (j = 0; j < 2 * BATCH_BLOCKS; j++) {
-    /* ln u1 = ln v - 24 ln 2, v = 2^24 u1 an integer in [1, 2^24] (exact in float); v = 2^e * mant, mant in
-     * [sqrt(1/2), sqrt(2)), ln mant = 2 atanh(s) = 2 (s + s^3/3 + ... + s^9/9), s = (mant - 1)/(mant + 1),
-     * |s| < 0.172, so the first omitted term is < 1e-9. */
-    float v = (float)((radius_bits[j] >> 8) + 1);
-    uint32_t vb = float_to_bits(v);
-    int e = (int)(vb >> 23) - 127;
-    float mant = bits_to_float((vb & 0x007FFFFFu) | 0x3F800000u);
-    if (mant > 1.41421356f) { mant *= 0.5f; e += 1; }
-    float s = (mant - 1.0f) / (mant + 1.0f), s2 = s * s;
-    float ln_mant = 2.0f * s * (1.0f + s2 * (1.0f / 3 + s2 * (1.0f / 5 + s2 * (1.0f / 7 + s2 * (1.0f / 9)))));
-    float ln_u = (float)(e - 24) * 0.693147180559945309f + ln_mant;
-    float r2 = -2.0f * ln_u;
-    float r = sqrtf(r2 > 0.0f ? r2 : 0.0f);  /* a select, not fmaxf: fmaxf's NaN rules stop vectorization */
-    /* theta = 2 pi a / 2^24 for the 24 angle bits a. Writing a + 2^21 = q 2^22 + (t + 2^21) (mod 2^24), with
-     * quadrant q and t in [-2^21, 2^21), theta = (pi/2)(q + t/2^22) = q pi/2 + phi, phi in [-pi/4, pi/4), where
-     * Taylor series to x^9 (sin) and x^8 (cos) are accurate to 3e-8. */
-    uint32_t shifted = ((angle_bits[j] >> 8) + (1u << 21)) & 0x00FFFFFFu;
+/* z[j] = r_j cos(theta_j), z[n + j] = r_j sin(theta_j), j < n, with r_j = sqrt(-2 ln u1), u1 = (k + 1) 2^-64 for
+ * k = hi[j] 2^32 + lo[j], and theta_j = 2 pi a / 2^24 for the top 24 bits a of angle[j]. log, sin and cos are
+ * polynomials (below) rather than libm calls, which the compiler would not vectorize. */
+static inline void box_muller(float *z, const uint32_t *hi, const uint32_t *lo, const uint32_t *angle, int64_t n) {
+  for (int64_t j = 0; j < n; j++) {
+    /* both terms are exact, so u1 is (k + 1) 2^-64 rounded once, and exact for k < 2^53 (the smallest, 2^-64) */
+    double u1 = exact_double(hi[j]) * 0x1p-32 + (exact_double(lo[j]) + 1.0) * 0x1p-64;
+    /* ln u1 = e ln 2 + ln m, u1 = 2^e m, m in [sqrt(1/2), sqrt(2)): adding 2^52 - (mantissa bits of sqrt(2)) to
+     * the bits carries into the exponent field exactly when m would reach sqrt(2). ln m = 2 atanh(s) =
+     * 2 (s + s^3/3 + ... + s^15/15), s = (m - 1)/(m + 1), |s| < 0.1716: the omitted terms sum to < 1.2e-14,
+     * 3.5e-14 of ln m. */
+    uint64_t ub = double_to_bits(u1);
+    uint64_t biased_e = (ub + (0x3FF0000000000000ull - 0x3FE6A09E667F3BCDull)) >> 52;
+    double m = bits_to_double(ub - ((biased_e - 1023) << 52));
+    double e = exact_double(biased_e) - 1023.0;
+    double s = (m - 1.0) / (m + 1.0), s2 = s * s;
+    double ln_m = 2.0 * s * (1.0 + s2 * (1.0 / 3 + s2 * (1.0 / 5 + s2 * (1.0 / 7 + s2 * (1.0 / 9 + s2 * (
+        1.0 / 11 + s2 * (1.0 / 13 + s2 * (1.0 / 15))))))));
+    /* u1 <= 1, so ln u1 <= 0 (u1 = 1 gives e = 0, m = 1, s = 0 exactly) and the square root is real */
+    float r = (float)sqrt(-2.0 * (e * 0.693147180559945309 + ln_m));
+    /* Writing a + 2^21 = q 2^22 + (t + 2^21) (mod 2^24), with quadrant q and t in [-2^21, 2^21),
+     * theta = (pi/2)(q + t/2^22) = q pi/2 + phi, phi in [-pi/4, pi/4), where Taylor series to x^9 (sin) and x^8
+     * (cos) are accurate to 3e-8; cos(0) = 1 exactly. */
+    uint32_t shifted = ((angle[j] >> 8) + (1u << 21)) & 0x00FFFFFFu;
     uint32_t q = shifted >> 22;
     float phi = (float)((int32_t)(shifted & 0x003FFFFFu) - (1 << 21)) * (1.57079632679489662f / 4194304.0f);
     float p2 = phi * phi;
@@ -159,8 +161,31 @@ static void normal_batch(float *out, int64_t m, float mean, float std, uint64_t 
     c = (q == 1 || q == 2) ? -c : c;
     sn = (q >= 2) ? -sn : sn;
     z[j] = r * c;
-    z[2 * BATCH_BLOCKS + j] = r * sn;
+    z[n + j] = r * sn;
   }
+}
+
+/* The transform alone, on given words (for the tests): out[0..2n) as box_muller() lays it out. */
+void box_muller_words(float *out, const uint32_t *hi, const uint32_t *lo, const uint32_t *angle, int64_t n) {
+  box_muller(out, hi, lo, angle, n);
+}
+
+/* out[0..m), m <= BATCH_NORMALS, <- mean + std * N(0, 1) from the BATCH_BLOCKS blocks at counters ctr, ctr + 1, ...,
+ * as the layout above says */
+static void normal_batch(float *out, int64_t m, float mean, float std, uint64_t key, uint64_t ctr, uint64_t ctr_hi) {
+  uint32_t bits[4 * BATCH_BLOCKS];
+  float z[BATCH_NORMALS];
+  uint32_t *words[4] = {bits, bits + BATCH_BLOCKS, bits + 2 * BATCH_BLOCKS, bits + 3 * BATCH_BLOCKS};
+  int j = 0;
+#ifdef LANES
+  for (; j + LANES <= BATCH_BLOCKS; j += LANES) philox_lanes(ctr + (uint64_t)j, ctr_hi, key, words, j);
+#endif
+  for (; j < BATCH_BLOCKS; j++) {
+    uint32_t w[4];
+    philox_block(ctr + (uint64_t)j, ctr_hi, key, w);
+    for (int k = 0; k < 4; k++) words[k][j] = w[k];
+  }
+  box_muller(z, bits, bits + BATCH_PAIRS, bits + 2 * BATCH_PAIRS, BATCH_PAIRS);
   for (int64_t i = 0; i < m; i++) out[i] = mean + std * z[i];
 }
 
