@@ -177,6 +177,8 @@ def collect(runs_dir: str | Path, score: str = "last_k") -> Results:
             "dataset": led.get("sensitive_dataset"), "method": led.get("mechanism") or "privtranr",
             "epsilon": _float(led.get("target_epsilon")), "seed": int(seed.group(1)) if seed else None,
             "epsilon_spent": _float(led.get("epsilon_spent")), "delta": _float(led.get("delta")),
+            "epsilon_replace_one": _float(led.get("epsilon_replace_one")),
+            "delta_total": _float(led.get("delta_total")),
             "noise_multiplier": _float(led.get("noise_multiplier", acc.get("noise_multiplier"))),
             "sample_rate": _float(led.get("sample_rate", acc.get("sample_rate"))),
             "steps": led.get("steps_taken", acc.get("steps")), "accountant": led.get("accountant"),
@@ -267,6 +269,7 @@ def mia_rows(res: Results) -> list[dict[str, Any]]:
         row["accountant_epsilon"] = _avg(_values(runs, lambda r: r["data"]["epsilon"]))
         row["audit_epsilon_lower_bound"] = _avg(_values(runs, lambda r: r["audit"]["epsilon_lower_bound"]))
         row["audit_accountant_epsilon"] = _avg(_values(runs, lambda r: r["audit"]["accountant_epsilon"]))
+        row["audit_max_attainable_bound"] = _avg(_values(runs, lambda r: r["audit"]["max_attainable_bound"]))
         rows.append(row)
     return rows
 
@@ -328,18 +331,20 @@ def mia_markdown(rows: list[dict[str, Any]]) -> str:
 
     return markdown_table(
         ["dataset", "method", "ε", "seeds", "AUC", "AUC 95% CI", "TPR@0.1%FPR", "TPR@1%FPR", "TPR@10%FPR",
-         "accountant ε", "audit ε lower bound"],
+         "accountant ε", "audit ε lower bound", "audit max attainable"],
         ([r["dataset"], r["method"], _eps(r["epsilon"]), str(r["n_seeds"]), _pm(r["auc_mean"], r["auc_std"], 3), ci(r),
           *(_fmt(r[f"tpr_at_fpr_{f}"], 3) for f in FPRS),
           "∞ (no DP)" if r["accountant_epsilon"] is None and r["epsilon"] is None else _fmt(r["accountant_epsilon"], 3),
-          _fmt(r["audit_epsilon_lower_bound"], 3)] for r in rows))
+          _fmt(r["audit_epsilon_lower_bound"], 3), _fmt(r["audit_max_attainable_bound"], 3)] for r in rows))
 
 
 def ledger_markdown(rows: list[dict[str, Any]]) -> str:
     return markdown_table(
-        ["dataset", "method", "target ε", "seed", "ε spent", "δ", "σ", "q", "steps", "accountant"],
+        ["dataset", "method", "target ε", "seed", "ε spent", "δ", "ε replace-one", "δ with tail", "σ", "q", "steps",
+         "accountant"],
         ([str(r["dataset"]), r["method"], _eps(r["epsilon"]), _fmt(r["seed"]), _fmt(r["epsilon_spent"], 3),
-          "—" if r["delta"] is None else f"{r['delta']:g}", _fmt(r["noise_multiplier"], 3),
+          "—" if r["delta"] is None else f"{r['delta']:g}", _fmt(r.get("epsilon_replace_one"), 3),
+          "—" if r.get("delta_total") is None else f"{r['delta_total']:.4g}", _fmt(r["noise_multiplier"], 3),
           "—" if r["sample_rate"] is None else f"{r['sample_rate']:.4g}", _fmt(r["steps"]),
           _fmt(r["accountant"]).split(":")[0]]  # the name; the CSV keeps the full description
          for r in rows))
@@ -486,9 +491,9 @@ FIDELITY_COLUMNS = ["dataset", "method", "epsilon", "n_seeds", "marginal_mean", 
                     "dynamics_reward_nmse_mean", "dynamics_reward_nmse_std"]
 MIA_COLUMNS = ["dataset", "method", "epsilon", "n_seeds", "auc_mean", "auc_std", "auc_ci_low", "auc_ci_high",
                *(f"tpr_at_fpr_{f}" for f in FPRS), "accountant_epsilon", "audit_epsilon_lower_bound",
-               "audit_accountant_epsilon"]
-LEDGER_COLUMNS = ["dataset", "method", "epsilon", "seed", "epsilon_spent", "delta", "noise_multiplier", "sample_rate",
-                  "steps", "accountant", "run_dir"]
+               "audit_accountant_epsilon", "audit_max_attainable_bound"]
+LEDGER_COLUMNS = ["dataset", "method", "epsilon", "seed", "epsilon_spent", "delta", "epsilon_replace_one", "delta_total",
+                  "noise_multiplier", "sample_rate", "steps", "accountant", "run_dir"]
 
 
 def write_report(res: Results, out_dir: str | Path, plots: bool = True, score: str = "last_k",
@@ -510,8 +515,12 @@ def write_report(res: Results, out_dir: str | Path, plots: bool = True, score: s
         "fidelity": "Marginal = mean over columns of 1 − KS; correlation = mean over column pairs of "
                     "1 − |ρ_real − ρ_syn| / 2; dynamics NMSE: 0 = simulator-consistent. Mean ± std over seeds.",
         "mia": "Loss attack on the fine-tuned model: AUC mean ± std over seeds, its bootstrap CI (mean over seeds), "
-               "TPR at fixed FPR; accountant ε vs the canary audit's empirical lower bound.",
-        "ledger": "One row per private release (fine-tuned model or baseline), from its ledger.json.",
+               "TPR at fixed FPR; accountant ε vs the canary audit's empirical lower bound, and the largest bound "
+               "that audit could show with its canary count (a perfect attacker): where that is below the "
+               "accountant's ε, the audit cannot reveal an over-spending implementation.",
+        "ledger": "One row per private release (fine-tuned model or baseline), from its ledger.json: ε under "
+                  "add/remove-one neighbours (row count public) at δ; ε under replace-one neighbours (PLD); δ with "
+                  "the noise generator's tail term added.",
     }
     plot_paths: dict[str, list[Path]] = {"utility": [], "fidelity": [], "learning_curves": []}
     if plots:

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from synther.data.pointmaze import MazeCollectConfig, collect_maze2d
+from maze_data import write_mazes
 from script_helpers import assert_user_error, run_script
 
 def test_help_maps_the_paper_flags():
@@ -28,10 +28,7 @@ def test_bad_input_exits_2_with_one_line(args, fragment):
 
 
 def test_sweep_runs_pretrain_finetune_sample_and_skips_finished_work(tmp_path):
-    data = tmp_path / "data"
-    for maze, seed in (("open", 0), ("umaze", 1), ("medium", 2), ("large", 3)):
-        collect_maze2d(MazeCollectConfig(name=maze, num_steps=1500), seed=seed, progress=False).save(
-            data / f"ptr-maze2d-{maze}-dense-v0.npz")
+    data = write_mazes(tmp_path / "data", {"open": 0, "umaze": 1, "medium": 2, "large": 3}, 1500)
     base = tmp_path / "tiny.yaml"
     base.write_text("profile: cpu-small\nwidth: 32\ndepth: 2\nprogress: false\nnum_samples: 300\n"
                     "train: {batch_size: 64, max_steps: 20, log_every: 10, checkpoint_every: 10}\n"

@@ -6,6 +6,7 @@ Arrays are validated on construction, so a dataset that exists is a dataset that
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,21 +230,48 @@ class TransitionDataset:
             provenance["selection"] = [*provenance.get("selection", []), note]
         return dataclasses.replace(self, **arrays, provenance=provenance)
 
-    def split(self, train_fraction: float = 0.8, seed: int = 0) -> tuple["TransitionDataset", "TransitionDataset"]:
-        """Random transition-level split into (train, held_out), reproducible from `seed`.
+    def content_sha256(self) -> str:
+        """SHA-256 of the transition arrays (not of metadata): the dataset's identity in ledgers and resume hashes."""
+        digest = hashlib.sha256()
+        for key, value in sorted(self.arrays().items()):
+            arr = np.ascontiguousarray(value)
+            digest.update(f"{key}:{arr.dtype.str}:{arr.shape}".encode())
+            digest.update(arr.tobytes())
+        return digest.hexdigest()
 
-        The paper fine-tunes on 80% of the sensitive set and keeps 20% as membership-inference non-members.
+    def identity(self) -> dict[str, Any]:
+        """What a ledger records of a dataset it was trained on."""
+        return {"name": self.name, "source": self.source, "rows": self.size, "sha256": self.content_sha256()}
+
+    def record_coins(self, seed: int, salt: str) -> np.ndarray:
+        """One pseudo-random number in [0, 1) per record, a function of the record's own values, `seed` and `salt`
+        only: adding or removing another record changes no other record's coin (see `split`)."""
+        words = np.ascontiguousarray(self.to_vectors()).view(np.uint32).astype(np.uint64)
+        key = int.from_bytes(hashlib.sha256(f"{salt}:{seed}".encode()).digest()[:8], "little")
+        h = np.full(len(words), key, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for col in words.T:  # a keyed splitmix64-style hash over the record's 32-bit words
+                h = _mix64(h ^ col)
+        return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+    def split(self, train_fraction: float = 0.8, seed: int = 0) -> tuple["TransitionDataset", "TransitionDataset"]:
+        """(train, held_out): each record goes to train iff its own coin (`record_coins`) is < train_fraction.
+
+        The paper fine-tunes on 80% of the sensitive set and keeps 20% as membership-inference non-members. A
+        permutation of all N rows would let one added record reshuffle who is trained on; with a coin per record,
+        adding or removing one record adds or removes at most that record from the training part, so DP of the
+        training part is DP of the whole dataset. Identical rows get identical coins.
         """
         if not 0.0 < train_fraction < 1.0:
             raise DatasetError(f"train_fraction must be in (0, 1), got {train_fraction}")
-        if self.size < 2:
-            raise DatasetError(f"{self.source}: need at least 2 transitions to split, have {self.size}")
-        perm = np.random.default_rng(seed).permutation(self.size)
-        n_train = min(max(int(round(train_fraction * self.size)), 1), self.size - 1)
-        tag = f"split(train_fraction={train_fraction}, seed={seed})"
+        train = self.record_coins(seed, "split") < train_fraction
+        tag = f"split(train_fraction={train_fraction}, seed={seed}; a coin per record)"
+        if train.all() or not train.any():
+            raise DatasetError(f"{self.source}: the per-record split of its {self.size} transitions left the "
+                               f"{'held-out' if train.all() else 'training'} part empty; use a larger dataset")
         return (
-            self.subset(np.sort(perm[:n_train]), note=f"{tag}: train part"),
-            self.subset(np.sort(perm[n_train:]), note=f"{tag}: held-out part"),
+            self.subset(np.flatnonzero(train), note=f"{tag}: train part"),
+            self.subset(np.flatnonzero(~train), note=f"{tag}: held-out part"),
         )
 
     # --- persistence -------------------------------------------------------------------------------------
@@ -274,3 +302,10 @@ def check_compatible(reference: TransitionDataset, other: TransitionDataset) -> 
                 f"dimension mismatch: {other.name or other.source} has {what}={b} but "
                 f"{reference.name or reference.source} has {what}={a}"
             )
+
+
+def _mix64(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer (uint64 arithmetic wraps)."""
+    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))

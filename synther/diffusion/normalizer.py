@@ -12,6 +12,10 @@ from torch import nn
 
 from synther.data.dataset import TransitionLayout
 
+# numpy's Generator.normal (ziggurat) draws its tail as r − ln(1 − U)/r with a 53-bit U, so |z| reaches ≈ 13.7;
+# the ledger charges the tail with this smaller, safe cap.
+NUMPY_NORMAL_Z_MAX = 8.5
+
 
 class Normalizer(nn.Module):
     def __init__(self, mean: np.ndarray, std: np.ndarray, source: dict[str, Any]) -> None:
@@ -38,7 +42,8 @@ class Normalizer(nn.Module):
         Each record is clipped to the box [lower, upper] (which must NOT come from the sensitive data: use public
         data or the env spec) and mapped to y ∈ [-1, 1]^d; the vector (y, y², 1) then has L2 norm ≤ √(2d+1), so
         releasing Σ(y, y², 1) + N(0, σ²(2d+1)) is one Gaussian mechanism with noise multiplier σ on the add/remove
-        neighbouring relation: accountant entry (σ, 1.0, 1).
+        neighbouring relation: accountant entry (σ, 1.0, 1). `rng` must be seeded from OS entropy
+        (`np.random.default_rng()`): noise that can be replayed can be subtracted.
         """
         d = x.shape[1]
         centre, half = (upper + lower) / 2, np.maximum((upper - lower) / 2, 1e-6)
@@ -51,7 +56,7 @@ class Normalizer(nn.Module):
         mean, std = centre + half * mean_y, half * np.sqrt(var_y)
         source = {"kind": "dp", "mechanism": "gaussian", "noise_multiplier": noise_multiplier,
                   "l2_sensitivity": float(np.sqrt(2 * d + 1)), "accountant_entry": [noise_multiplier, 1.0, 1],
-                  "clip_box_from": "public data"}
+                  "z_max": NUMPY_NORMAL_Z_MAX, "clip_box_from": "public data", "noise": "numpy, OS entropy"}
         return cls(*_finish(mean, std, layout), source)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:

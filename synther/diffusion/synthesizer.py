@@ -1,11 +1,13 @@
 """The DP diffusion synthesizer: public pre-training, DP fine-tuning, sampling, and the Python API.
 
     pretrain(cfg)  public datasets -> normalizer (public stats) + EDM trained without privacy
-    finetune(cfg)  pre-trained checkpoint + sensitive dataset -> DP-SGD to (ε, δ), ledger
+    finetune(cfg)  pre-trained checkpoint + sensitive dataset -> DP-SGD to (ε, δ), ledger (composed with every
+                   earlier use of sensitive data by the loaded checkpoint)
     sample(cfg)    checkpoint -> samples.npz (D4RL keys) + samples.json (provenance + ledger)
     Synthesizer.load(path).sample(n) -> TransitionDataset, for use from Python.
 """
 import dataclasses
+import hashlib
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -25,8 +27,9 @@ from synther.diffusion.trainer import CHECKPOINT, DiffusionTrainer, DPSettings, 
 from synther.errors import UserError
 from synther.privacy.accounting import ACCOUNTANTS, calibrate_noise_multiplier, validate_target
 from synther.privacy.dpsgd import CLIPPING_MODES, NOISE_GENERATORS
-from synther.privacy.ledger import PrivacyLedger
+from synther.privacy.ledger import LEGACY_Z_MAX, PrivacyLedger
 from synther.utils.device import resolve_device
+from synther.utils.io import file_sha256
 from synther.utils.provenance import package_versions
 
 
@@ -49,10 +52,10 @@ class DiffusionConfig:
     mode: str = "pretrain"  # pretrain | finetune | sample
     public_datasets: str = ""  # pretrain: comma-separated public datasets, names or paths (paper: --datasets_name)
     dataset: str = ""  # finetune: the sensitive dataset, a name or path (paper: --dataset)
-    max_sensitive_rows: int = 0  # finetune: use a random subset (seeded by --seed) of this many sensitive rows before the split (0: all)
+    max_sensitive_rows: int = 0  # finetune: use only the this-many sensitive rows with the smallest per-record coins (seeded by --seed) before the split; the guarantee is then stated for that subset (0: all)
     load_checkpoint: str = ""  # finetune: the pre-trained checkpoint; sample: the checkpoint to sample from
     run_dir: str = ""  # output folder; default runs/diffusion/<mode>-<dataset>[-eps<ε>]-seed<seed> ($PRIVTRANR_RUNS_DIR replaces runs/); sample: the checkpoint's folder
-    seed: int = 0  # seeds torch, numpy and the data split
+    seed: int = 0  # seeds torch, numpy and the data split (never the DP mechanisms' randomness, which comes from OS entropy)
     device: str = "auto"  # auto (CUDA when available), cpu or cuda
     profile: str = "cpu-small"  # denoiser size: cpu-small (W=256×3), synther (W=1024×6), paper (W=2048×6)
     width: int = 0  # override the profile's residual width (0 = profile's)
@@ -118,8 +121,11 @@ def pretrain(cfg: DiffusionConfig) -> Path:
             "action_low": low, "action_high": high, "action_bounds_source": bounds_source,
             "public_min": x.min(0).tolist(), "public_max": x.max(0).tolist(), "public_datasets": ds_names,
             "env_dataset": public[0].name, "curiosity": asdict(cfg.curiosity), "versions": package_versions()}
+    identities = [ds.identity() for ds in public]
     ledger = PrivacyLedger(public_datasets=ds_names, statistics={
-        "normalizer": f"public datasets {ds_names}", "action_bounds": bounds_source})
+        "normalizer": f"public datasets {ds_names}", "action_bounds": bounds_source},
+        data_uses=[{"phase": "pretrain", "use": "public", "datasets": identities, "run": str(default_run_dir(cfg))}])
+    meta["identity"] = {"public": identities}
     run_dir = default_run_dir(cfg)
     data = torch.as_tensor(x, device=device)
     augment = None
@@ -137,8 +143,10 @@ def sensitive_split(cfg: DiffusionConfig, sensitive: TransitionDataset | None = 
     membership-inference attack calls this again to know who the members are."""
     sensitive = sensitive if sensitive is not None else load_dataset(cfg.dataset)
     if 0 < cfg.max_sensitive_rows < sensitive.size:
-        keep = np.random.default_rng(cfg.seed).choice(sensitive.size, cfg.max_sensitive_rows, replace=False)
-        sensitive = sensitive.subset(np.sort(keep), note=f"random {cfg.max_sensitive_rows} rows (seed {cfg.seed})")
+        # the records with the smallest coins: one added record can swap at most one member of the subset
+        keep = np.argsort(sensitive.record_coins(cfg.seed, "subset"), kind="stable")[:cfg.max_sensitive_rows]
+        sensitive = sensitive.subset(np.sort(keep), note=f"the {cfg.max_sensitive_rows} rows with the smallest "
+                                                         f"per-record coins (seed {cfg.seed})")
     train, heldout = sensitive.split(cfg.dp.train_fraction, seed=cfg.seed)
     return sensitive, train, heldout
 
@@ -169,41 +177,59 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
     if (sensitive.obs_dim, sensitive.action_dim) != (meta["obs_dim"], meta["action_dim"]):
         raise UserError(f"dimension mismatch: {cfg.dataset} has obs/action dims {sensitive.obs_dim}/"
                         f"{sensitive.action_dim} but the checkpoint was trained on {meta['obs_dim']}/{meta['action_dim']}")
+    identity = sensitive.identity()
+    _check_history(base_ledger, identity, cfg)
     sensitive, train, heldout = sensitive_split(cfg, sensitive)
     x = train.to_vectors()
     if extra_train_rows is not None:
         x = np.concatenate([x, np.asarray(extra_train_rows, dtype=x.dtype)])
     layout = TransitionLayout(meta["obs_dim"], meta["action_dim"])
-    prior: list[dict[str, Any]] = []
+    prior = _earlier_mechanisms(base_ledger, cfg.load_checkpoint)
     statistics = dict(base_ledger.statistics)
     if dp.normalizer == "dp" and dp.enabled:
         pad = 0.1 * (np.asarray(meta["public_max"]) - np.asarray(meta["public_min"]))
         box_low, box_high = np.asarray(meta["public_min"]) - pad, np.asarray(meta["public_max"]) + pad
+        # a mechanism's noise: OS entropy (default_rng() with no seed), never --seed, never saved
         normalizer = Normalizer.dp_estimate(x, layout, box_low, box_high, dp.normalizer_noise_multiplier,
-                                            np.random.default_rng(cfg.seed + 7))
+                                            np.random.default_rng())
         model.normalizer.mean.copy_(normalizer.mean)
         model.normalizer.std.copy_(normalizer.std)
         model.normalizer.source = normalizer.source
         prior.append({"mechanism": "dp normalizer (Gaussian)", **normalizer.source})
-        statistics["normalizer"] = "Gaussian-mechanism estimate on the sensitive training split (accounted)"
+        statistics["normalizer"] = ("Gaussian-mechanism estimate on the sensitive training split (accounted; noise "
+                                    "from OS entropy, never saved)")
     q = cfg.train.batch_size / len(x)
     if q > 1:
         raise UserError(f"train.batch_size {cfg.train.batch_size} exceeds the {len(x)} training records")
     steps = cfg.train.total_steps(len(x))
-    statistics["split"] = (f"sensitive.split(train_fraction={dp.train_fraction}, seed={cfg.seed})"
-                           + (f" of a random {sensitive.size}-row subset" if cfg.max_sensitive_rows else ""))
+    statistics["split"] = (f"a coin per record (sensitive.split(train_fraction={dp.train_fraction}, seed={cfg.seed})"
+                           ": one record's presence changes no other record's side)"
+                           + (f" of a {sensitive.size}-row subset" if cfg.max_sensitive_rows else ""))
     if extra_train_rows is not None:
         statistics["extra_train_rows"] = f"{len(extra_train_rows)} rows added to the training split (audit canaries)"
-    common = dict(sensitive_dataset=sensitive.name or str(cfg.dataset), sensitive_train_rows=len(x),
-                  sensitive_heldout_rows=len(heldout), public_datasets=base_ledger.public_datasets)
+    name = sensitive.name or str(cfg.dataset)
+    if 0 < cfg.max_sensitive_rows < identity["rows"]:
+        name += f" (its {sensitive.size}-row subset selected by per-record coins, seed {cfg.seed})"
+    run_dir = default_run_dir(cfg)
+    base_sha = file_sha256(cfg.load_checkpoint)
+    uses = _inherited_uses(base_ledger, cfg.load_checkpoint) + [{
+        "phase": "finetune", "use": "dp" if dp.enabled else "non-private", "datasets": [identity],
+        "rows_trained": len(x), "run": str(run_dir), "started_from": {"checkpoint": str(cfg.load_checkpoint),
+                                                                      "sha256": base_sha}}]
+    common = dict(sensitive_dataset=name, sensitive_train_rows=len(x), sensitive_heldout_rows=len(heldout),
+                  public_datasets=base_ledger.public_datasets, data_uses=uses, prior_mechanisms=prior)
     if dp.enabled:
         sigma = calibrate_noise_multiplier(dp.epsilon, dp.delta, q, steps, dp.accountant,
                                            prior=[tuple(p["accountant_entry"]) for p in prior])
         ledger = PrivacyLedger(
             target_epsilon=dp.epsilon, delta=dp.delta, accountant=dp.accountant, noise_multiplier=sigma,
             sample_rate=q, expected_batch_size=cfg.train.batch_size, clip_norm=dp.clip_norm,
-            clipping_mode=dp.clipping, planned_steps=steps, prior_mechanisms=prior, **common,
-            statistics={**statistics, "sample_rate": "expected batch size / training rows (row count treated as public)"})
+            clipping_mode=dp.clipping, planned_steps=steps, **common,
+            statistics={**statistics,
+                        "sample_rate": "expected batch size / training rows (the row count is treated as public, "
+                                       "as opacus and TF Privacy do; the replace-one ε holds without that)",
+                        "seed": "--seed chooses the split, the diffusion noise levels and the model's initial "
+                                "state; no mechanism's randomness derives from it"})
         settings = DPSettings(noise_multiplier=sigma, clip_norm=dp.clip_norm, sample_rate=q, clipping_mode=dp.clipping,
                               noise_generator=dp.noise_generator)
     else:
@@ -213,11 +239,54 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
             "sensitive_dataset": ledger.sensitive_dataset, "sensitive_spec": str(cfg.dataset), "split_seed": cfg.seed,
             "train_fraction": dp.train_fraction, "pretrained_from": str(cfg.load_checkpoint),
             "extra_train_rows": 0 if extra_train_rows is None else len(extra_train_rows),
-            "config": asdict(cfg), "versions": package_versions()}
-    run_dir = default_run_dir(cfg)
+            "config": asdict(cfg), "versions": package_versions(),
+            # what a resumed run must match: the data trained on and the checkpoint started from
+            "identity": {"sensitive": identity, "train_sha256": hashlib.sha256(x.tobytes()).hexdigest(),
+                         "base_checkpoint_sha256": base_sha}}
     data = torch.as_tensor(x, device=device)
     DiffusionTrainer(model, data, cfg.train, run_dir, ledger, meta, cfg.seed, dp=settings, progress=cfg.progress).run()
     return run_dir / CHECKPOINT
+
+
+def _check_history(base: PrivacyLedger, identity: dict[str, Any], cfg: DiffusionConfig) -> None:
+    """Refuse fine-tunes whose guarantee could not hold given what the starting checkpoint has already seen."""
+    if cfg.dp.enabled and not base.private:
+        raise UserError(f"{cfg.load_checkpoint} was trained on sensitive data without DP ({base.describe()}); "
+                        "nothing trained from it is private. Start from a checkpoint that never saw sensitive data "
+                        "without DP, or pass --dp.enabled false for a run labelled non-private")
+    for use in base.data_uses:
+        if use.get("use") == "public" and any(d.get("sha256") == identity["sha256"] for d in use.get("datasets", [])):
+            raise UserError(f"{cfg.dataset} was used as PUBLIC data when {cfg.load_checkpoint} was pre-trained: "
+                            "it cannot be fine-tuned on as sensitive data; pre-train without it")
+
+
+def _earlier_mechanisms(base: PrivacyLedger, checkpoint: str) -> list[dict[str, Any]]:
+    """Every mechanism behind `checkpoint` that read sensitive data, as prior entries of the new ledger.
+
+    Composed whatever dataset they read: its records may be in the new sensitive set too, so the worst-case
+    record pays for every use."""
+    prior = [dict(m) for m in base.prior_mechanisms]
+    if base.noise_multiplier is not None and base.steps_taken > 0:
+        prior.append({"mechanism": f"DP-SGD fine-tune of {base.sensitive_dataset} (started from {checkpoint})",
+                      "accountant_entry": [base.noise_multiplier, base.sample_rate, base.steps_taken],
+                      "z_max": base.noise_z_max if base.noise_z_max is not None else LEGACY_Z_MAX})
+    return prior
+
+
+def _inherited_uses(base: PrivacyLedger, checkpoint: str) -> list[dict[str, Any]]:
+    """The starting checkpoint's dataset history, its last run annotated with that run's final guarantee."""
+    uses = [dict(u) for u in base.data_uses]
+    if not uses:  # a checkpoint written before ledgers kept their history: rebuild what its ledger shows
+        if base.public_datasets:
+            uses.append({"phase": "pretrain", "use": "public", "datasets": [{"name": n} for n in base.public_datasets]})
+        if base.sensitive_dataset:
+            uses.append({"phase": "finetune", "use": "dp" if base.private else "non-private",
+                         "datasets": [{"name": base.sensitive_dataset}]})
+    if uses and uses[-1].get("phase") == "finetune":
+        uses[-1]["final"] = {"checkpoint": str(checkpoint), "guarantee": base.describe(),
+                             "epsilon_spent": base.epsilon_spent() if base.private else None, "delta": base.delta,
+                             "steps_taken": base.steps_taken}
+    return uses
 
 
 # --- loading and sampling ----------------------------------------------------------------------------------

@@ -7,7 +7,11 @@ continues from there and is never reset.
 Under DP, the randomness the guarantee rests on — which records enter each Poisson batch, and the Gaussian
 noise — is drawn from generators seeded with OS entropy, never from --seed and never saved: anyone who could
 replay it could subtract the noise. And metrics.jsonl records no statistic of the private batches (loss, gradient
-norms) unless `log_private_diagnostics` is set, in which case the ledger warns that file must not be released.
+norms, realized batch sizes) unless `log_private_diagnostics` is set, in which case the ledger warns that file must
+not be released.
+
+A run resumes only from a checkpoint written with the same configuration, data and starting checkpoint: the
+configuration hash covers `meta["identity"]` (content hashes of the datasets and of the loaded checkpoint).
 """
 import secrets
 import copy
@@ -43,7 +47,7 @@ class TrainConfig:
     ema_decay: float = 0.995  # EMA of the weights used for sampling
     ema_every: int = 10  # steps between EMA updates
     log_every: int = 100  # steps between metrics.jsonl records
-    log_private_diagnostics: bool = False  # under DP, also log private-batch loss/grad norms (not DP: never release metrics.jsonl then)
+    log_private_diagnostics: bool = False  # under DP, also log private-batch loss/grad norms/batch sizes (not DP: never release metrics.jsonl then)
     checkpoint_every: int = 1000  # steps between checkpoints (one is always written at the end)
 
     def total_steps(self, num_rows: int) -> int:
@@ -83,21 +87,31 @@ class DiffusionTrainer:
             self.ledger.statistics["dp_randomness"] = ("Poisson sampling and noise seeded from OS entropy; "
                                                        "not derivable from the seed, never saved")
             if cfg.log_private_diagnostics:
-                self.ledger.statistics["metrics.jsonl"] = ("holds NON-private loss/gradient-norm statistics of "
-                                                           "the sensitive batches: do not release it")
+                self.ledger.statistics["metrics.jsonl"] = ("holds NON-private loss, gradient-norm and batch-size "
+                                                           "statistics of the sensitive batches: do not release it")
         self.step = 0
         self.clipped = ClippedGradient(model, dp.clip_norm, dp.clipping_mode) if dp else None
         self.noise = GaussianNoise(self.clipped.params, generator=dp.noise_generator) if dp else None  # OS entropy
-        self._note_noise_generator()
+        self._note_noise(planned=True)
         self.poisson = PoissonSampler(len(data), dp.sample_rate, self.batch_gen) if dp else None
         # the noise generator is left out: it changes speed, not the mechanism, so a run may resume with another
         dp_hashed = {k: v for k, v in asdict(dp).items() if k != "noise_generator"} if dp else None
-        self.config_hash = hashlib.sha256(json.dumps([asdict(cfg), meta.get("phase"), seed, dp_hashed],
+        self.config_hash = hashlib.sha256(json.dumps([asdict(cfg), meta.get("phase"), seed, dp_hashed,
+                                                      meta.get("identity")],
                                                      sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def _note_noise_generator(self) -> None:
-        if self.noise is not None:
-            self.ledger.statistics["dp_noise"] = f"N(0, (σC)²) per parameter per step, {self.noise.generator_name}"
+    def _note_noise(self, planned: bool = False) -> None:
+        """Name the noise generator in the ledger and charge its tail cap; refuse a run the tail would spoil.
+
+        A resumed run may use another generator, so the ledger keeps the smallest cap of any segment."""
+        if self.noise is None:
+            return
+        self.ledger.statistics["dp_noise"] = f"N(0, (σC)²) per parameter per step, {self.noise.generator_name}"
+        previous = self.ledger.noise_z_max
+        self.ledger.noise_z_max = self.noise.z_max if previous is None else min(previous, self.noise.z_max)
+        if planned:
+            self.ledger.check_tail(self.dp.noise_multiplier, self.dp.sample_rate, self.total_steps,
+                                   self.ledger.noise_z_max)
 
     # --- checkpoints -----------------------------------------------------------------------------------
     def _checkpoint(self) -> None:
@@ -133,7 +147,7 @@ class DiffusionTrainer:
         if self.dp is None:
             self.batch_gen.set_state(state["rng"]["batch"].cpu())
         self.ledger = PrivacyLedger.from_dict(state["ledger"])  # continues the spent budget, never resets it
-        self._note_noise_generator()
+        self._note_noise(planned=True)
         metrics = self.run_dir / "metrics.jsonl"
         if metrics.exists():  # drop records a killed run wrote after its last checkpoint
             kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= self.step]
@@ -193,8 +207,6 @@ class DiffusionTrainer:
                     record = {"step": self.step, "time_s": round(time.time() - start, 3)}
                     if self.dp is None or self.cfg.log_private_diagnostics:
                         record.update({k: float(v) for k, v in stats.items()})
-                    else:  # the Poisson batch size depends on the sampling coins only, not on record values
-                        record["batch"] = int(stats["batch"])
                     if self.dp is not None:
                         self.ledger.steps_taken = self.step
                         record["epsilon"] = self.ledger.epsilon_spent()

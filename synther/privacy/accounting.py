@@ -3,11 +3,19 @@
 A history is a list of (noise_multiplier, sample_rate, steps): DP-SGD contributes (σ, q, T); a one-shot Gaussian
 mechanism on the sensitive data (e.g. a DP normalizer estimate) contributes (σ_stat, 1.0, 1). Both accountants
 compose such histories, so every use of the sensitive data is charged to the same (ε, δ).
+
+ε is accounted under add/remove-one neighbours with the row count N treated as public (q = batch / N), as opacus
+and TF Privacy do; `epsilon_replace_one` gives the same history's ε under replace-one neighbours (one record
+swapped, N unchanged), from dp-accounting's PLD accountant, for users who cannot treat N as public.
+`tail_delta` is the δ a noise generator with a capped tail adds on top of the accountant's.
 """
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Sequence
+
+from scipy.stats import norm
 
 from synther.errors import UserError
 
@@ -39,6 +47,41 @@ def epsilon_spent(history: History, delta: float, accountant: str = "rdp") -> fl
     return float(acc.get_epsilon(delta=delta))
 
 
+@lru_cache(maxsize=64)
+def _epsilon_replace_one(steps: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    from dp_accounting import NeighboringRelation, dp_event
+    from dp_accounting.pld import PLDAccountant
+
+    # a 1e-3 grid keeps it ~0.1 s per call; the PLD is rounded pessimistically, so ε stays an upper bound
+    acc = PLDAccountant(NeighboringRelation.REPLACE_ONE, value_discretization_interval=1e-3)
+    acc.compose(dp_event.ComposedDpEvent([dp_event.SelfComposedDpEvent(
+        dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(s)), t) for s, q, t in steps]))
+    return float(acc.get_epsilon(delta))
+
+
+def epsilon_replace_one(history: History, delta: float) -> float:
+    """ε of `history` at `delta` under replace-one neighbours (one record swapped for another, N unchanged).
+
+    In units of the clip norm C a swapped record moves a Poisson-sampled clipped sum from one point at distance
+    ≤ 1 of the rest to another (PLD 'REPLACE' adjacency, sensitivity 1 each way); for a one-shot mechanism with
+    add/remove sensitivity 1 this is the triangle-inequality bound (distance ≤ 2)."""
+    steps = tuple((float(s), float(q), int(t)) for s, q, t in history if t > 0)
+    return _epsilon_replace_one(steps, float(delta)) if steps else 0.0
+
+
+# A noise generator whose |z| never exceeds a cap lets an output land where the neighbouring run's noise cannot
+# reach: for a record whose clipped gradient (norm ≤ C) lies along one coordinate, with probability
+# P(N(0,1) > cap − 1/σ) each time it is sampled. Over a history that is at most Σ q·T·P(N > z_max − 1/σ) in
+# expectation (a union bound) for any z_max ≤ cap, added to δ. It must stay negligible next to δ.
+TAIL_DELTA_FRACTION = 1e-3  # tail term allowed, as a fraction of δ
+
+
+def tail_delta(history: Sequence[tuple[float, float, int, float]]) -> float:
+    """Σ q·T·P(N > z_max − 1/σ) over (σ, q, T, z_max) entries: the δ a tail capped at z_max·σC or beyond adds
+    (z_max is a lower bound of the cap: a smaller one only overstates this term)."""
+    return float(sum(q * t * norm.sf(z - 1.0 / s) for s, q, t, z in history if t > 0))
+
+
 def validate_target(epsilon: float, delta: float) -> None:
     if not (math.isfinite(epsilon) and epsilon > 0):
         raise UserError(f"target ε must be a positive number, got {epsilon}")
@@ -62,7 +105,8 @@ def calibrate_noise_multiplier(
     if steps <= 0:
         raise UserError(f"DP training needs at least one step, got {steps}")
     if prior and epsilon_spent(prior, delta, accountant) >= target_epsilon:
-        raise UserError(f"the budget is already spent before training (ε ≥ {target_epsilon}); lower the statistic's share")
+        raise UserError(f"the budget is already spent before training: the mechanisms already run on sensitive data "
+                        f"(a DP normalizer, earlier DP fine-tunes of the loaded checkpoint) reach ε ≥ {target_epsilon}")
 
     def eps(sigma: float) -> float:
         return epsilon_spent([*prior, (sigma, sample_rate, steps)], delta, accountant)
