@@ -10,6 +10,11 @@ same files the diffusion path writes, so agents, fidelity and MIA code read both
   the sensitive data, so the whole (ε, δ) goes to the synthesizer.
 - The fit runs in a separate virtualenv (smartnoise-synth needs opacus<0.15): <repo>/.baselines-venv, or
   $PRIVTRANR_BASELINES_VENV, created from requirements-baselines.txt on first use (about a minute, ~2 GB).
+- Randomness: every draw inside a mechanism (noise, selections, batch membership, teacher assignment) comes from
+  OS entropy that is never saved; --seed only seeds the split and post-processing (sampling rows from the fitted
+  model, values inside MST/AIM bins), so a re-run with the same --seed fits a different model.
+- DP-CTGAN samples each batch as its RDP accountant assumes (Poisson: every row joins independently with
+  probability --gan.batch_size / rows, so batch sizes vary; gradients and noise are divided by the expected size).
 - Output: runs/baselines/<method>-<dataset>-eps<ε>-seed<seed>/ ($PRIVTRANR_RUNS_DIR replaces runs/); a run whose
   samples.npz exists is skipped unless --overwrite true.
 Budgets for 2 CPU cores (42 columns, 80k rows): AIM uses one round per column by default (--marginal.aim_rounds);

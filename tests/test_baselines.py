@@ -4,6 +4,7 @@ The adapter tests create the smartnoise-synth venv from requirements-baselines.t
 on a fresh machine; CI starts from a clean checkout) and then fit each method on 300 rows at ε = 1 with tiny budgets.
 """
 import dataclasses
+import importlib
 import inspect
 import json
 import subprocess
@@ -15,6 +16,7 @@ from script_helpers import assert_user_error, run_script
 from synther.baselines import BaselineConfig, GANConfig, MarginalConfig, binning, synthesize
 from synther.baselines.synthesize import prepare
 from synther.baselines import env
+from synther.baselines import worker
 from synther.baselines.env import WORKER, ensure_env
 from synther.data import TransitionDataset, TransitionLayout, load_dataset
 from synther.errors import UserError
@@ -145,7 +147,9 @@ def test_adapter_writes_valid_samples(tmp_path, tiny_pair, baselines_python, met
     ledger = meta["privacy_ledger"]
     assert ledger["mechanism"] == method and ledger["target_epsilon"] == 1.0 and ledger["delta"] == 1e-6
     assert 0 < ledger["epsilon_spent"] <= 1.0 + 1e-9
-    assert ledger["sensitive_train_rows"] == 240 and ledger["sensitive_heldout_rows"] == 60
+    train, heldout = load_dataset(tiny_pair[0]).split(0.8, seed=0)
+    assert ledger["sensitive_train_rows"] == len(train) and ledger["sensitive_heldout_rows"] == len(heldout)
+    assert len(train) + len(heldout) == 300
     assert ledger["preprocessing_privacy_cost"] == 0.0
     assert all("public" in s or "declared" in s for k, s in ledger["statistics"].items()
                if k in ("bin_edges", "column_bounds", "action_bounds"))
@@ -158,6 +162,87 @@ def test_adapter_writes_valid_samples(tmp_path, tiny_pair, baselines_python, met
     # finished runs are skipped
     mtime = out.stat().st_mtime_ns
     assert synthesize(cfg, progress=False) == out and out.stat().st_mtime_ns == mtime
+
+
+# --- randomness: nothing a mechanism draws is replayable from the published --seed -----------------------------------
+# worker.py with the libraries' OWN entropy pinned, so that only the RNGs the worker seeds can tell two fits apart:
+# OpenDP's Gaussian noise (its CSPRNG cannot be seeded) is removed, opacus' reseed of torch from os.urandom(8) gets
+# zeros, and the test fixes PYTHONHASHSEED (AIM orders its candidates by set iteration). It also records the sizes
+# of DP-CTGAN's real batches, one JSON line per fit.
+PINNED_WORKER = """
+import importlib.util, json, sys, types
+import opacus.privacy_engine, snsynth.aim.aim, snsynth.mst.mst
+
+def no_noise(sigma, size=None):
+    return 0.0 if size is None else [0.0] * size
+
+snsynth.mst.mst.gaussian_noise = snsynth.aim.aim.gaussian_noise = no_noise
+opacus.privacy_engine.os = types.SimpleNamespace(urandom=lambda k: bytes(k))
+spec = importlib.util.spec_from_file_location("worker", {worker!r})
+worker = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(worker)
+sizes = []
+if hasattr(worker, "poisson_batch"):
+    sample = worker.poisson_batch
+
+    def recorded(rng, n, q):
+        idx = sample(rng, n, q)
+        sizes.append(len(idx))
+        return idx
+
+    worker.poisson_batch = recorded
+code = worker.main(sys.argv)
+with open({record!r}, "a") as f:
+    f.write(json.dumps(sizes) + "\\n")
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("method", ["mst", "aim", "dpctgan", "patectgan"])
+def test_same_seed_fits_differ(tmp_path, tiny_pair, baselines_python, method, monkeypatch):
+    """--seed is published in samples.json: two fits with the same seed on the same data must differ, and the
+    ledger must say what the seed was used for."""
+    record, harness = tmp_path / "batch_sizes.jsonl", tmp_path / "pinned_worker.py"
+    harness.write_text(PINNED_WORKER.format(worker=str(WORKER), record=str(record)))
+    monkeypatch.setattr(importlib.import_module("synther.baselines.synthesize"), "WORKER", harness)
+    monkeypatch.setenv("PYTHONHASHSEED", "0")
+    fits = []
+    for run in ("first", "second"):
+        cfg = _config(tmp_path, tiny_pair, method)
+        cfg.run_dir = str(tmp_path / run)
+        # without measurement noise only MST/AIM's exponential-mechanism selections can differ: MST makes 9, and
+        # 20 rounds leave AIM about 6 after its 10 one-way measurements (same picks in all: chance below 1e-6)
+        cfg.marginal.aim_rounds = 20
+        out = synthesize(cfg, progress=False)
+        fits.append(load_dataset(out).to_vectors())
+        ledger = json.loads((out.parent / "ledger.json").read_text())
+        assert ledger["randomness"].startswith("mechanism randomness: OS entropy, never saved (")
+        assert ledger["randomness"].endswith("--seed used only for the train/held-out split, sampling rows from the "
+                                             "fitted model" + (", the value drawn inside each public bin"
+                                                               if method in ("mst", "aim") else ""))
+    assert not np.array_equal(fits[0], fits[1])
+    if method == "dpctgan":  # one real batch per iteration, each a fresh Poisson draw: the sizes vary
+        runs = [json.loads(line) for line in record.read_text().splitlines()]
+        acc, rows = ledger["accounting"], ledger["sensitive_train_rows"]
+        assert acc["batch_sampling"].startswith("Poisson") and acc["sample_rate"] == 60 / rows
+        assert [len(r) for r in runs] == [acc["optimizer_steps"] // 2] * 2 and len(set(runs[0] + runs[1])) > 1
+        assert all(0 <= b <= rows for b in runs[0] + runs[1])
+
+
+def test_poisson_batch_sampler():
+    """Each row joins each batch independently with probability q: variable sizes, Binomial(n, q) moments, and
+    empty batches happen (they still take their noise-only step)."""
+    rng = np.random.default_rng(0)
+    n, q, draws = 400, 0.05, 4000
+    batches = [worker.poisson_batch(rng, n, q) for _ in range(draws)]
+    sizes = np.array([len(b) for b in batches])
+    assert abs(sizes.mean() - n * q) < 0.2 and abs(sizes.var() / (n * q * (1 - q)) - 1) < 0.1
+    assert sizes.min() < n * q - 10 and sizes.max() > n * q + 10
+    rows = np.concatenate(batches)
+    assert all(np.all(np.diff(b) > 0) for b in batches) and 0 <= rows.min() and rows.max() < n
+    per_row = np.bincount(rows, minlength=n) / draws
+    assert np.abs(per_row - q).max() < 0.025
+    assert any(len(worker.poisson_batch(rng, 3, 0.1)) == 0 for _ in range(100))
 
 
 @pytest.mark.parametrize("method", ["mst", "dpctgan"])

@@ -5,7 +5,8 @@
 The sensitive dataset is split exactly like the DP fine-tune (TransitionDataset.split(0.8, seed)); only the train
 part is synthesized from. Every statistic besides the row count comes from PUBLIC data (the pairs in
 config/diffusion/pairs.yaml, or --public_datasets): bin edges for MST/AIM, column bounds for the GANs, action bounds.
-The fit itself runs in a separate virtualenv (synther/baselines/env.py) through synther/baselines/worker.py.
+The fit itself runs in a separate virtualenv (synther/baselines/env.py) through synther/baselines/worker.py, which
+draws every mechanism's randomness from OS entropy: --seed only seeds the split and post-processing.
 """
 import json
 import math
@@ -45,7 +46,7 @@ class MarginalConfig:
 @dataclass
 class GANConfig:
     epochs: int = 10  # DP-CTGAN epochs over the sensitive train split (σ is calibrated so all of them fit in ε)
-    batch_size: int = 500  # rows per batch (DP-CTGAN: sampling rate q = batch / rows; PATE-CTGAN: votes per student step)
+    batch_size: int = 500  # rows per batch (DP-CTGAN: EXPECTED rows of a Poisson batch, each row joining with probability q = batch / rows; PATE-CTGAN: votes per student step)
     hidden: list[int] = field(default_factory=lambda: [256, 256])  # generator and discriminator hidden widths
     embedding_dim: int = 128  # generator noise dimension
     clip_norm: float = 1.0  # DP-CTGAN per-sample gradient clip norm
@@ -63,14 +64,14 @@ class BaselineConfig:
     epsilon: float = 10.0  # target ε (the whole release; the row count is treated as public)
     delta: float = 1e-6  # target δ (the DP fine-tune's default)
     num_samples: int = 100_000  # synthetic transitions to write
-    seed: int = 0  # seeds the split, the worker's numpy/torch and the in-bin sampling
+    seed: int = 0  # seeds the train/held-out split, sampling rows from the fitted model and the in-bin values; never the DP mechanisms (OS entropy, never saved)
     train_fraction: float = 0.8  # share of the sensitive set synthesized from; the rest is held out (as in the DP fine-tune)
     run_dir: str = ""  # output folder; default runs/baselines/<method>-<dataset>-eps<ε>-seed<seed> ($PRIVTRANR_RUNS_DIR replaces runs/)
     marginal: MarginalConfig = field(default_factory=MarginalConfig)  # MST / AIM settings
     gan: GANConfig = field(default_factory=GANConfig)  # DP-CTGAN / PATE-CTGAN settings
     threads: int = 1  # torch threads inside the worker
     overwrite: bool = False  # re-run even if samples.npz exists
-    verbose: bool = False  # let smartnoise print its own progress
+    verbose: bool = False  # let smartnoise print its own progress (MST / AIM; the GAN loops are ours and always log)
 
 
 def run_dir(cfg: BaselineConfig) -> Path:
@@ -263,13 +264,8 @@ def _run_worker(python: Path, work: Path, progress: bool) -> None:
 def _ledger(cfg: BaselineConfig, sensitive: TransitionDataset, train: TransitionDataset, heldout: TransitionDataset,
             public: list[str], info: dict[str, Any], preprocessing: dict[str, Any], act_source: str) -> dict[str, Any]:
     acc = info["accounting"]
-    caveats = ["the number of training rows is treated as public (as opacus does when it sets q = batch / N)"]
-    if cfg.method in MARGINAL:
-        caveats.append("smartnoise draws the measurement noise from OpenDP's RNG: results are not reproducible "
-                       "from --seed")
-    if cfg.method == "dpctgan":
-        caveats.append("smartnoise's DP-CTGAN draws fixed-size batches uniformly with replacement while the RDP "
-                       "accountant assumes Poisson sampling at rate q (the usual opacus-0.14-era approximation)")
+    caveats = ["the number of training rows is treated as public (as opacus does when it sets q = batch / N)",
+               "a re-run with the same --seed fits a different model: the mechanisms' randomness is not replayable"]
     if cfg.method == "patectgan":
         caveats.append("vote noise comes from numpy's (non-cryptographic) Laplace sampler")
     statistics = {
@@ -284,7 +280,16 @@ def _ledger(cfg: BaselineConfig, sensitive: TransitionDataset, train: Transition
         "neighbouring": "add/remove one transition of the sensitive train split",
         "sensitive_dataset": sensitive.name or cfg.dataset, "sensitive_train_rows": len(train),
         "sensitive_heldout_rows": len(heldout), "public_datasets": public, "statistics": statistics,
-        "preprocessing_privacy_cost": 0.0, "caveats": caveats,
+        "preprocessing_privacy_cost": 0.0, "randomness": _randomness(cfg, acc), "caveats": caveats,
         "guarantee": f"({acc['epsilon_spent']:.4g}, {cfg.delta:g})-DP for each transition of "
                      f"{sensitive.name or cfg.dataset} ({cfg.method}, {acc['accountant'].split(':')[0]})",
     }
+
+
+def _randomness(cfg: BaselineConfig, accounting: dict[str, Any]) -> str:
+    """What the published --seed does and does not determine (the worker seeds every mechanism RNG from OS entropy)."""
+    uses = ["the train/held-out split", "sampling rows from the fitted model"]
+    if cfg.method in MARGINAL:
+        uses.append("the value drawn inside each public bin")
+    return (f"mechanism randomness: OS entropy, never saved ({accounting['mechanism_rngs']}); "
+            f"--seed used only for {', '.join(uses)}")

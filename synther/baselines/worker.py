@@ -14,11 +14,17 @@ the main environment's packages are not installed here. Input and output are pla
 
 Every transformer handed to smartnoise is built from the spec (public domain / public bounds) and marked fitted
 before the sensitive table is seen, so smartnoise never infers categories or bounds from the sensitive data.
+
+Randomness: "seed" is published (samples.json), so nothing a mechanism draws may be replayable from it. Python's
+random, numpy's global RNG and torch's global generator (the RNGs smartnoise, mbi and opacus draw from, listed in
+MECHANISM_RNGS) are seeded from OS entropy that is never saved, before the fit and again after every library
+constructor that resets a seed; "seed" is applied only after the fit, to sampling rows from the fitted model.
 """
 import importlib.metadata as md
 import json
 import math
 import random
+import secrets
 import sys
 import time
 import warnings
@@ -28,6 +34,22 @@ import numpy as np
 LIBRARIES = ("smartnoise-synth", "smartnoise-sql", "opacus", "torch", "mbi", "opendp", "numpy", "pandas")
 # opacus 0.14's PrivacyEngine default RDP orders; DPCTGAN passes exactly these
 RDP_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+# Every random draw inside each mechanism (smartnoise-synth 1.0.8, mbi 1.1.0, opacus 0.14.0, opendp 0.14.2) and the
+# RNG it comes from. OpenDP samples from its own OS-seeded CSPRNG (OpenSSL RAND_bytes / getrandom), which Python
+# cannot seed; every other RNG here is seeded by seed_from_os_entropy().
+MECHANISM_RNGS = {
+    "mst": "Gaussian marginal measurements: OpenDP's CSPRNG; exponential-mechanism edge selections "
+           "(MSTSynthesizer.exponential_mechanism, prng=np.random) and mbi's junction-tree elimination orders: "
+           "numpy's global RNG",
+    "aim": "Gaussian marginal measurements: OpenDP's CSPRNG; exponential-mechanism selections "
+           "(snsynth.utils.exponential_mechanism), any workload subsampling (aim.prng) and mbi's junction-tree "
+           "elimination orders: numpy's global RNG",
+    "dpctgan": "Poisson batch membership: a numpy Generator on OS entropy; gradient noise (opacus, secure_rng off), "
+               "dropout and generator inputs: torch's global generator; opacus' count of noise-only steps at attach "
+               "(scipy planck): numpy's global RNG",
+    "patectgan": "teacher assignment: a numpy Generator on OS entropy; teacher batches and Laplace vote noise "
+                 "(snsynth pate()): numpy's global RNG; dropout and generator inputs: torch's global generator",
+}
 
 
 def versions() -> dict:
@@ -42,6 +64,31 @@ def versions() -> dict:
 
 def log(msg: str) -> None:
     print(f"[worker] {msg}", flush=True)
+
+
+# --- randomness ----------------------------------------------------------------------------------------------------
+def seed_from_os_entropy() -> None:
+    """Seed python's random, numpy's global RNG and torch's global generator from fresh OS entropy (never saved)."""
+    import torch
+
+    random.seed(secrets.randbits(256))
+    np.random.seed(np.frombuffer(secrets.token_bytes(32), dtype=np.uint32))  # 256 bits into MT19937's init_by_array
+    torch.manual_seed(secrets.randbits(64))  # the widest seed torch's CPU generator takes
+
+
+def seed_for_sampling(seed: int) -> None:
+    """Reseed the global RNGs from --seed once the fit is done: drawing rows from the fitted model is post-processing,
+    and smartnoise/mbi sample from the same global RNGs the fit drew from."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def poisson_batch(rng: np.random.Generator, n: int, q: float) -> np.ndarray:
+    """Indices of a Poisson-sampled batch: each of the n rows independently with probability q (possibly none)."""
+    return np.flatnonzero(rng.random(n) < q)
 
 
 # --- transformers built from public information only -----------------------------------------------------------
@@ -90,10 +137,12 @@ def fit_marginal(spec, data):
     synth.fit(data.astype(np.int64), transformer=transformer)
     fit_s = time.time() - t0
     t0 = time.time()
+    seed_for_sampling(int(spec["seed"]))
     out = np.asarray(synth.sample(int(spec["num_samples"])), dtype=np.float64)
     accounting = {"epsilon_spent": float(spec["epsilon"]), "delta": float(spec["delta"]),
                   "accountant": "zCDP: smartnoise converts (ε, δ) to ρ (opendp) and spends all of it on Gaussian "
-                                "marginal measurements and exponential-mechanism selections"}
+                                "marginal measurements and exponential-mechanism selections",
+                  "mechanism_rngs": MECHANISM_RNGS[method]}
     if method == "aim":
         accounting["rounds"] = kwargs["rounds"] or f"library default (16 x {len(spec['cardinalities'])} columns)"
     return out, fit_s, time.time() - t0, accounting
@@ -122,11 +171,26 @@ def calibrate_sigma(q: float, steps: int, epsilon: float, delta: float) -> float
 
 
 def fit_dpctgan(spec, data):
-    from snsynth.pytorch.nn.dpctgan import DPCTGAN
+    """DP-CTGAN with Poisson-sampled batches, i.e. with the sampling its RDP accountant assumes.
+
+    smartnoise 1.0.8's train() draws every real batch as `batch_size` rows uniformly with replacement
+    (DataSampler.sample_data) and builds fixed-size tensors around it, while opacus' accountant (and our σ
+    calibration) is for the sampled Gaussian mechanism: each row joins each batch independently with probability
+    q = batch / N. So the loop is re-assembled from smartnoise's parts (generator, discriminator, activations,
+    sampling code) with the same steps: a discriminator step on generated rows, one on a real Poisson batch, then a
+    generator step. opacus runs in Poisson mode, so each DP step releases (sum of clipped per-row gradients +
+    N(0, σ²C²)) / (q·N), normalised by the EXPECTED batch size as the accountant assumes, never by the realized one.
+    An empty real batch still takes its step (noise only), so the number of steps never depends on the data.
+    """
+    import opacus
+    import torch
+    from torch import nn, optim
+    from snsynth.pytorch.nn.ctgan.data_sampler import DataSampler
+    from snsynth.pytorch.nn.dpctgan import DPCTGAN, Discriminator, Generator
 
     p, n = spec["params"], len(data)
     eps, delta = float(spec["epsilon"]), float(spec["delta"])
-    batch = min(int(p.get("batch_size", 500)), n - n % 2)
+    batch = min(int(p.get("batch_size", 500)), n - n % 2)  # smartnoise's DPCTGAN requires an even batch size
     epochs = int(p.get("epochs", 10))
     steps_per_epoch = max(n // batch, 1)
     # smartnoise's own stopping rule checks ε only BEFORE each epoch, so the last epoch can overshoot the target;
@@ -134,24 +198,69 @@ def fit_dpctgan(spec, data):
     steps = 2 * epochs * steps_per_epoch
     q = batch / n
     sigma = calibrate_sigma(q, steps, eps, delta)
-    log(f"dpctgan: {epochs} epochs x {steps_per_epoch} iterations, batch {batch}, q={q:.4g}, σ={sigma:.4g}")
+    clip = float(p.get("clip_norm", 1.0))
+    log(f"dpctgan: {epochs} epochs x {steps_per_epoch} iterations, expected batch {batch}, q={q:.4g}, σ={sigma:.4g}")
     dims = tuple(int(w) for w in p.get("hidden", [256, 256]))
-    synth = DPCTGAN(epsilon=eps, delta=delta, sigma=sigma, epochs=epochs, batch_size=batch, pac=1, cuda=False,
-                    verbose=bool(p.get("verbose")), embedding_dim=int(p.get("embedding_dim", 128)),
-                    generator_dim=dims, discriminator_dim=dims, max_per_sample_grad_norm=float(p.get("clip_norm", 1.0)))
+    emb = int(p.get("embedding_dim", 128))
+    model = DPCTGAN(embedding_dim=emb, generator_dim=dims, discriminator_dim=dims, batch_size=batch, pac=1,
+                    cuda=False, verbose=False)
+    model._transformer = minmax_transformer(spec["lower"], spec["upper"])
+    table = torch.from_numpy(np.asarray(model._transformer.transform(data), dtype=np.float32))
+    width = model._transformer.output_width
+    # no categorical columns, so there is no conditional vector (which would use sensitive category frequencies)
+    model._data_sampler = DataSampler(np.zeros((1, width)), model._transformer.transformers)
+    assert model._data_sampler.dim_cond_vec() == 0
+    generator = Generator(emb, dims, width)
+    model._generator = generator
+    discriminator = Discriminator(width, dims, "cross_entropy", 1)
+    opt_g = optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.9), weight_decay=1e-6)
+    opt_d = optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.9), weight_decay=1e-6)
+    engine = opacus.PrivacyEngine(discriminator, batch_size=batch, sample_size=n, alphas=RDP_ORDERS,
+                                  noise_multiplier=sigma, max_grad_norm=clip, poisson=True)
+    engine.attach(opt_d)
+    # Discriminator() resets torch's global seed to 0 and opacus reseeds it from 8 bytes of os.urandom: reseed last
+    seed_from_os_entropy()
+    rows = np.random.default_rng()  # batch membership: OS entropy, never saved
+    bce = nn.BCELoss()
+    ones = torch.ones(batch)
+
+    def dp_step(x, label: float) -> None:
+        opt_d.zero_grad()
+        if len(x):
+            bce(discriminator(x).squeeze(-1), torch.full((len(x),), label)).backward()
+        else:  # what opacus does for an empty batch: zero gradient, noise only
+            for w in discriminator.parameters():
+                w.grad = torch.zeros_like(w)
+        # dp_step, not step(): step() would add a random number of noise-only steps standing in for the empty
+        # batches opacus' own sampler skips; this loop never skips one
+        opt_d.dp_step(is_empty=len(x) == 0)
+
+    def fake_batch():
+        return model._apply_activate(generator(torch.randn(batch, emb)))
+
     t0 = time.time()
-    synth.fit(data, transformer=minmax_transformer(spec["lower"], spec["upper"]))
+    for epoch in range(epochs):
+        for _ in range(steps_per_epoch):
+            dp_step(fake_batch().detach(), 0.0)
+            dp_step(table[poisson_batch(rows, n, q)], 1.0)
+            loss_g = bce(discriminator(fake_batch()).squeeze(-1), ones)
+            opt_g.zero_grad()
+            loss_g.backward()
+            opt_g.step()
+        log(f"dpctgan: epoch {epoch + 1}/{epochs}, loss G {loss_g.item():.3f}")
     fit_s = time.time() - t0
-    if len(synth.loss_d_list) != epochs:
-        raise RuntimeError(f"dpctgan stopped after {len(synth.loss_d_list)} of {epochs} epochs")
     spent = dpsgd_epsilon(q, sigma, steps, delta)
     assert spent <= eps * (1 + 1e-9), (spent, eps)
     t0 = time.time()
-    out = np.asarray(synth.sample(int(spec["num_samples"])), dtype=np.float64)
+    seed_for_sampling(int(spec["seed"]))
+    out = np.asarray(model.sample(int(spec["num_samples"])), dtype=np.float64)
     accounting = {"epsilon_spent": spent, "delta": delta, "accountant": "RDP (opacus 0.14 privacy_analysis)",
                   "noise_multiplier": sigma, "sample_rate": q, "optimizer_steps": steps, "epochs": epochs,
-                  "batch_size": batch, "clip_norm": float(p.get("clip_norm", 1.0)),
-                  "note": "every discriminator step is charged, including the one on generated data only"}
+                  "batch_size": batch, "clip_norm": clip,
+                  "batch_sampling": "Poisson: each row joins each real batch independently with probability "
+                                    "sample_rate; gradients and noise divided by the expected batch size",
+                  "note": "every discriminator step is charged, including the one on generated data only",
+                  "mechanism_rngs": MECHANISM_RNGS["dpctgan"]}
     return out, fit_s, time.time() - t0, accounting
 
 
@@ -220,13 +329,14 @@ def fit_patectgan(spec, data):
     model.cond_generator = DataSampler(np.zeros((1, width)), model._transformer.transformers)
     assert model.cond_generator.dim_cond_vec() == 0
 
-    owner = np.random.default_rng(int(spec["seed"]) + 1).integers(n_teachers, size=n)
+    # a fresh draw per fit: from a published seed, adding a row would move every later row to another teacher
+    owner = np.random.default_rng().integers(n_teachers, size=n)
     parts = [table[owner == i] for i in range(n_teachers)]
     teachers = [Discriminator(width, dims, "cross_entropy", 1) for _ in range(n_teachers)]
     student = Discriminator(width, dims, "cross_entropy", 1)
+    seed_from_os_entropy()  # smartnoise's Discriminator() resets torch's global seed to 0
     for d in (*teachers, student):
         d.apply(weights_init)
-    torch.manual_seed(int(spec["seed"]))  # smartnoise's Discriminator() resets the global torch seed to 0
     generator = Generator(emb, dims, width)
     model._generator = generator
     opt_g = optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.9), weight_decay=1e-6)
@@ -265,12 +375,14 @@ def fit_patectgan(spec, data):
             log(f"patectgan: iteration {it + 1}/{iterations}, loss G {loss_g.item():.3f}, loss S {loss_s.item():.3f}")
     fit_s = time.time() - t0
     t0 = time.time()
+    seed_for_sampling(int(spec["seed"]))
     out = np.asarray(model.generate(int(spec["num_samples"])), dtype=np.float64)
     accounting = {"epsilon_spent": pate_epsilon(lam, queries, delta), "delta": delta,
                   "accountant": "RDP of the Laplace mechanism (data-independent), composed over every teacher vote",
                   "laplace_scale": 1 / lam, "votes": queries, "teachers": n_teachers, "iterations": iterations,
                   "teacher_assignment": "i.i.d. uniform per record (add/remove changes one teacher's data)",
-                  "fixes": "independent teachers and student; see worker.fit_patectgan docstring"}
+                  "fixes": "independent teachers and student; see worker.fit_patectgan docstring",
+                  "mechanism_rngs": MECHANISM_RNGS["patectgan"]}
     return out, fit_s, time.time() - t0, accounting
 
 
@@ -317,12 +429,9 @@ def main(argv: list) -> int:
         return 2
     with open(argv[1]) as f:
         spec = json.load(f)
-    seed = int(spec["seed"])
-    random.seed(seed)
-    np.random.seed(seed)  # smartnoise's GANs sample batches with np.random
+    seed_from_os_entropy()  # never from spec["seed"]: it is published, and the mechanisms draw from these RNGs
     import torch
 
-    torch.manual_seed(seed)
     torch.set_num_threads(int(spec.get("threads", 1)))
     data = np.load(spec["input"])["data"]
     log(f"{spec['method']}: fitting on {data.shape[0]} rows x {data.shape[1]} columns at ε={spec['epsilon']}, "
