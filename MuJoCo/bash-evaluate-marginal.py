@@ -2,9 +2,11 @@
 
 Samples are found with --samples, by default the layout MuJoCo/bash-train-diffusion.py writes:
 runs/diffusion/finetune-<dataset>-eps<ε>-seed<s>/samples.npz. Each gets fidelity.json and fidelity_pairs.png in
-its own folder; sample files whose fidelity.json already exists are skipped (their scores are read back), missing
-sample files are listed and skipped. A table is printed at the end and written to --out (default:
-fidelity_results.json in the parent of the first sample folder).
+the folder a sweep would use, <runs root>/evaluation/fidelity-<samples' folder name> (finetune-<x> read as
+privtranr-<x>; the runs root is $PRIVTRANR_RUNS_DIR, else runs/), never in the samples' folder, which is the
+release. Sample files whose fidelity.json already exists are skipped (their scores are read back), missing sample
+files are listed and skipped. A table is printed at the end and written to --out (default:
+<runs root>/evaluation/fidelity_results.json).
 
 The real reference is the sensitive dataset: run this as the data holder; the reports are not private.
 
@@ -20,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from synther.cli import comma_list, parse, run  # noqa: E402
 from synther.data import load_dataset  # noqa: E402
 from synther.errors import UserError  # noqa: E402
-from synther.evaluation.fidelity import write_fidelity_report  # noqa: E402
+from synther.evaluation.fidelity import default_out_dir, write_fidelity_report  # noqa: E402
 from synther.utils.io import atomic_write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +39,7 @@ class FidelitySweepConfig:
     max_rows: int = 0  # subsample each table to at most this many rows for the scores (0: all)
     seed: int = 0  # seed of the row subsamples
     force: bool = False  # recompute even where fidelity.json exists
-    out: str = ""  # results table (JSON); default: fidelity_results.json next to the first sample folder
+    out: str = ""  # results table (JSON); default: <runs root>/evaluation/fidelity_results.json
     dry_run: bool = False  # list what would be evaluated, done or missing, and stop
 
 
@@ -66,7 +68,7 @@ def main() -> None:
     rows, missing = [], 0
     for i, (dataset, eps, seed, path) in enumerate(jobs, 1):
         label = f"[{i}/{len(jobs)}] {dataset} eps{eps:g} seed{seed}"
-        report_path = path.parent / "fidelity.json"
+        report_path = default_out_dir(path) / "fidelity.json"
         if not path.exists():
             print(f"{label}: samples missing ({path}), skipped")
             missing += 1
@@ -81,10 +83,11 @@ def main() -> None:
         else:
             print(f"{label} -> {report_path}", flush=True)
             real = _cached_real(dataset)
-            report = write_fidelity_report(dataset, path, real=real, max_rows=cfg.max_rows or None, seed=cfg.seed,
-                                           dynamics=cfg.dynamics, dynamics_rows=cfg.dynamics_rows)
+            report = write_fidelity_report(dataset, path, report_path.parent, real=real, max_rows=cfg.max_rows or None,
+                                           seed=cfg.seed, dynamics=cfg.dynamics, dynamics_rows=cfg.dynamics_rows)
         dyn = report.get("dynamics") or {}
         rows.append({"dataset": dataset, "dp_epsilon": eps, "seed": seed, "samples": str(path),
+                     "report": str(report_path),
                      "marginal_score": report["marginal_score"], "correlation_score": report["correlation_score"],
                      "dynamics_next_obs_nmse": dyn.get("next_obs_nmse"), "dynamics_reward_nmse": dyn.get("reward_nmse"),
                      "seconds": report["seconds"].get("total")})
@@ -98,7 +101,7 @@ def main() -> None:
               f"{_fmt(r['correlation_score'], '.4f'):>7} {_fmt(r['dynamics_next_obs_nmse'], '.3g'):>8} "
               f"{_fmt(r['dynamics_reward_nmse'], '.3g'):>8}")
     print("dyn: normalized MSE of the simulator's s′ / r vs the synthetic ones (0 = consistent, ~2 = unrelated)")
-    out = Path(cfg.out) if cfg.out else Path(rows[0]["samples"]).parent.parent / "fidelity_results.json"
+    out = Path(cfg.out) if cfg.out else Path(rows[0]["report"]).parent.parent / "fidelity_results.json"
     atomic_write_json(out, rows)
     print(f"wrote {out}")
 

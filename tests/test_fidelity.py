@@ -14,7 +14,8 @@ from synther.data.dataset import TransitionDataset
 from synther.data.pointmaze import MazeCollectConfig, collect_maze2d
 from synther.evaluation.dynamics import DynamicsUnsupported, dynamics_error
 from synther.evaluation.fidelity import (REFERENCE_NOTE, column_names, correlation_matrices, correlation_score,
-                                         evaluate_fidelity, ks_statistics, marginal_score, write_fidelity_report)
+                                         default_out_dir, evaluate_fidelity, ks_statistics, marginal_score,
+                                         write_fidelity_report)
 from tests.script_helpers import assert_user_error, run_script
 
 
@@ -175,15 +176,39 @@ def test_write_report_writes_json_and_heatmap(maze, tmp_path):
     real_path = maze.save(tmp_path / "real.npz")
     syn = _replace(maze, observations=maze.observations * 1.1)
     syn_path = syn.save(tmp_path / "run" / "samples.npz")
-    report = write_fidelity_report(str(real_path), syn_path, dynamics=True, dynamics_rows=200)
-    saved = json.loads((tmp_path / "run" / "fidelity.json").read_text())
+    report = write_fidelity_report(str(real_path), syn_path, tmp_path / "report", dynamics=True, dynamics_rows=200)
+    saved = json.loads((tmp_path / "report" / "fidelity.json").read_text())
     assert saved["marginal_score"] == report["marginal_score"] < 1.0
     assert saved["real"] == str(real_path) and saved["synthetic"] == str(syn_path)
     assert saved["dynamics"]["rows"] == 200 and saved["dynamics"]["next_obs_nmse"] > 0
-    png = (tmp_path / "run" / "fidelity_pairs.png").read_bytes()
+    png = (tmp_path / "report" / "fidelity_pairs.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
-        "fidelity.json", "fidelity_pairs.png", "samples.json", "samples.npz"]  # no temp files left
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == [
+        "fidelity.json", "fidelity_pairs.png"]  # no temp files left
+
+
+def test_default_report_folder_is_the_sweeps_and_not_the_release(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRIVTRANR_RUNS_DIR", str(tmp_path / "runs"))
+    evaluation = tmp_path / "runs" / "evaluation"
+    assert default_out_dir(tmp_path / "x" / "finetune-d-eps1-seed0" / "samples.npz") == (
+        evaluation / "fidelity-privtranr-d-eps1-seed0")  # the sweep's name for PrivTranR's samples
+    assert default_out_dir(tmp_path / "baselines" / "mst-d-eps1-seed0" / "samples.npz") == (
+        evaluation / "fidelity-mst-d-eps1-seed0")
+
+
+def test_marginal_script_writes_nothing_into_the_samples_folder(maze, tmp_path, monkeypatch):
+    """The samples' folder is the release: samples.npz + samples.json, and nothing computed without DP."""
+    monkeypatch.setenv("PRIVTRANR_RUNS_DIR", str(tmp_path / "runs"))
+    real_path = maze.save(tmp_path / "real.npz")
+    release = tmp_path / "runs" / "diffusion" / "finetune-real-eps10-seed0"
+    syn_path = maze.subset(np.arange(500)).save(release / "samples.npz")
+    proc = run_script("marginal.py", "--real", str(real_path), "--synthetic", str(syn_path), "--dynamics", "false",
+                      timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in release.iterdir()) == ["samples.json", "samples.npz"]
+    out = tmp_path / "runs" / "evaluation" / "fidelity-privtranr-real-eps10-seed0"
+    assert json.loads((out / "fidelity.json").read_text())["synthetic"] == str(syn_path)
+    assert (out / "fidelity_pairs.png").exists() and str(out / "fidelity.json") in proc.stdout
 
 
 def test_marginal_script_writes_fidelity_json_and_rejects_bad_paths(maze, tmp_path):
@@ -205,15 +230,19 @@ def test_marginal_script_writes_fidelity_json_and_rejects_bad_paths(maze, tmp_pa
     assert_user_error(proc, "nope.npz", "not found")
 
 
-def test_sweep_script_evaluates_then_skips(maze, tmp_path):
+def test_sweep_script_evaluates_then_skips(maze, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRIVTRANR_RUNS_DIR", str(tmp_path / "runs"))
     real_path = maze.save(tmp_path / "real.npz")
-    maze.subset(np.arange(500)).save(tmp_path / "runs" / "real-eps10-seed0" / "samples.npz")
+    maze.subset(np.arange(500)).save(tmp_path / "runs" / "diffusion" / "finetune-real-eps10-seed0" / "samples.npz")
     args = ("--datasets", str(real_path), "--epsilons", "1,10", "--seeds", "0", "--dynamics", "false",
-            "--samples", str(tmp_path / "runs" / "real-eps{eps}-seed{seed}" / "samples.npz"))
+            "--samples", str(tmp_path / "runs" / "diffusion" / "finetune-real-eps{eps}-seed{seed}" / "samples.npz"))
     first = run_script("bash-evaluate-marginal.py", *args, timeout=120)
     assert first.returncode == 0, first.stderr
     assert "eps1 seed0: samples missing" in first.stdout and "0.9" in first.stdout
-    assert (tmp_path / "runs" / "real-eps10-seed0" / "fidelity.json").exists()
+    evaluation = tmp_path / "runs" / "evaluation"
+    assert (evaluation / "fidelity-privtranr-real-eps10-seed0" / "fidelity.json").exists()
+    assert sorted(p.name for p in (tmp_path / "runs" / "diffusion" / "finetune-real-eps10-seed0").iterdir()) == [
+        "samples.json", "samples.npz"]
     second = run_script("bash-evaluate-marginal.py", *args, timeout=120)
     assert "eps10 seed0: done, skipped" in second.stdout
-    assert json.loads((tmp_path / "runs" / "fidelity_results.json").read_text())[0]["dp_epsilon"] == 10
+    assert json.loads((evaluation / "fidelity_results.json").read_text())[0]["dp_epsilon"] == 10

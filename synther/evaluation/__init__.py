@@ -1,1 +1,1 @@
-"""Evaluation of synthetic transitions: fidelity (and, later, membership inference)."""
+"""Evaluation of synthetic transitions and of the models behind them: fidelity, membership inference."""

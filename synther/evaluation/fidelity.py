@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from synther.data.dataset import TransitionDataset, TransitionLayout, check_compatible
+from synther.evaluation.outputs import default_evaluation_dir
 
 # sdmetrics' KSComplement rounds to sys.float_info.dig - 1 decimals before the test
 KS_DECIMALS = 14
@@ -222,6 +223,12 @@ def evaluate_fidelity(
     return report
 
 
+def default_out_dir(synthetic_path: str | Path) -> Path:
+    """Where a fidelity report on `synthetic_path` goes unless told: <runs root>/evaluation/fidelity-<samples'
+    folder>, never the samples' own folder (the release)."""
+    return default_evaluation_dir(synthetic_path, "fidelity")
+
+
 def write_fidelity_report(
     real_spec: str,
     synthetic_path: str | Path,
@@ -232,7 +239,7 @@ def write_fidelity_report(
 ) -> dict[str, Any]:
     """Load both datasets, evaluate, and write <out_dir>/fidelity.json (+ fidelity_pairs.png) atomically.
 
-    `out_dir` defaults to the folder of the samples file; `real` may pass an already loaded reference (sweeps load
+    `out_dir` defaults to default_out_dir(synthetic_path); `real` may pass an already loaded reference (sweeps load
     it once). Extra keyword arguments go to evaluate_fidelity. Raises UserError for missing or mismatched inputs.
     """
     from synther.data.registry import load_dataset
@@ -249,7 +256,7 @@ def write_fidelity_report(
     report = evaluate_fidelity(real, synthetic, **kwargs)
     report["real"], report["synthetic"] = str(real_spec), str(synthetic_path)
     report["seconds"]["load"] = t_load
-    out = Path(out_dir) if out_dir else synthetic_path.parent
+    out = Path(out_dir) if out_dir else default_out_dir(synthetic_path)
     if plot:
         from synther.evaluation.plots import pair_error_heatmap
 

@@ -7,6 +7,10 @@ If training is (ε, δ)-DP, the number of correct guesses among r = 2k is domina
 a δ term (their Theorem 3.1 / Proposition 5.7). So if the observed count would be improbable (p < 1 − confidence)
 under ε, the run is not ε-DP: the largest such ε is a lower bound that holds with that confidence.
 
+Even a perfect attacker (every guess right) only rejects ε up to a ceiling set by the canary count: about 4.6 for
+1000 canaries at δ = 1e-6. That ceiling is reported beside the bound: where it is below the accountant's ε, this
+audit cannot detect an implementation that spends more than it claims (synther/privacy/whitebox_audit.py can).
+
 We try a few guess counts k fixed in advance and split the 1 − confidence over them (Bonferroni), so picking the
 best k after seeing the scores keeps the bound valid.
 """
@@ -60,6 +64,7 @@ class AuditResult:
     guesses: int  # r at the best k
     correct: int  # v at the best k
     tried: list[dict]  # every k tried with its (r, v, bound)
+    max_attainable_bound: float  # the bound if every guess were right, at the same k's and correction
     method: str = ("one-run audit with inserted canaries (Steinke, Nasr & Jagielski 2023), guesses from the "
                    "membership-inference loss score, Bonferroni over the guess counts tried")
 
@@ -78,6 +83,7 @@ def audit_from_scores(scores: np.ndarray, inserted: np.ndarray, delta: float, co
     significance = (1 - confidence) / len(ks)
     order = np.argsort(-scores, kind="stable")
     tried, best = [], None
+    perfect = max(epsilon_lower_bound(m, 2 * k, 2 * k, delta, significance) for k in ks)
     for k in ks:
         top, bottom = order[:k], order[m - k:]
         v = int(inserted[top].sum() + (~inserted[bottom]).sum())
@@ -87,7 +93,7 @@ def audit_from_scores(scores: np.ndarray, inserted: np.ndarray, delta: float, co
             best = tried[-1]
     return AuditResult(epsilon_lower_bound=best["epsilon_lower_bound"], delta=delta, confidence=confidence,
                        canaries=m, inserted=int(inserted.sum()), guesses=best["guesses"], correct=best["correct"],
-                       tried=tried)
+                       tried=tried, max_attainable_bound=perfect)
 
 
 def make_canaries(mean: np.ndarray, std: np.ndarray, count: int, radius: float, rng: np.random.Generator,
