@@ -52,7 +52,7 @@ class DiffusionConfig:
     mode: str = "pretrain"  # pretrain | finetune | sample
     public_datasets: str = ""  # pretrain: comma-separated public datasets, names or paths (paper: --datasets_name)
     dataset: str = ""  # finetune: the sensitive dataset, a name or path (paper: --dataset)
-    max_sensitive_rows: int = 0  # finetune: use only the this-many sensitive rows with the smallest per-record coins (seeded by --seed) before the split; the guarantee is then stated for that subset (0: all)
+    max_sensitive_rows: int = 0  # finetune: keep only this many sensitive rows (those with the smallest per-record coins, seeded by --seed) before the split; the guarantee is then stated for that subset (0: all)
     load_checkpoint: str = ""  # finetune: the pre-trained checkpoint; sample: the checkpoint to sample from
     run_dir: str = ""  # output folder; default runs/diffusion/<mode>-<dataset>[-eps<ε>]-seed<seed> ($PRIVTRANR_RUNS_DIR replaces runs/); sample: the checkpoint's folder
     seed: int = 0  # seeds torch, numpy and the data split (never the DP mechanisms' randomness, which comes from OS entropy)

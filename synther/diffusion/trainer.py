@@ -92,7 +92,7 @@ class DiffusionTrainer:
         self.step = 0
         self.clipped = ClippedGradient(model, dp.clip_norm, dp.clipping_mode) if dp else None
         self.noise = GaussianNoise(self.clipped.params, generator=dp.noise_generator) if dp else None  # OS entropy
-        self._note_noise(planned=True)
+        self._note_noise()
         self.poisson = PoissonSampler(len(data), dp.sample_rate, self.batch_gen) if dp else None
         # the noise generator is left out: it changes speed, not the mechanism, so a run may resume with another
         dp_hashed = {k: v for k, v in asdict(dp).items() if k != "noise_generator"} if dp else None
@@ -100,7 +100,7 @@ class DiffusionTrainer:
                                                       meta.get("identity")],
                                                      sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def _note_noise(self, planned: bool = False) -> None:
+    def _note_noise(self) -> None:
         """Name the noise generator in the ledger and charge its tail cap; refuse a run the tail would spoil.
 
         A resumed run may use another generator, so the ledger keeps the smallest cap of any segment."""
@@ -109,9 +109,7 @@ class DiffusionTrainer:
         self.ledger.statistics["dp_noise"] = f"N(0, (σC)²) per parameter per step, {self.noise.generator_name}"
         previous = self.ledger.noise_z_max
         self.ledger.noise_z_max = self.noise.z_max if previous is None else min(previous, self.noise.z_max)
-        if planned:
-            self.ledger.check_tail(self.dp.noise_multiplier, self.dp.sample_rate, self.total_steps,
-                                   self.ledger.noise_z_max)
+        self.ledger.check_tail(self.dp.noise_multiplier, self.dp.sample_rate, self.total_steps, self.ledger.noise_z_max)
 
     # --- checkpoints -----------------------------------------------------------------------------------
     def _checkpoint(self) -> None:
@@ -147,7 +145,7 @@ class DiffusionTrainer:
         if self.dp is None:
             self.batch_gen.set_state(state["rng"]["batch"].cpu())
         self.ledger = PrivacyLedger.from_dict(state["ledger"])  # continues the spent budget, never resets it
-        self._note_noise(planned=True)
+        self._note_noise()
         metrics = self.run_dir / "metrics.jsonl"
         if metrics.exists():  # drop records a killed run wrote after its last checkpoint
             kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= self.step]
