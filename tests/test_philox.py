@@ -13,7 +13,7 @@ from scipy import stats
 
 from synther.errors import UserError
 from synther.privacy import philox
-from synther.privacy.dpsgd import GaussianNoise
+from synther.privacy.dpsgd import TORCH_Z_MAX, GaussianNoise, long_tailed_normal_
 from synther.privacy.philox import PhiloxNormal, load_kernel
 
 
@@ -144,28 +144,32 @@ def test_torch_fallback_draws_reach_past_the_old_cap():
         noise.fill_(1.0)
         return torch.cat([p.grad for p in params])
 
-    # float64 Box-Muller on 53-bit uniforms, cast to float32 (rounding adds < 1e-6)
-    assert_untruncated(*tail_of(draw_chunk), cap=math.sqrt(106 * math.log(2)) + 1e-5)
+    # float64 Box-Muller on a 106-bit radius uniform, cast to float32 (rounding adds < 1e-6)
+    assert_untruncated(*tail_of(draw_chunk), cap=math.sqrt(212 * math.log(2)) + 1e-5)
 
 
-def test_torch_float64_normal_is_box_muller_on_53_bit_uniforms():
-    """What dpsgd.TORCH_FLOAT64_Z_MAX rests on: on the CPU, torch's float64 normal_ pairs 53-bit uniforms u
-    (torch.rand's, same stream) as r = sqrt(-2 ln(1 - u)), so 1 - u >= 2^-53 and |z| reaches sqrt(106 ln 2)."""
-    draws = torch.empty(4096, dtype=torch.float64).normal_(generator=torch.Generator().manual_seed(5))
-    u = torch.rand(4096, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+def test_long_tailed_normal_is_box_muller_on_a_106_bit_radius_uniform():
+    """What dpsgd.TORCH_Z_MAX rests on: torch.rand's float64 uniforms lie on a 53-bit grid, and two of them make
+    the radius uniform u1 = (1 − a) − b·2⁻⁵³, whose smallest value 2⁻¹⁰⁶ gives |z| = √(212 ln 2)."""
+    out = torch.empty(4097, dtype=torch.float64)
+    long_tailed_normal_(out, 1.0, torch.Generator().manual_seed(5))
+    u = torch.rand(3, 2049, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     assert torch.equal(u * 2**53, torch.round(u * 2**53))
-    u = u.view(-1, 2, 8)  # 16 at a time: the first 8 give radii, the next 8 angles
-    radius, theta = torch.sqrt(-2 * torch.log(1 - u[:, 0])), 2 * math.pi * u[:, 1]
-    expected = torch.stack([radius * torch.cos(theta), radius * torch.sin(theta)], dim=1).reshape(-1)
-    torch.testing.assert_close(draws, expected, rtol=1e-12, atol=1e-12)
+    radius = torch.sqrt(-2 * torch.log((1 - u[0]) - u[1] * 2.0**-53))
+    expected = torch.cat([radius * torch.cos(2 * math.pi * u[2]), (radius * torch.sin(2 * math.pi * u[2]))[:2048]])
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    # the extreme words: a = b = 1 − 2⁻⁵³ (the largest uniforms) give exactly u1 = 2⁻¹⁰⁶
+    a = torch.tensor(1 - 2.0**-53, dtype=torch.float64)
+    assert ((1 - a) - a * 2.0**-53).item() == 2.0**-106
+    assert math.sqrt(-2 * math.log(2.0**-106)) >= TORCH_Z_MAX
 
 
 @pytest.mark.parametrize("generator", ["philox", "torch"])
 def test_gaussian_noise_states_its_tail_cap(kernel, generator):
     noise = GaussianNoise([torch.nn.Parameter(torch.zeros(100))], generator=generator)
     assert noise.z_max >= 8.5
-    # a lower bound of the cap the generator reaches (see philox.Z_MAX and dpsgd.TORCH_FLOAT64_Z_MAX)
-    assert noise.z_max <= (math.sqrt(128 * math.log(2)) if generator == "philox" else math.sqrt(106 * math.log(2)))
+    # a lower bound of the cap the generator reaches (see philox.Z_MAX and dpsgd.TORCH_Z_MAX)
+    assert noise.z_max <= (math.sqrt(128 * math.log(2)) if generator == "philox" else math.sqrt(212 * math.log(2)))
 
 
 def test_std_scales_the_draw(kernel):
@@ -213,7 +217,7 @@ def test_loading_the_kernel_keeps_torch_denormals(kernel):
 def test_gaussian_noise_uses_the_kernel_on_the_cpu(kernel):
     p = torch.nn.Parameter(torch.zeros(5000))
     assert GaussianNoise([p]).generator_name == philox.GENERATOR_NAME
-    assert "mt19937, float64" in GaussianNoise([p], generator="torch").generator_name
+    assert "mt19937 uniforms, float64 Box-Muller" in GaussianNoise([p], generator="torch").generator_name
     with pytest.raises(UserError, match="unknown noise generator"):
         GaussianNoise([p], generator="mt")
 

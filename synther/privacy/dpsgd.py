@@ -9,6 +9,7 @@ gradients. Dividing by the *expected* batch size q·N (not the realized one) kee
 """
 from __future__ import annotations
 
+import math
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -22,11 +23,28 @@ from synther.privacy.philox import GENERATOR_NAME as PHILOX_NAME, Z_MAX as PHILO
 
 CLIPPING_MODES = ("ghost", "opacus_hooks", "opacus_ghost")
 NOISE_GENERATORS = ("auto", "philox", "torch")
-# A lower bound of the largest |z| torch's float64 normal_ draws (its float32 one stops at 5.77 on the CPU: 24-bit
-# uniforms). CPU: Box-Muller on u1 = 1 - u, u a 53-bit uniform in [0, 1), so u1 >= 2^-53 and the angle 0 occurs:
-# sqrt(-2 ln 2^-53) = sqrt(106 ln 2) = 8.5717, rounded down. CUDA (curand_normal2_double): u1 >= 2^-54, a cap of
-# 8.652 with angles just off 0; the CPU's smaller figure is a lower bound of both.
-TORCH_FLOAT64_Z_MAX = 8.571
+# torch's own normal_ stops at 5.77σ in float32 (24-bit uniforms) and 8.57σ in float64 (53-bit ones). The torch
+# path below runs Box–Muller itself on a radius uniform made of two float64 uniforms a, b (53-bit grids):
+# u1 = (1 − a) − b·2⁻⁵³ ∈ [2⁻¹⁰⁶, 1], so with the angle 0 |z| reaches √(212 ln 2) = 12.1222; rounded down, a lower
+# bound of the cap (the ledger charges the Gaussian tail beyond it to δ).
+TORCH_Z_MAX = 12.122
+
+
+def long_tailed_normal_(out: torch.Tensor, std: float, generator: torch.Generator, chunk: int = 1 << 21) -> None:
+    """Contiguous float64 `out` ← N(0, std²) by Box–Muller on a 106-bit radius uniform (see TORCH_Z_MAX), `chunk`
+    normals at a time on the CPU so the temporaries stay small (on a GPU, one piece: kernel launches cost more)."""
+    flat = out.view(-1)
+    chunk = max(flat.numel(), 1) if out.is_cuda else chunk
+    for start in range(0, flat.numel(), chunk):
+        piece = flat[start: start + chunk]
+        n = piece.numel()
+        m = (n + 1) // 2
+        u = torch.rand(3, m, dtype=torch.float64, device=out.device, generator=generator)
+        # (1 − a) is exact on a 53-bit grid and ≥ 2⁻⁵³, so u1 > 0; the clamp only guards a device whose rand reached 1
+        radius = ((1.0 - u[0]) - u[1] * 2.0**-53).clamp_min_(2.0**-106).log_().mul_(-2.0).sqrt_().mul_(std)
+        angle = u[2].mul_(2 * math.pi)
+        torch.mul(radius, torch.cos(angle), out=piece[:m])
+        torch.mul(radius[: n - m], torch.sin(angle[: n - m]), out=piece[m:])
 
 
 class PoissonSampler:
@@ -53,8 +71,9 @@ class GaussianNoise:
     Generators (`generator`):
       philox: on the CPU, our vectorized Philox4x32-10 kernel (synther.privacy.philox), faster than torch's;
               on CUDA, torch's generator, which is Philox4x32-10 too.
-      torch:  torch's generator (on the CPU a sequential Mersenne Twister), drawn in float64 and cast: its
-              float32 normal_ is built on 24-bit uniforms, which cut the Gaussian off at 5.77σ.
+      torch:  torch's generator (on the CPU a sequential Mersenne Twister) for float64 uniforms, turned into
+              normals by `long_tailed_normal_` and cast: torch's own normal_ cuts the Gaussian off at 5.77σ
+              (float32) or 8.57σ (float64); this reaches 12.12σ.
       auto:   philox where the kernel builds (float32 parameters), else torch.
     `z_max` is a lower bound of the largest |z| (in units of std) the generator in use can draw, for the
     ledger's account of the Gaussian tail beyond it.
@@ -85,9 +104,9 @@ class GaussianNoise:
         if self.philox is not None:
             self.generator_name, self.z_max = PHILOX_NAME, PHILOX_Z_MAX
         else:
-            self.generator_name = "torch CUDA (philox4x32-10, float64)" if device.type == "cuda" else \
-                "torch CPU (mt19937, float64)"
-            self.z_max = TORCH_FLOAT64_Z_MAX
+            self.generator_name = ("torch CUDA (philox4x32-10" if device.type == "cuda" else "torch CPU (mt19937") \
+                + " uniforms, float64 Box-Muller with a 106-bit radius)"
+            self.z_max = TORCH_Z_MAX
             self.generators = [torch.Generator(device=device).manual_seed(
                 secrets.randbits(63) if seed is None else seed + k) for k in range(workers)]
             # balance the parameters across workers by size (largest first, into the emptiest group)
@@ -118,11 +137,11 @@ class GaussianNoise:
             return
         draws = self._flat if self._scratch is None else self._scratch
         if self.pool is None:
-            draws.normal_(0.0, std, generator=self.generators[0])
+            long_tailed_normal_(draws, std, self.generators[0])
         else:
             def fill(k: int) -> None:
                 for p in self.groups[k]:
-                    self._draws[p].normal_(0.0, std, generator=self.generators[k])
+                    long_tailed_normal_(self._draws[p], std, self.generators[k])
 
             list(self.pool.map(fill, range(len(self.groups))))
         if self._scratch is not None:  # on the calling thread: the cast runs on torch's own threads

@@ -10,6 +10,7 @@ private again.
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from synther.errors import UserError
 from synther.privacy.accounting import TAIL_DELTA_FRACTION, epsilon_replace_one, epsilon_spent, tail_delta
 
 # The cap of the 24-bit Box–Muller generators this project used before it recorded a cap (|z| ≤ √(48 ln 2)):
@@ -84,16 +85,16 @@ class PrivacyLedger:
 
     def check_tail(self, sigma: float, sample_rate: float, steps: int, z_max: float) -> None:
         """Refuse a run whose noise tail would add more than TAIL_DELTA_FRACTION·δ (with the history so far)."""
-        from synther.errors import UserError
-
         if self.delta is None:
             return
         planned = tail_delta([*self._prior(), (sigma, sample_rate, steps, z_max)])
         if planned > TAIL_DELTA_FRACTION * self.delta:
             raise UserError(
-                f"the noise generator's capped tail (cap ≥ {z_max:.3f}σ) would add δ ≈ {planned:.2g} at σ={sigma:.4g} over "
-                f"{steps} steps, more than {TAIL_DELTA_FRACTION:g}·δ = {TAIL_DELTA_FRACTION * self.delta:.2g}: "
-                "lower the target ε (a larger σ), train fewer steps, or use a generator with a longer tail")
+                f"the noise generator's capped tail (cap ≥ {z_max:.3f}σ) would add δ ≈ {planned:.2g} at "
+                f"σ={sigma:.4g} over {steps} steps, more than {TAIL_DELTA_FRACTION:g}·δ = "
+                f"{TAIL_DELTA_FRACTION * self.delta:.2g}: "
+                "lower the target ε (a larger σ), train fewer steps, or use a generator with a longer tail "
+                "(--dp.noise_generator torch reaches 12.1σ, the Philox kernel 9.4σ)")
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "epsilon_spent": self.epsilon_spent(),
