@@ -12,12 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from scipy.stats import norm
 
 from synther.data import load_dataset
 from synther.data.dataset import TransitionDataset
 from synther.diffusion.synthesizer import DiffusionConfig, DPConfig, finetune, load_model, pretrain, sample
-from synther.diffusion.trainer import TrainConfig
+from synther.diffusion.trainer import DiffusionTrainer, DPSettings, TrainConfig
 from synther.errors import UserError
 from synther.privacy.accounting import epsilon_replace_one, epsilon_spent, tail_delta
 from synther.privacy.ledger import PrivacyLedger
@@ -184,6 +185,27 @@ def test_the_dp_normalizer_noise_is_not_derivable_from_the_seed(pretrained, tmp_
     mean_a, mean_b = load_model(a)[0].normalizer.mean, load_model(b)[0].normalizer.mean
     assert not np.allclose(mean_a.numpy(), mean_b.numpy())  # same --seed, different noise
     assert "OS entropy" in load_model(a)[2].statistics["normalizer"]
+
+
+def test_the_diffusion_draws_inside_dp_fine_tuning_are_secret(pretrained, tmp_path):
+    """Each per-sample loss draws its σ and noise by position in the Poisson batch: known draws would let one
+    record's presence shift the others' gradients, so under DP they come from OS entropy, like the DP noise."""
+    model, meta, _ = load_model(pretrained, ema=False)
+    data = torch.as_tensor(load_dataset(SENSITIVE).to_vectors()[:500])
+    dp = DPSettings(noise_multiplier=1.0, clip_norm=1.0, sample_rate=0.1)
+    draws = []
+    for run in ("a", "b"):
+        torch.manual_seed(0)  # what a published --seed would replay
+        DiffusionTrainer(model, data, TrainConfig(max_steps=1), tmp_path / run, PrivacyLedger(delta=1e-5), meta,
+                         seed=0, dp=dp, progress=False)
+        draws.append(torch.randn(8))
+    assert not torch.equal(*draws)
+    torch.manual_seed(0)  # public pre-training stays reproducible
+    DiffusionTrainer(model, data, TrainConfig(max_steps=1), tmp_path / "public", PrivacyLedger(), meta, seed=0,
+                     progress=False)
+    after_public_init = torch.randn(8)
+    torch.manual_seed(0)
+    assert torch.equal(after_public_init, torch.randn(8))
 
 
 # --- §3: the split and the neighbouring relation -----------------------------------------------------------------

@@ -228,8 +228,8 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
             statistics={**statistics,
                         "sample_rate": "expected batch size / training rows (the row count is treated as public, "
                                        "as opacus and TF Privacy do; the replace-one ε holds without that)",
-                        "seed": "--seed chooses the split, the diffusion noise levels and the model's initial "
-                                "state; no mechanism's randomness derives from it"})
+                        "seed": "--seed chooses the split (and the subset) only; no mechanism's randomness (Poisson "
+                                "batches, DP noise, diffusion noise draws) derives from it"})
         settings = DPSettings(noise_multiplier=sigma, clip_norm=dp.clip_norm, sample_rate=q, clipping_mode=dp.clipping,
                               noise_generator=dp.noise_generator)
     else:

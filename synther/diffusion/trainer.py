@@ -4,9 +4,10 @@ Each run folder holds checkpoint.pt (model, EMA, optimizer, RNG state, ledger; w
 ledger.json and metrics.jsonl. A killed run restarts from its checkpoint; the ledger's step count, and so ε,
 continues from there and is never reset.
 
-Under DP, the randomness the guarantee rests on — which records enter each Poisson batch, and the Gaussian
-noise — is drawn from generators seeded with OS entropy, never from --seed and never saved: anyone who could
-replay it could subtract the noise. And metrics.jsonl records no statistic of the private batches (loss, gradient
+Under DP, the randomness the guarantee rests on — which records enter each Poisson batch, the Gaussian noise,
+and the diffusion noise levels and draws of each per-sample loss — is drawn from generators seeded with OS entropy,
+never from --seed and never saved: anyone who could replay the noise could subtract it, and the diffusion draws
+are taken by position in the batch, so known draws would let one record's presence change the others' gradients. And metrics.jsonl records no statistic of the private batches (loss, gradient
 norms, realized batch sizes) unless `log_private_diagnostics` is set, in which case the ledger warns that file must
 not be released.
 
@@ -84,8 +85,10 @@ class DiffusionTrainer:
         # Which rows enter each batch, and the DP noise: reproducible for public training, secret under DP.
         self.batch_gen = torch.Generator().manual_seed(secrets.randbits(63) if dp else seed)
         if dp is not None:
-            self.ledger.statistics["dp_randomness"] = ("Poisson sampling and noise seeded from OS entropy; "
-                                                       "not derivable from the seed, never saved")
+            torch.manual_seed(secrets.randbits(63))  # the global generators (CPU and CUDA): the diffusion draws
+            self.ledger.statistics["dp_randomness"] = ("Poisson sampling, DP noise and the diffusion noise draws "
+                                                       "seeded from OS entropy; not derivable from the seed, never "
+                                                       "saved")
             if cfg.log_private_diagnostics:
                 self.ledger.statistics["metrics.jsonl"] = ("holds NON-private loss, gradient-norm and batch-size "
                                                            "statistics of the sensitive batches: do not release it")
@@ -117,12 +120,11 @@ class DiffusionTrainer:
         state = {"format": "privtranr-diffusion-v1", "model": self.model.state_dict(),
                  "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
                  "total_steps": self.total_steps, "config_hash": self.config_hash, "meta": self.meta,
-                 "ledger": self.ledger.to_dict(), "train_config": asdict(self.cfg),
-                 "rng": {"torch": torch.get_rng_state()}}
-        if self.data.device.type == "cuda":  # the diffusion noise (σ, ε draws) comes from the GPU's generator
-            state["rng"]["cuda"] = torch.cuda.get_rng_state(self.data.device)
-        if self.dp is None:  # DP sampling/noise state is never written anywhere
-            state["rng"]["batch"] = self.batch_gen.get_state()
+                 "ledger": self.ledger.to_dict(), "train_config": asdict(self.cfg), "rng": {}}
+        if self.dp is None:  # under DP no generator state is written anywhere
+            state["rng"] = {"torch": torch.get_rng_state(), "batch": self.batch_gen.get_state()}
+            if self.data.device.type == "cuda":  # the diffusion noise (σ, ε draws) comes from the GPU's generator
+                state["rng"]["cuda"] = torch.cuda.get_rng_state(self.data.device)
         with atomic_path(self.run_dir / CHECKPOINT) as tmp:
             torch.save(state, tmp)
         atomic_write_json(self.run_dir / "ledger.json", self.ledger.to_dict())
@@ -138,11 +140,10 @@ class DiffusionTrainer:
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
-        # RNG states are CPU byte tensors, whatever map_location moved them to
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        if "cuda" in state["rng"] and self.data.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.data.device)
-        if self.dp is None:
+        if self.dp is None:  # RNG states are CPU byte tensors, whatever map_location moved them to
+            torch.set_rng_state(state["rng"]["torch"].cpu())
+            if "cuda" in state["rng"] and self.data.device.type == "cuda":
+                torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.data.device)
             self.batch_gen.set_state(state["rng"]["batch"].cpu())
         self.ledger = PrivacyLedger.from_dict(state["ledger"])  # continues the spent budget, never resets it
         self._note_noise()
