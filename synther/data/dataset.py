@@ -246,12 +246,12 @@ class TransitionDataset:
     def record_coins(self, seed: int, salt: str) -> np.ndarray:
         """One pseudo-random number in [0, 1) per record, a function of the record's own values, `seed` and `salt`
         only: adding or removing another record changes no other record's coin (see `split`)."""
-        words = np.ascontiguousarray(self.to_vectors()).view(np.uint32).astype(np.uint64)
+        words = np.ascontiguousarray(self.to_vectors()).view(np.uint32)
         key = int.from_bytes(hashlib.sha256(f"{salt}:{seed}".encode()).digest()[:8], "little")
         h = np.full(len(words), key, dtype=np.uint64)
         with np.errstate(over="ignore"):
-            for col in words.T:  # a keyed splitmix64-style hash over the record's 32-bit words
-                h = _mix64(h ^ col)
+            for col in words.T:  # a keyed splitmix64-style hash over the record's 32-bit words, a column at a time
+                h = _mix64(h ^ col.astype(np.uint64))
         return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
     def split(self, train_fraction: float = 0.8, seed: int = 0) -> tuple["TransitionDataset", "TransitionDataset"]:
