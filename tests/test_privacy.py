@@ -133,6 +133,44 @@ def test_fast_clipping_matches_opacus(reference, device):
     torch.testing.assert_close(grads["ghost"][1], grads[reference][1].to(grads["ghost"][1]), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["ghost", "opacus_hooks"])
+def test_noise_multiplicity_clips_each_record_not_each_draw(mode, device):
+    """K diffusion draws per record: the record's summed gradient is what gets clipped (its norm from the K×K Gram
+    matrices), so one record still moves the clipped sum by at most C however many rows it has."""
+    k, records = 3, 8
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(records, LAYOUT.dim, generator=g).repeat_interleave(k, 0).to(device)
+    sigma = torch.exp(torch.randn(records * k, generator=g) * 1.2 - 1.2).to(device)
+    noise = torch.randn(records * k, LAYOUT.dim, generator=g).to(device)
+    model = tiny_edm().to(device)
+    rows = independent_per_sample_grads(model, x, sigma, noise) / k
+    per_record = rows.view(records, k, -1).sum(1)
+    norms = per_record.norm(dim=1)
+    clip = float(norms.median())
+    # clipping rows one by one would let a record contribute up to k·C; the record sum is clipped to C instead
+    assert (rows.norm(dim=1) < clip).any()
+    expected = (per_record * (clip / (norms + 1e-6)).clamp(max=1.0)[:, None]).sum(0) / 10
+    clipped = ClippedGradient(model, clip, mode, rows_per_sample=k)
+    _, got_norms = clipped(lambda: model.per_sample_loss(x, sigma, noise) / k, scale=0.1)
+    torch.testing.assert_close(got_norms.to(norms), norms, rtol=1e-4, atol=1e-5)
+    ours = torch.cat([p.grad.flatten() for p in model.parameters()])
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_noise_multiplicity_refuses_what_cannot_clip_records():
+    with pytest.raises(UserError, match="opacus' ghost"):
+        ClippedGradient(tiny_edm(), 1.0, "opacus_ghost", rows_per_sample=2)
+    with pytest.raises(UserError, match="at least 1"):
+        ClippedGradient(tiny_edm(), 1.0, "ghost", rows_per_sample=0)
+    clipper = LinearGhostClipper(tiny_edm(), 1.0)
+    x, sigma, noise = fixed_batch(5)
+    with clipper.capture():
+        losses = clipper.model.per_sample_loss(x, sigma, noise)
+    with pytest.raises(ValueError, match="cannot be split"):
+        clipper.backward(losses, rows_per_sample=2)
+
+
 def test_ghost_clipping_refuses_unsupported_models():
     model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.LayerNorm(3))
     with pytest.raises(UserError, match="nn.Linear"):

@@ -66,6 +66,7 @@ class DPSettings:
     sample_rate: float
     clipping_mode: str = "ghost"
     noise_generator: str = "auto"  # GaussianNoise's: auto | philox | torch (same distribution, different speed)
+    draws_per_record: int = 1  # noise multiplicity: diffusion draws (σ, n) averaged in each record's loss before clipping
 
 
 class DiffusionTrainer:
@@ -93,12 +94,14 @@ class DiffusionTrainer:
                 self.ledger.statistics["metrics.jsonl"] = ("holds NON-private loss, gradient-norm and batch-size "
                                                            "statistics of the sensitive batches: do not release it")
         self.step = 0
-        self.clipped = ClippedGradient(model, dp.clip_norm, dp.clipping_mode) if dp else None
+        self.clipped = ClippedGradient(model, dp.clip_norm, dp.clipping_mode, dp.draws_per_record) if dp else None
         self.noise = GaussianNoise(self.clipped.params, generator=dp.noise_generator) if dp else None  # OS entropy
         self._note_noise()
         self.poisson = PoissonSampler(len(data), dp.sample_rate, self.batch_gen) if dp else None
         # the noise generator is left out: it changes speed, not the mechanism, so a run may resume with another
         dp_hashed = {k: v for k, v in asdict(dp).items() if k != "noise_generator"} if dp else None
+        if dp_hashed and dp.draws_per_record == 1:  # runs from before the option resume as they were
+            del dp_hashed["draws_per_record"]
         self.config_hash = hashlib.sha256(json.dumps([asdict(cfg), meta.get("phase"), seed, dp_hashed,
                                                       meta.get("identity")],
                                                      sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -175,10 +178,12 @@ class DiffusionTrainer:
             self.noise.fill_(std)
             losses = norms = torch.zeros(0, device=x.device)
         else:
-            losses, norms = self.clipped(lambda: self.model.per_sample_loss(x), scale=1.0 / expected,
+            k = self.dp.draws_per_record  # each record's loss: the mean over k diffusion draws, rows kept together
+            rows = x if k == 1 else x.repeat_interleave(k, dim=0)
+            losses, norms = self.clipped(lambda: self.model.per_sample_loss(rows) / k, scale=1.0 / expected,
                                          noise=self.noise, noise_std=std)
         self.optimizer.step()
-        return {"loss": losses.mean() if len(x) else torch.tensor(float("nan")), "batch": len(x),
+        return {"loss": losses.mean() * self.dp.draws_per_record if len(x) else torch.tensor(float("nan")), "batch": len(x),
                 "grad_norm": norms.mean() if len(x) else torch.tensor(float("nan")),
                 "clipped_fraction": (norms > self.dp.clip_norm).float().mean() if len(x) else torch.tensor(0.0)}
 

@@ -6,6 +6,10 @@ backward pass that stops at the layer outputs gives every g_i; per-sample norms 
 the clipped sum Σ_i c_i g_i x_iᵀ is one matrix product per layer, (c ⊙ G)ᵀ X. No per-sample gradient tensor is
 ever materialized, so time and memory stay close to a non-private step.
 
+Noise multiplicity: a record's loss may be the mean of K rows (K diffusion noise draws of the same record, laid out
+contiguously). Its gradient is then Σ_k g_k x_kᵀ, whose squared norm is Σ_{k,l} (g_k·g_l)(x_k·x_l): two K×K Gram
+matrices per record and layer, O(B·K²·width), still no per-sample gradient. Clipping acts on the record, not the row.
+
 Limits, checked at construction: every trainable parameter must belong to an nn.Linear, each Linear must be
 called once per forward pass on 2-D (batch, features) input, and no computation may mix samples (no batch
 norm). The diffusion denoiser satisfies all three by design.
@@ -61,15 +65,22 @@ class LinearGhostClipper:
         finally:
             self._capturing = False
 
-    def backward(self, per_sample_losses: torch.Tensor, scale: float = 1.0, accumulate: bool = False) -> torch.Tensor:
+    def backward(self, per_sample_losses: torch.Tensor, scale: float = 1.0, accumulate: bool = False,
+                 rows_per_sample: int = 1) -> torch.Tensor:
         """p.grad = scale · Σ_i min(1, C/‖∇ℓ_i‖)·∇ℓ_i for all parameters (added to p.grad if `accumulate`, e.g.
         onto the DP noise, in the same matrix product); returns the norms ‖∇ℓ_i‖ (B,).
 
-        `per_sample_losses` (B,) must come from a forward pass run inside `capture()`; ℓ_i may depend only on
-        sample i. `scale` (e.g. 1/expected batch size) is folded into the clip factors for free.
+        `per_sample_losses` (B·K,) must come from a forward pass run inside `capture()`, K = `rows_per_sample`:
+        sample i owns rows iK … iK+K−1 and ℓ_i is the sum of their losses (pass each row's loss / K for a mean);
+        a row's loss may depend only on its own input row. `scale` (e.g. 1/expected batch size) is folded into
+        the clip factors for free.
         """
         if per_sample_losses.dim() != 1:
-            raise ValueError("per_sample_losses must have shape (batch,)")
+            raise ValueError("per_sample_losses must have shape (batch·rows_per_sample,)")
+        k = int(rows_per_sample)
+        if k < 1 or per_sample_losses.shape[0] % k:
+            raise ValueError(f"{per_sample_losses.shape[0]} loss rows cannot be split into samples of {k} rows")
+        num_samples = per_sample_losses.shape[0] // k
         records, self._records = self._records, []
         if not records:
             raise RuntimeError("no forward pass was captured: run the model inside `with clipper.capture():`")
@@ -84,20 +95,19 @@ class LinearGhostClipper:
             # X (L, B, in), G (L, B, out): layers of one shape stacked, so each op below is one kernel per group
             X = torch.stack([x for _, x, _ in items]) if len(items) > 1 else items[0][1].unsqueeze(0)
             G = torch.stack([g for _, _, g in items]) if len(items) > 1 else items[0][2].unsqueeze(0)
-            g_sq = torch.linalg.vector_norm(G, dim=2).square_()  # row norms without a (B, width) temporary
-            x_sq = torch.linalg.vector_norm(X, dim=2).square_()
-            if items[0][0].bias is not None:  # ‖∇W_i‖² + ‖∇b_i‖² = ‖g_i‖²(‖x_i‖² + 1)
-                x_sq += 1.0
-            layer_sq.append(g_sq.mul_(x_sq))  # (L, B): each layer's share of each sample's squared norm
+            bias = items[0][0].bias is not None
+            # (L, B): each layer's share of each sample's squared norm
+            layer_sq.append(_rows_sq_norm(X, G, bias) if k == 1 else _gram_sq_norm(X, G, bias, k))
             groups.append((items, X, G))
         if layer_sq:
             norms = torch.cat(layer_sq).sum(0).sqrt()
         else:
-            norms = per_sample_losses.new_zeros(per_sample_losses.shape[0])
+            norms = per_sample_losses.new_zeros(num_samples)
         # opacus' clip factor, so results match its DPOptimizer exactly
         coef = (self.clip_norm / (norms + 1e-6)).clamp(max=1.0) * scale
+        row_coef = coef if k == 1 else coef.repeat_interleave(k)  # every row of a sample gets its sample's factor
         for items, X, G in groups:
-            CG = G * coef[None, :, None]  # not in place: autograd may hand one tensor to two layers (x + y)
+            CG = G * row_coef[None, :, None]  # not in place: autograd may hand one tensor to two layers (x + y)
             weight_grads = None
             if accumulate and len(items) == 1:  # Σ_i c_i g_i x_iᵀ by one GEMM that adds onto p.grad as it writes
                 items[0][0].weight.grad.addmm_(CG[0].t(), X[0])
@@ -135,6 +145,26 @@ class LinearGhostClipper:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+
+def _rows_sq_norm(X: torch.Tensor, G: torch.Tensor, bias: bool) -> torch.Tensor:
+    """(L, B) squared per-sample gradient norms of L layers, one row per sample: ‖g_i‖²(‖x_i‖² + bias)."""
+    g_sq = torch.linalg.vector_norm(G, dim=2).square_()  # row norms without a (B, width) temporary
+    x_sq = torch.linalg.vector_norm(X, dim=2).square_()
+    if bias:  # ‖∇W_i‖² + ‖∇b_i‖² = ‖g_i‖²(‖x_i‖² + 1)
+        x_sq += 1.0
+    return g_sq.mul_(x_sq)
+
+
+def _gram_sq_norm(X: torch.Tensor, G: torch.Tensor, bias: bool, k: int) -> torch.Tensor:
+    """(L, B) squared norms of Σ_k g_k x_kᵀ (+ Σ_k g_k for the bias) over each sample's k rows:
+    Σ_{k,l} (g_k·g_l)(x_k·x_l + bias)."""
+    L, rows = X.shape[:2]
+    Xs, Gs = X.reshape(L * rows // k, k, -1), G.reshape(L * rows // k, k, -1)
+    xx = torch.bmm(Xs, Xs.transpose(1, 2))
+    if bias:
+        xx += 1.0
+    return (torch.bmm(Gs, Gs.transpose(1, 2)) * xx).sum((1, 2)).view(L, rows // k)
 
 
 def _store_grad(param: nn.Parameter, grad: torch.Tensor, accumulate: bool) -> None:

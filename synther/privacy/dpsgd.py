@@ -175,14 +175,21 @@ class ClippedGradient:
     ghost:         ours (LinearGhostClipper): norms from activations × output-gradients, one product per layer.
     opacus_hooks:  opacus GradSampleModule: materializes per-sample gradients, then clips (the reference).
     opacus_ghost:  opacus' fast gradient clipping: norms by ghost clipping, then a second, reweighted backward.
-    `loss_fn()` runs the forward pass of `model` and returns per-sample losses (B,); the opacus backends hook the
-    model's layers, so calling the model's own methods is fine.
+    `loss_fn()` runs the forward pass of `model` and returns per-row losses (B·K,), K = `rows_per_sample`: sample
+    i owns rows iK … iK+K−1 and its loss is their sum (noise multiplicity: K diffusion draws of one record, each
+    row's loss divided by K). Clipping bounds each sample's summed gradient, so K changes nothing in the privacy
+    analysis. The opacus backends hook the model's layers, so calling the model's own methods is fine.
     """
 
-    def __init__(self, model: nn.Module, clip_norm: float, mode: str = "ghost") -> None:
+    def __init__(self, model: nn.Module, clip_norm: float, mode: str = "ghost", rows_per_sample: int = 1) -> None:
         if mode not in CLIPPING_MODES:
             raise UserError(f"unknown clipping mode '{mode}' (choose from: {', '.join(CLIPPING_MODES)})")
-        self.model, self.clip_norm, self.mode = model, float(clip_norm), mode
+        if rows_per_sample < 1:
+            raise UserError(f"rows per sample (noise multiplicity) must be at least 1, got {rows_per_sample}")
+        if rows_per_sample > 1 and mode == "opacus_ghost":
+            raise UserError("noise multiplicity > 1 needs clipping 'ghost' or 'opacus_hooks' (opacus' ghost "
+                            "clipping clips rows, not records)")
+        self.model, self.clip_norm, self.mode, self.rows_per_sample = model, float(clip_norm), mode, rows_per_sample
         self.params = [p for p in model.parameters() if p.requires_grad]
         if mode == "ghost":
             self._ghost = LinearGhostClipper(model, clip_norm)
@@ -200,13 +207,14 @@ class ClippedGradient:
     def __call__(self, loss_fn: Callable[[], torch.Tensor], scale: float = 1.0, noise: GaussianNoise | None = None,
                  noise_std: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward + clipped backward: p.grad = scale·Σ clip(∇ℓ_i) (+ N(0, noise_std²) drawn by `noise`, which
-        must cover self.params); returns (losses, norms before clipping)."""
+        must cover self.params); returns (per-row losses, per-sample norms before clipping)."""
         if self.mode == "ghost":
             with self._ghost.capture():
                 losses = loss_fn()
             if noise is not None:  # the clipped sum is then accumulated onto the noise by the same products
                 noise.fill_(noise_std)
-            return losses.detach(), self._ghost.backward(losses, scale, accumulate=noise is not None)
+            return losses.detach(), self._ghost.backward(losses, scale, accumulate=noise is not None,
+                                                         rows_per_sample=self.rows_per_sample)
         losses, norms = self._opacus(loss_fn, scale)
         if noise is not None:
             noise.add_(noise_std)
@@ -218,7 +226,8 @@ class ClippedGradient:
                 p.grad_sample = None
             losses = loss_fn()
             losses.sum().backward()
-            per_sample = [p.grad_sample.reshape(len(losses), -1) for p in self.params]
+            k = self.rows_per_sample
+            per_sample = [p.grad_sample.reshape(len(losses) // k, k, -1).sum(1) for p in self.params]
             # parameter by parameter: concatenating would double the (already huge) per-sample gradient memory
             norms = torch.stack([g.pow(2).sum(dim=1) for g in per_sample]).sum(dim=0).sqrt()
             coef = (self.clip_norm / (norms + 1e-6)).clamp(max=1.0) * scale
