@@ -172,6 +172,45 @@ def test_non_finite_rows_are_dropped_and_counted(pretrained, monkeypatch):
     assert ds.size == 90 and ds.provenance["dropped_non_finite"] == 10
 
 
+def test_rewards_are_clipped_to_the_public_range_and_the_release_says_so(pretrained, monkeypatch, tmp_path):
+    public = np.concatenate([load_dataset(n).rewards for n in PUBLIC.split(",")])
+    syn = Synthesizer.load(pretrained, device="cpu")
+    real_sample = syn.model.sample
+
+    def wild_rewards(n, sampler, generator=None):
+        x = real_sample(n, sampler, generator=generator)
+        x[:, syn.layout.reward] = torch.linspace(-3, 3, n)
+        return x
+
+    monkeypatch.setattr(syn.model, "sample", wild_rewards)
+    kept = syn.sample(100, SamplerConfig(name="euler", steps=4), reward_range="none")
+    assert kept.rewards.min() < public.min() and kept.rewards.max() > public.max()
+    ds = syn.sample(100, SamplerConfig(name="euler", steps=4))
+    assert ds.rewards.min() == pytest.approx(public.min()) and ds.rewards.max() == pytest.approx(public.max())
+    assert "rewards clipped to the public datasets' range" in ds.provenance["postprocessing"]
+    with pytest.raises(UserError, match="reward_range"):
+        syn.sample(4, SamplerConfig(name="euler", steps=4), reward_range="sensitive")
+    monkeypatch.setattr(Synthesizer, "load", classmethod(lambda cls, path, device="auto": syn))
+    out = sample(config(tmp_path, "sample", load_checkpoint=str(pretrained), num_samples=50,
+                        sampler=SamplerConfig(name="euler", steps=4)))
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert "rewards clipped" in side["privacy_ledger"]["statistics"]["sample_postprocessing"]
+
+
+def test_noise_multiplicity_fine_tunes_under_the_same_guarantee(pretrained, tmp_path):
+    out = finetune(config(tmp_path, "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained), steps=20,
+                          dp=DPConfig(epsilon=5.0, draws_per_record=3)))
+    one = finetune(config(tmp_path / "k1", "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained), steps=20,
+                          dp=DPConfig(epsilon=5.0)))
+    ledger, ref = (json.loads((p.parent / "ledger.json").read_text()) for p in (out, one))
+    # K draws per record change the variance of each record's gradient, not its sensitivity: the same σ and ε
+    assert ledger["noise_multiplier"] == ref["noise_multiplier"] and ledger["steps_taken"] == 20
+    assert "3 diffusion draws" in ledger["statistics"]["noise_multiplicity"]
+    with pytest.raises(UserError, match="draws_per_record"):
+        finetune(config(tmp_path / "k0", "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained),
+                        dp=DPConfig(draws_per_record=0)))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_every_sampler_produces_finite_transitions(pretrained, name, device):

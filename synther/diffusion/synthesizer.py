@@ -41,6 +41,7 @@ class DPConfig:
     accountant: str = "rdp"  # privacy accountant: rdp or prv (--accountant)
     clipping: str = "ghost"  # per-sample clipping backend: ghost (fast, ours), opacus_hooks or opacus_ghost
     noise_generator: str = "auto"  # Gaussian noise source: philox (our vectorized CPU kernel; torch's Philox on CUDA), torch, or auto (philox where the kernel builds)
+    draws_per_record: int = 1  # noise multiplicity K: each record's loss averages K diffusion draws (σ, n) before clipping; less gradient variance at the same ε, K× the compute
     normalizer: str = "public"  # 'public': keep the pre-trained model's public statistics; 'dp': re-estimate them on the sensitive data with the Gaussian mechanism, charged to the same budget
     normalizer_noise_multiplier: float = 50.0  # noise multiplier of that Gaussian mechanism (normalizer 'dp' only)
     train_fraction: float = 0.8  # share of the sensitive set trained on; the rest is held out (MIA non-members)
@@ -67,6 +68,7 @@ class DiffusionConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)  # sampler for mode=sample
     num_samples: int = 100_000  # transitions to generate in mode=sample (paper: --save_num_samples)
     sample_batch: int = 10_000  # transitions per sampling batch
+    reward_range: str = "public"  # sample: 'public' clips synthetic rewards to the public datasets' reward range (post-processing of public facts: no privacy cost), 'none' keeps them
     progress: bool = True  # show progress bars
 
 
@@ -165,6 +167,8 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
         raise UserError(f"unknown clipping '{dp.clipping}' (choose from: {', '.join(CLIPPING_MODES)})")
     if dp.noise_generator not in NOISE_GENERATORS:
         raise UserError(f"unknown noise generator '{dp.noise_generator}' (choose from: {', '.join(NOISE_GENERATORS)})")
+    if dp.draws_per_record < 1:
+        raise UserError(f"dp.draws_per_record must be at least 1, got {dp.draws_per_record}")
     if dp.normalizer not in ("public", "dp"):
         raise UserError(f"dp.normalizer must be 'public' or 'dp', got '{dp.normalizer}'")
     if not cfg.dataset:
@@ -228,10 +232,13 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
             statistics={**statistics,
                         "sample_rate": "expected batch size / training rows (the row count is treated as public, "
                                        "as opacus and TF Privacy do; the replace-one ε holds without that)",
+                        **({"noise_multiplicity": f"each record's loss is the mean over {dp.draws_per_record} "
+                                                  "diffusion draws; the record's whole gradient is clipped to C"}
+                           if dp.draws_per_record > 1 else {}),
                         "seed": "--seed chooses the split (and the subset) only; no mechanism's randomness (Poisson "
                                 "batches, DP noise, diffusion noise draws) derives from it"})
         settings = DPSettings(noise_multiplier=sigma, clip_norm=dp.clip_norm, sample_rate=q, clipping_mode=dp.clipping,
-                              noise_generator=dp.noise_generator)
+                              noise_generator=dp.noise_generator, draws_per_record=dp.draws_per_record)
     else:
         ledger = PrivacyLedger(private=False, planned_steps=steps, statistics=statistics, **common)
         settings = None
@@ -289,6 +296,9 @@ def _inherited_uses(base: PrivacyLedger, checkpoint: str) -> list[dict[str, Any]
     return uses
 
 
+REWARD_RANGES = ("public", "none")
+
+
 # --- loading and sampling ----------------------------------------------------------------------------------
 def load_model(path: str | Path, device: torch.device | str = "cpu", ema: bool = True
                ) -> tuple[EDM, dict[str, Any], PrivacyLedger]:
@@ -328,10 +338,15 @@ class Synthesizer:
         return cls(model, meta, ledger, str(path))
 
     def sample(self, n: int, sampler: SamplerConfig = SamplerConfig(), batch_size: int = 10_000, seed: int = 0,
-               progress: bool = False) -> TransitionDataset:
-        """n transitions (fewer if some rows came out NaN/Inf; the count dropped is in provenance)."""
+               progress: bool = False, reward_range: str = "public") -> TransitionDataset:
+        """n transitions (fewer if some rows came out NaN/Inf; the count dropped is in provenance).
+
+        reward_range 'public' clips rewards to the range seen in the public pre-training data: the model never
+        learned a reward outside it from public data, and the bounds are public, so the clip costs no privacy."""
         if n <= 0:
             raise UserError(f"number of samples must be positive, got {n}")
+        if reward_range not in REWARD_RANGES:
+            raise UserError(f"unknown reward_range '{reward_range}' (choose from: {', '.join(REWARD_RANGES)})")
         gen = torch.Generator().manual_seed(seed)
         chunks = []
         with tqdm(total=n, desc="sampling", unit="row", disable=not progress, mininterval=1.0) as bar:
@@ -346,14 +361,18 @@ class Synthesizer:
             raise UserError(f"{self.source}: every sampled row was NaN/Inf; the model is not usable")
         low, high = np.asarray(self.meta["action_low"]), np.asarray(self.meta["action_high"])
         x[:, self.layout.action] = np.clip(x[:, self.layout.action], low, high)
+        steps = [f"actions clipped to {self.meta['action_bounds_source']}"]
+        if reward_range == "public":
+            r_low, r_high = (float(self.meta[k][self.layout.reward]) for k in ("public_min", "public_max"))
+            x[:, self.layout.reward] = np.clip(x[:, self.layout.reward], r_low, r_high)
+            steps.append(f"rewards clipped to the public datasets' range [{r_low:.6g}, {r_high:.6g}]")
         ds = TransitionDataset.from_vectors(
             x, self.layout, name=f"synthetic:{self.meta.get('sensitive_dataset') or self.meta.get('env_dataset')}",
             source=f"sampled from {self.source}", action_low=low, action_high=high,
             provenance={"checkpoint": self.source, "sampler": asdict(sampler),
                         "network_evaluations_per_sample": network_evaluations(sampler), "requested": n,
                         "dropped_non_finite": int((~finite).sum()), "seed": seed,
-                        "postprocessing": "terminals thresholded at 0.5; actions clipped to "
-                                          f"{self.meta['action_bounds_source']}",
+                        "postprocessing": "; ".join(["terminals thresholded at 0.5", *steps]),
                         "env_dataset": self.meta.get("env_dataset")})
         return ds
 
@@ -362,7 +381,10 @@ def sample(cfg: DiffusionConfig) -> Path:
     if not cfg.load_checkpoint:
         raise UserError("sample needs --load_checkpoint")
     syn = Synthesizer.load(cfg.load_checkpoint, cfg.device)
-    ds = syn.sample(cfg.num_samples, cfg.sampler, cfg.sample_batch, cfg.seed, cfg.progress)
+    ds = syn.sample(cfg.num_samples, cfg.sampler, cfg.sample_batch, cfg.seed, cfg.progress, cfg.reward_range)
     out = default_run_dir(cfg) / "samples.npz"
-    ds.save(out, extra_metadata={"privacy_ledger": syn.ledger.to_dict(), "diffusion_meta": syn.meta})
+    ledger = syn.ledger.to_dict()  # the release's ledger also says what was done to the samples after the model
+    ledger["statistics"] = {**ledger.get("statistics", {}),
+                            "sample_postprocessing": ds.provenance["postprocessing"] + " (public bounds only)"}
+    ds.save(out, extra_metadata={"privacy_ledger": ledger, "diffusion_meta": syn.meta})
     return out
