@@ -16,20 +16,25 @@ import pyrallis
 
 from synther.data.pointmaze import MazeCollectConfig, collect_maze2d
 from synther.errors import UserError
-from synther.report import collect, fidelity_rows, ledger_rows, markdown_table, mia_rows, utility_rows, write_report
+from synther.report import (collect, fidelity_rows, ladder_markdown, ladder_rows, ledger_rows, markdown_table, mia_rows,
+                            utility_rows, write_report)
 from synther.sweep import ROOT, SweepConfig, public_sets, run_sweep
 
 # profile -> (sweep YAML, rows generated per maze; 0 = D4RL's sizes)
 PROFILES = {
-    "default": ("config/sweeps/quickstart.yaml", 100_000),  # ≈ 8 minutes on 2 CPU cores
+    "default": ("config/sweeps/quickstart.yaml", 100_000),  # ≈ 11 minutes on 2 CPU cores
     "tiny": ("config/sweeps/quickstart-tiny.yaml", 2_000),  # seconds of compute: checks the plumbing (CI)
+    # the utility ladder at the default's settings: real, no-DP, DP at ε 1 and 10, public-only (± curiosity),
+    # seeds 0-2; its default and ε=10 jobs are the default profile's, so with --runs_dir runs/quickstart it reuses them
+    "ladder": ("config/sweeps/quickstart-ladder.yaml", 100_000),  # ≈ 50 minutes on 2 CPU cores
     "paper": ("config/sweeps/quickstart-paper.yaml", 0),  # PrivORL's scale: W=2048x6, 1M samples, 500k updates (GPU)
 }
 
 
 @dataclass
 class QuickstartConfig:
-    profile: str = "default"  # default (minutes on a laptop CPU), tiny (a plumbing check) or paper (PrivORL's scale, for a GPU)
+    profile: str = "default"  # default (minutes on a laptop CPU), tiny (a plumbing check), ladder (the utility ladder, 3 seeds) or paper (PrivORL's scale, for a GPU)
+    seed: int = -1  # run this seed instead of the profile's seeds (-1: the profile's); runs of several seeds in one runs folder are reported together
     runs_dir: str = ""  # where the runs (and the generated data, in <runs_dir>/data) go (empty: runs/quickstart[-<profile>])
     out: str = ""  # where the report and plots go (empty: results/quickstart[-<profile>])
     executor: str = "local"  # local (process pool on this machine) or ray
@@ -82,11 +87,12 @@ def summary_table(results: Any) -> str:
         led = spent.get(key, {})
         eps_spent = (f"{led['epsilon_spent']:.3g} (δ={led['delta']:g})"
                      if led.get("epsilon_spent") is not None and led.get("delta") is not None else "—")
-        body.append([r["dataset"], r["agent"], f"{r['epsilon']:g}", f(r["real_mean"], 1), f(r["mean"], 1),
-                     f(r["ratio_to_real"], 2), f(fid.get(key, {}).get("marginal_mean")),
+        ci = "" if r["ratio_ci_low"] is None else f" [{r['ratio_ci_low']:.2f}, {r['ratio_ci_high']:.2f}]"
+        body.append([r["dataset"], r["agent"], f"{r['epsilon']:g}", str(r["n_seeds"]), f(r["real_mean"], 1),
+                     f(r["mean"], 1) + ("" if r["std"] is None else f" ± {r['std']:.1f}"), f(r["ratio_to_real"], 2) + ci, f(fid.get(key, {}).get("marginal_mean")),
                      f(fid.get(key, {}).get("correlation_mean")), eps_spent, f(mia.get(key, {}).get("auc_mean"))])
-    header = ["dataset", "agent", "target ε", "real score", "synthetic score", "ratio", "marginal", "correlation",
-              "ε spent", "MIA AUC"]
+    header = ["dataset", "agent", "target ε", "seeds", "real score", "synthetic score", "ratio [95% CI]", "marginal",
+              "correlation", "ε spent", "MIA AUC"]
     return markdown_table(header, body)
 
 
@@ -101,6 +107,8 @@ def quickstart(cfg: QuickstartConfig, echo: Callable[[str], None] = lambda s: pr
     sweep = pyrallis.parse(config_class=SweepConfig, config_path=str(ROOT / sweep_yaml), args=[])
     sweep.runs_dir, sweep.executor, sweep.ray_address = str(runs_dir), cfg.executor, cfg.ray_address
     sweep.workers, sweep.device = cfg.workers, cfg.device
+    if cfg.seed >= 0:
+        sweep.seeds = [cfg.seed]
 
     # The jobs find datasets by name under PRIVTRANR_DATA_DIR (forwarded to every job, Ray nodes included).
     data_dir = runs_dir / "data"
@@ -113,6 +121,9 @@ def quickstart(cfg: QuickstartConfig, echo: Callable[[str], None] = lambda s: pr
     results = collect(runs_dir)
     write_report(results, out, plots=True, source=str(runs_dir))
     table = summary_table(results)
+    ladder = ladder_rows(results)
+    if ladder:
+        table = f"{table}\n\nutility ladder:\n{ladder_markdown(ladder)}"
     seconds = time.time() - start
     echo(f"\n{table}\n\nreport: {out / 'report.md'} (tables, plots); runs: {runs_dir}; {seconds / 60:.1f} min")
     return {"ok": bool(result and result.ok), "table": table, "report": out / "report.md", "seconds": seconds}

@@ -26,14 +26,16 @@ from typing import Any, Iterable
 import numpy as np
 
 from synther.errors import UserError
-from synther.sweep import BASELINES, dataset_tag
+from synther.sweep import BASELINES, LADDER, dataset_tag
 from synther.utils.io import atomic_path
 
 SCORES = {"last_k": "last_k_mean_normalized_score", "final": "final_normalized_score",
           "best": "best_normalized_score"}
-METHOD_ORDER = ("real", "privtranr") + BASELINES
+METHOD_ORDER = ("real",) + LADDER + ("privtranr",) + BASELINES
 FPRS = ("0.001", "0.01", "0.1")
-_EVAL_NAME = re.compile(r"^(?P<kind>fidelity|mia)-(?P<method>[^-]+)-(?P<dataset>.+)-eps(?P<eps>.+?)-seed(?P<seed>\d+)$")
+_EVAL_NAME = re.compile(
+    r"^(?P<kind>fidelity|mia)-(?P<method>[^-]+)-(?P<dataset>.+?)(?:-eps(?P<eps>[^-]+))?-seed(?P<seed>\d+)$")
+_RUNG = "|".join(LADDER)
 _SEED = re.compile(r"-seed(\d+)$")
 
 
@@ -90,10 +92,14 @@ def _agent_labels(folder: str, summary: dict[str, Any]) -> tuple[str, float | No
     rest = folder[len(prefix):] if folder.startswith(prefix) else ""
     kind = (summary.get("data") or {}).get("kind")
     eps = _float(summary.get("dp_epsilon"))
-    m = re.match(r"^(?:(?P<method>[a-z0-9_]+)-)?(?P<data>eps[^-]+|real|synthetic)-seed(?P<seed>\d+)$", rest)
+    m = re.match(rf"^(?:(?P<method>[a-z0-9_]+)-)?(?P<data>eps[^-]+|real|synthetic|{_RUNG})-seed(?P<seed>\d+)$", rest)
     if m:
         data = m["data"]
-        method = "real" if data == "real" else m["method"] or ("privtranr" if data.startswith("eps") else "synthetic")
+        if data in LADDER:
+            method = data
+        else:
+            method = "real" if data == "real" else m["method"] or ("privtranr" if data.startswith("eps") else
+                                                                   "synthetic")
         if eps is None and data.startswith("eps"):
             eps = _float(data[3:])
         seed = int(m["seed"])
@@ -124,7 +130,8 @@ def _eval_labels(folder: Path, data: dict[str, Any]) -> dict[str, Any] | None:
     'seed' inside mia.json is the attack's, not the sweep's)."""
     m = _EVAL_NAME.match(folder.name)
     if m:
-        return {"dataset": m["dataset"], "method": m["method"], "epsilon": _float(m["eps"]), "seed": int(m["seed"])}
+        return {"dataset": m["dataset"], "method": m["method"], "epsilon": _float(m["eps"]) if m["eps"] else None,
+                "seed": int(m["seed"])}
     if data.get("dataset") is None or data.get("method") is None:
         return None
     return {"dataset": data["dataset"], "method": data["method"], "epsilon": _float(data.get("target_epsilon")),
@@ -200,22 +207,61 @@ def _eps_key(eps: float | None) -> float:
     return -1.0 if eps is None else eps
 
 
+def ratio_ci(synthetic: list[float], real: list[float], draws: int = 4000, level: float = 0.95
+             ) -> tuple[float | None, float | None]:
+    """Percentile bootstrap CI of mean(synthetic) / mean(real), seeds resampled within each side; None where a
+    side has one seed (no spread to resample) or a resampled real mean is 0. A report statistic, not a mechanism:
+    fixed seed, so the report is reproducible."""
+    if len(synthetic) < 2 or len(real) < 2:
+        return None, None
+    rng = np.random.default_rng(0)
+    syn, ref = np.asarray(synthetic, dtype=np.float64), np.asarray(real, dtype=np.float64)
+    syn_means = syn[rng.integers(0, len(syn), (draws, len(syn)))].mean(1)
+    ref_means = ref[rng.integers(0, len(ref), (draws, len(ref)))].mean(1)
+    if (ref_means == 0).any():
+        return None, None
+    low, high = np.quantile(syn_means / ref_means, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
 def utility_rows(res: Results) -> list[dict[str, Any]]:
     groups: dict[tuple, list[AgentRun]] = {}
     for r in res.agents:
         groups.setdefault((r.dataset, r.agent, r.method, r.epsilon), []).append(r)
-    real = {(d, a): _mean_std([r.score for r in runs])[0] for (d, a, m, _), runs in groups.items() if m == "real"}
+    real = {(d, a): [r.score for r in runs] for (d, a, m, _), runs in groups.items() if m == "real"}
     rows = []
     for (dataset, agent, method, eps), runs in sorted(
             groups.items(), key=lambda kv: (kv[0][0], kv[0][1], _method_key(kv[0][2]), _eps_key(kv[0][3]))):
         runs = sorted(runs, key=lambda r: r.seed)
-        mean, std = _mean_std([r.score for r in runs])
-        ref = real.get((dataset, agent))
+        scores = [r.score for r in runs]
+        mean, std = _mean_std(scores)
+        ref_scores = real.get((dataset, agent))
+        ref = _mean_std(ref_scores)[0] if ref_scores else None
+        low, high = ratio_ci(scores, ref_scores or []) if method != "real" else (None, None)
         rows.append({"dataset": dataset, "agent": agent, "method": method, "epsilon": eps, "n_seeds": len(runs),
                      "mean": mean, "std": std, "real_mean": ref,
                      "ratio_to_real": mean / ref if ref not in (None, 0.0) else None,
+                     "ratio_ci_low": low, "ratio_ci_high": high,
                      "seeds": " ".join(str(r.seed) for r in runs)})
     return rows
+
+
+def ladder_rows(res: Results) -> list[dict[str, Any]]:
+    """The utility ladder: per dataset and agent, every rung (real, no-DP fine-tune, public pre-training only,
+    DP fine-tuning at each ε) with its score, ratio to real and fidelity, in the order utility is lost. Empty unless
+    the results hold a ladder rung besides real data and PrivTranR."""
+    if not any(r.method in LADDER for r in res.agents):
+        return []
+    fid = {(r["dataset"], r["method"], r["epsilon"]): r for r in fidelity_rows(res)}
+    rows = []
+    for u in utility_rows(res):
+        if u["method"] not in ("real", "privtranr", *LADDER):
+            continue
+        f = fid.get((u["dataset"], u["method"], u["epsilon"]), {})
+        rows.append({**u, **{k: v for k, v in f.items() if k.endswith(("_mean", "_std")) and k != "n_seeds"},
+                     "fidelity_seeds": f.get("n_seeds")})
+    order = {m: i for i, m in enumerate(("real", "nodp", "privtranr", "public_curiosity", "public"))}
+    return sorted(rows, key=lambda r: (r["dataset"], r["agent"], order[r["method"]], -_eps_key(r["epsilon"])))
 
 
 def _grouped(rows: list[dict[str, Any]]) -> list[tuple[tuple, list[dict[str, Any]]]]:
@@ -308,11 +354,32 @@ def markdown_table(header: list[str], body: Iterable[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _ci(low: float | None, high: float | None) -> str:
+    return "—" if low is None else f"[{low:.2f}, {high:.2f}]"
+
+
 def utility_markdown(rows: list[dict[str, Any]]) -> str:
     return markdown_table(
-        ["dataset", "agent", "method", "ε", "seeds", "normalized score (mean ± std)", "real", "ratio to real"],
+        ["dataset", "agent", "method", "ε", "seeds", "normalized score (mean ± std)", "real", "ratio to real",
+         "ratio 95% CI"],
         ([r["dataset"], r["agent"], r["method"], _eps(r["epsilon"]), str(r["n_seeds"]), _pm(r["mean"], r["std"], 1),
-          _fmt(r["real_mean"], 1), _fmt(r["ratio_to_real"], 3)] for r in rows))
+          _fmt(r["real_mean"], 1), _fmt(r["ratio_to_real"], 3), _ci(r["ratio_ci_low"], r["ratio_ci_high"])]
+         for r in rows))
+
+
+LADDER_NAMES = {"real": "real data", "nodp": "fine-tuned without DP", "public": "public pre-training only",
+                "public_curiosity": "public pre-training only (curiosity)", "privtranr": "DP fine-tuned"}
+
+
+def ladder_markdown(rows: list[dict[str, Any]]) -> str:
+    return markdown_table(
+        ["dataset", "agent", "rung", "ε", "seeds", "score (mean ± std)", "ratio to real", "ratio 95% CI", "marginal",
+         "correlation", "NMSE s′", "NMSE r"],
+        ([r["dataset"], r["agent"], LADDER_NAMES[r["method"]], _eps(r["epsilon"]), str(r["n_seeds"]),
+          _pm(r["mean"], r["std"], 1), _fmt(r["ratio_to_real"], 3), _ci(r["ratio_ci_low"], r["ratio_ci_high"]),
+          _pm(r.get("marginal_mean"), r.get("marginal_std"), 3), _pm(r.get("correlation_mean"), r.get("correlation_std"), 3),
+          _pm(r.get("dynamics_next_obs_nmse_mean"), r.get("dynamics_next_obs_nmse_std"), 3),
+          _pm(r.get("dynamics_reward_nmse_mean"), r.get("dynamics_reward_nmse_std"), 3)] for r in rows))
 
 
 def fidelity_markdown(rows: list[dict[str, Any]]) -> str:
@@ -404,6 +471,8 @@ def plot_utility(rows: list[dict[str, Any]], out: Path) -> list[Path]:
                 if pts:
                     ax.errorbar([r["epsilon"] for r in pts], [r["mean"] for r in pts],
                                 yerr=[r["std"] or 0.0 for r in pts], marker="o", capsize=3, label=method)
+            for k, r in enumerate(sorted((r for r in sub if r["method"] in LADDER), key=lambda r: _method_key(r["method"]))):
+                ax.axhline(r["mean"], color=f"C{5 + k}", linestyle=":", label=r["method"])  # rungs without ε
             real = next((r for r in sub if r["method"] == "real"), None)
             if real is not None:
                 ax.axhline(real["mean"], color="black", linestyle="--", label="real data")
@@ -485,13 +554,15 @@ def plot_fidelity(rows: list[dict[str, Any]], out: Path) -> list[Path]:
 
 # --- the report -------------------------------------------------------------------------------------------------
 UTILITY_COLUMNS = ["dataset", "agent", "method", "epsilon", "n_seeds", "mean", "std", "real_mean", "ratio_to_real",
-                   "seeds"]
+                   "ratio_ci_low", "ratio_ci_high", "seeds"]
 FIDELITY_COLUMNS = ["dataset", "method", "epsilon", "n_seeds", "marginal_mean", "marginal_std", "correlation_mean",
                     "correlation_std", "dynamics_next_obs_nmse_mean", "dynamics_next_obs_nmse_std",
                     "dynamics_reward_nmse_mean", "dynamics_reward_nmse_std"]
 MIA_COLUMNS = ["dataset", "method", "epsilon", "n_seeds", "auc_mean", "auc_std", "auc_ci_low", "auc_ci_high",
                *(f"tpr_at_fpr_{f}" for f in FPRS), "accountant_epsilon", "audit_epsilon_lower_bound",
                "audit_accountant_epsilon", "audit_max_attainable_bound"]
+LADDER_COLUMNS = UTILITY_COLUMNS[:-1] + [c for c in FIDELITY_COLUMNS if c.endswith(("_mean", "_std"))] + [
+    "fidelity_seeds", "seeds"]
 LEDGER_COLUMNS = ["dataset", "method", "epsilon", "seed", "epsilon_spent", "delta", "epsilon_replace_one", "delta_total",
                   "noise_multiplier", "sample_rate", "steps", "accountant", "run_dir"]
 
@@ -503,6 +574,7 @@ def write_report(res: Results, out_dir: str | Path, plots: bool = True, score: s
     out.mkdir(parents=True, exist_ok=True)
     tables = {
         "utility": (utility_rows(res), UTILITY_COLUMNS, utility_markdown, "Utility"),
+        "ladder": (ladder_rows(res), LADDER_COLUMNS, ladder_markdown, "Utility ladder"),
         "fidelity": (fidelity_rows(res), FIDELITY_COLUMNS, fidelity_markdown, "Fidelity"),
         "mia": (mia_rows(res), MIA_COLUMNS, mia_markdown, "Membership inference"),
         "ledger": (ledger_rows(res), LEDGER_COLUMNS, ledger_markdown, "Privacy ledger"),
@@ -511,7 +583,12 @@ def write_report(res: Results, out_dir: str | Path, plots: bool = True, score: s
     sections = [f"# Results{' of ' + source if source else ''}", ""]
     notes = {
         "utility": f"Normalized score per run: {SCORES[score]}; mean ± sample std (n − 1) over seeds; real = the same "
-                   "agent on the real dataset (mean over its seeds); ratio = mean / real.",
+                   "agent on the real dataset (mean over its seeds); ratio = mean / real, with a percentile bootstrap "
+                   "95% CI (seeds resampled on both sides; — with one seed).",
+        "ladder": "Where utility is lost, one rung per row under the same agent budget and seeds: real data; the "
+                  "diffusion model fine-tuned on the sensitive data without DP (an upper bound, not private); DP "
+                  "fine-tuning at each ε; the public pre-trained model alone (with curiosity-driven pre-training, and "
+                  "without). Fidelity of each rung's samples beside its score.",
         "fidelity": "Marginal = mean over columns of 1 − KS; correlation = mean over column pairs of "
                     "1 − |ρ_real − ρ_syn| / 2; dynamics NMSE: 0 = simulator-consistent. Mean ± std over seeds.",
         "mia": "Loss attack on the fine-tuned model: AUC mean ± std over seeds, its bootstrap CI (mean over seeds), "
@@ -528,6 +605,8 @@ def write_report(res: Results, out_dir: str | Path, plots: bool = True, score: s
         plot_paths["learning_curves"] = plot_learning_curves(res, out)
         plot_paths["fidelity"] = plot_fidelity(tables["fidelity"][0], out)
     for name, (rows, columns, to_md, title) in tables.items():
+        if name == "ladder" and not rows:
+            continue  # only sweeps with ladder rungs have one
         md = to_md(rows) if rows else "(no results)"
         _write_text(out / f"{name}.md", md + "\n")
         write_csv(out / f"{name}.csv", rows, columns)

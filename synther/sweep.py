@@ -19,12 +19,15 @@ script resumes from its own checkpoint) and the same under any executor. Its std
 (`runs_dir`, default $PRIVTRANR_RUNS_DIR or runs/):
 
     diffusion/pretrain-<public a+b+c>-seed<s>/
+    diffusion/pretrain-<public a+b+c>[-curiosity]-seed<s>/ (+ samples.npz for the ladder's public rungs)
     diffusion/finetune-<dataset>-eps<ε>-seed<s>/          checkpoint.pt, ledger.json, samples.npz, samples.json
+    diffusion/finetune-<dataset>-nodp-seed<s>/            the ladder's non-private fine-tune (NOT a private release)
     baselines/<method>-<dataset>-eps<ε>-seed<s>/          samples.npz, samples.json
     agents/<algorithm>-<dataset>-eps<ε>-seed<s>/          on PrivTranR's samples (the agent scripts' default name)
     agents/<algorithm>-<dataset>-<method>-eps<ε>-seed<s>/ trained on a baseline's samples
     agents/<algorithm>-<dataset>-real-seed<s>/            the real-data reference
-    evaluation/fidelity-<method>-<dataset>-eps<ε>-seed<s>/fidelity.json
+    agents/<algorithm>-<dataset>-<rung>-seed<s>/          a ladder rung's samples (nodp, public, public_curiosity)
+    evaluation/fidelity-<method>-<dataset>[-eps<ε>]-seed<s>/fidelity.json
     evaluation/mia-privtranr-<dataset>-eps<ε>-seed<s>/mia.json (+ audit.json)
     sweep_state.json                                       every job's last status, exit code, log tail, attempts
 
@@ -57,7 +60,12 @@ from synther.utils.io import atomic_write_json
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("pretrain", "finetune", "sample", "baseline", "agent", "fidelity", "mia")
 BASELINES = ("mst", "aim", "dpctgan", "patectgan")
-METHODS = ("privtranr",) + BASELINES
+# the utility ladder's rungs besides real data and DP fine-tuning, none of them private release methods:
+#   nodp              the diffusion model fine-tuned on the sensitive data WITHOUT DP (SynthER's upper bound)
+#   public            the pre-trained model alone, never shown the sensitive data
+#   public_curiosity  the same with curiosity-driven pre-training
+LADDER = ("nodp", "public", "public_curiosity")
+METHODS = ("privtranr",) + LADDER + BASELINES
 EVALUATIONS = ("fidelity", "mia")
 # finished = the job will not be run again; failed/blocked/interrupted = it will on the next run
 SUCCESS = ("done", "skipped")
@@ -120,7 +128,7 @@ class SweepConfig:
     datasets: list[str] = field(default_factory=lambda: ["ptr-maze2d-medium-dense-v0"])  # sensitive datasets (registry names or paths)
     public: dict[str, list[str]] = field(default_factory=dict)  # sensitive dataset -> its public datasets, overriding the pairs file
     pairs: str = "config/diffusion/pairs.yaml"  # default public datasets of each sensitive dataset
-    methods: list[str] = field(default_factory=lambda: ["privtranr"])  # privtranr and/or baselines: mst, aim, dpctgan, patectgan
+    methods: list[str] = field(default_factory=lambda: ["privtranr"])  # privtranr, baselines (mst, aim, dpctgan, patectgan) and/or the utility ladder's non-private rungs: nodp (fine-tuned without DP), public (pre-trained only), public_curiosity
     epsilons: list[float] = field(default_factory=lambda: [1.0, 5.0, 10.0, 15.0, 20.0])  # target ε values
     delta: float = 1e-6  # target δ of every method
     seeds: list[int] = field(default_factory=lambda: [0])  # seeds: diffusion/baseline seed s feeds the agents of seed s
@@ -244,12 +252,16 @@ def _res(cfg: SweepConfig, kind: str) -> dict[str, Any]:
 def agent_run_name(algorithm: str, dataset: str, seed: int, method: str = "privtranr",
                    epsilon: float | None = None) -> str:
     """Agent folder name: the agent scripts' default (<algo>-<dataset>-eps<ε>|real-seed<s>) for PrivTranR and real
-    data; baselines put their method before ε so they never collide with PrivTranR's runs."""
-    if epsilon is None:
+    data (method 'real'); baselines put their method before ε so they never collide with PrivTranR's runs; a
+    ladder rung without ε is named by itself."""
+    if method == "real":
         data = "real"
+    elif epsilon is None:
+        data = method
     else:
         data = eps_tag(epsilon) if method == "privtranr" else f"{method}-{eps_tag(epsilon)}"
     return f"{algorithm}-{dataset_tag(dataset)}-{data}-seed{seed}"
+
 
 
 def agent_job(*, algorithm: str, dataset: str, seed: int, agents_dir: Path, python: str, config_dir: Path,
@@ -260,7 +272,7 @@ def agent_job(*, algorithm: str, dataset: str, seed: int, agents_dir: Path, pyth
     """One agent run: real data when `samples` is None, else ONLY the samples (ε recorded in its summary)."""
     if algorithm not in ALGORITHMS:
         raise UserError(f"unknown agent '{algorithm}' (choose from: {', '.join(ALGORITHMS)})")
-    name = agent_run_name(algorithm, dataset, seed, method, epsilon if samples is not None else None)
+    name = agent_run_name(algorithm, dataset, seed, method if samples is not None else "real", epsilon)
     cmd = [python, str(ROOT / "MuJoCo" / f"{algorithm}.py")]
     yaml_path = config_dir / algorithm / f"{dataset_tag(dataset)}.yaml"
     if yaml_path.exists():
@@ -287,6 +299,9 @@ def _validate(cfg: SweepConfig) -> None:
     for m in cfg.methods:
         if m not in METHODS:
             raise UserError(f"methods: unknown method '{m}' (choose from: {', '.join(METHODS)})")
+    if any(m in LADDER for m in cfg.methods) and not set(cfg.methods) - set(LADDER):
+        raise UserError("methods: the ladder rungs (nodp, public, public_curiosity) are references for a private "
+                        "method: add privtranr or a baseline")
     for a in cfg.agents:
         if a not in ALGORITHMS:
             raise UserError(f"agents: unknown agent '{a}' (choose from: {', '.join(ALGORITHMS)})")
@@ -298,7 +313,7 @@ def _validate(cfg: SweepConfig) -> None:
             raise UserError(f"epsilons: every ε must be positive and finite, got {eps}")
     if not 0 < cfg.delta < 1:
         raise UserError(f"delta must be in (0, 1), got {cfg.delta}")
-    if cfg.methods and not cfg.epsilons:
+    if set(cfg.methods) - set(LADDER) and not cfg.epsilons:
         raise UserError("epsilons: give at least one ε (or no methods)")
     if not cfg.seeds:
         raise UserError("seeds: give at least one seed")
@@ -339,7 +354,7 @@ def plan(cfg: SweepConfig) -> list[Job]:
 
     diffusion_config = resolve_repo_path(cfg.diffusion_config)
     privtranr = "privtranr" in cfg.methods
-    if privtranr and not diffusion_config.exists():
+    if {"privtranr", *LADDER} & set(cfg.methods) and not diffusion_config.exists():
         raise UserError(f"diffusion_config: {cfg.diffusion_config} not found")
     # baselines take their bin edges and bounds from the same public sets PrivTranR pre-trains on
     public = public_sets(cfg) if cfg.methods else {}
@@ -352,40 +367,57 @@ def plan(cfg: SweepConfig) -> list[Job]:
                       n_episodes=budgets.agent_n_episodes, sample_limit=budgets.agent_sample_limit, device=cfg.device,
                       progress=cfg.progress, extra=_extra(cfg, "agent"), **_res(cfg, "agent"))
 
+    def pretrain_job(pre_dir: Path, flags: list[str], ds: str, seed: int) -> Job:
+        return Job(f"pretrain/{pre_dir.name}", "pretrain", pre_dir, [
+            py, _diffusion_script(), *_common_diffusion(cfg, diffusion_config), "--mode", "pretrain",
+            "--public_datasets", ",".join(public[ds]), "--seed", str(seed), "--run_dir", str(pre_dir),
+            "--train.epochs", f"{budgets.pretrain_epochs:g}", *flags, *_extra(cfg, "pretrain")],
+            [], outputs=("checkpoint.pt",), labels={"public": public[ds], "seed": seed}, **_res(cfg, "pretrain"))
+
+    def sample_job(model_dir: Path, out_dir: Path, dep: str, labels: dict[str, Any]) -> Job:
+        return Job(f"sample/{out_dir.name}", "sample", out_dir, [
+            py, _diffusion_script(), *_common_diffusion(cfg, diffusion_config), "--mode", "sample",
+            "--load_checkpoint", str(model_dir / "checkpoint.pt"), *num_samples, "--seed", str(labels["seed"]),
+            "--run_dir", str(out_dir), *_extra(cfg, "sample")],
+            [dep], outputs=("samples.npz",), labels=labels, **_res(cfg, "sample"))
+
     for seed in cfg.seeds:
         for ds in cfg.datasets:
             tag = dataset_tag(ds)
             sources = []  # (method, ε, samples path, id of the job that writes them)
-            if privtranr:
+            if privtranr or {"nodp", "public"} & set(cfg.methods):
                 pre_dir = dirs["diffusion"] / f"pretrain-{'+'.join(Path(p).stem for p in public[ds])}-seed{seed}"
-                pre = add(Job(f"pretrain/{pre_dir.name}", "pretrain", pre_dir, [
-                    py, _diffusion_script(), *_common_diffusion(cfg, diffusion_config), "--mode", "pretrain",
-                    "--public_datasets", ",".join(public[ds]), "--seed", str(seed), "--run_dir", str(pre_dir),
-                    "--train.epochs", f"{budgets.pretrain_epochs:g}", *_extra(cfg, "pretrain")],
-                    [], outputs=("checkpoint.pt",), labels={"public": public[ds], "seed": seed},
-                    **_res(cfg, "pretrain")))
-                for eps in cfg.epsilons:
-                    ft_dir = dirs["diffusion"] / f"finetune-{tag}-{eps_tag(eps)}-seed{seed}"
-                    labels = {"dataset": ds, "method": "privtranr", "epsilon": eps, "seed": seed}
-                    ft = add(Job(f"finetune/{ft_dir.name}", "finetune", ft_dir, [
-                        py, _diffusion_script(), *_common_diffusion(cfg, diffusion_config), "--mode", "finetune",
-                        "--dataset", _dataset_arg(ds), "--dp.epsilon", f"{eps:g}", "--dp.delta", f"{cfg.delta:g}",
-                        "--load_checkpoint", str(pre_dir / "checkpoint.pt"), "--seed", str(seed),
-                        "--run_dir", str(ft_dir), "--train.epochs", f"{budgets.finetune_epochs:g}",
-                        *_extra(cfg, "finetune")], [pre.id], outputs=("checkpoint.pt",), labels=labels,
-                        **_res(cfg, "finetune")))
-                    sm = add(Job(f"sample/{ft_dir.name}", "sample", ft_dir, [
-                        py, _diffusion_script(), *_common_diffusion(cfg, diffusion_config), "--mode", "sample",
-                        "--load_checkpoint", str(ft_dir / "checkpoint.pt"), *num_samples, "--seed", str(seed),
-                        "--run_dir", str(ft_dir), *_extra(cfg, "sample")],
-                        [ft.id], outputs=("samples.npz",), labels=labels, **_res(cfg, "sample")))
-                    sources.append(("privtranr", eps, ft_dir / "samples.npz", sm.id))
-                    if "mia" in cfg.evaluations:
-                        mia_dir = dirs["evaluation"] / f"mia-privtranr-{tag}-{eps_tag(eps)}-seed{seed}"
-                        add(Job(f"mia/{mia_dir.name}", "mia", mia_dir, [
-                            py, str(ROOT / "MuJoCo" / "mia.py"), "--checkpoint", str(ft_dir / "checkpoint.pt"),
-                            "--out_dir", str(mia_dir), "--audit", str(cfg.mia_audit).lower(), *_extra(cfg, "mia")],
-                            [ft.id], outputs=("mia.json",), labels=labels, **_res(cfg, "mia")))
+                pre = add(pretrain_job(pre_dir, [], ds, seed))
+            if "public_curiosity" in cfg.methods:
+                cur_dir = dirs["diffusion"] / f"pretrain-{'+'.join(Path(p).stem for p in public[ds])}-curiosity-seed{seed}"
+                cur = add(pretrain_job(cur_dir, ["--curiosity.mode", "reweight"], ds, seed))
+            for method in (m for m in ("public", "public_curiosity") if m in cfg.methods):
+                src_dir, src = (pre_dir, pre) if method == "public" else (cur_dir, cur)
+                sm = add(sample_job(src_dir, src_dir, src.id, {"dataset": ds, "method": method, "epsilon": None,
+                                                               "seed": seed}))
+                sources.append((method, None, src_dir / "samples.npz", sm.id))
+            for method, eps in ([("nodp", None)] if "nodp" in cfg.methods else []) + \
+                    ([("privtranr", e) for e in cfg.epsilons] if privtranr else []):
+                private = method == "privtranr"
+                ft_dir = dirs["diffusion"] / f"finetune-{tag}-{eps_tag(eps) if private else 'nodp'}-seed{seed}"
+                labels = {"dataset": ds, "method": method, "epsilon": eps, "seed": seed}
+                privacy = ["--dp.epsilon", f"{eps:g}", "--dp.delta", f"{cfg.delta:g}"] if private else \
+                    ["--dp.enabled", "false"]
+                ft = add(Job(f"finetune/{ft_dir.name}", "finetune", ft_dir, [
+                    py, _diffusion_script(), *_common_diffusion(cfg, diffusion_config), "--mode", "finetune",
+                    "--dataset", _dataset_arg(ds), *privacy,
+                    "--load_checkpoint", str(pre_dir / "checkpoint.pt"), "--seed", str(seed),
+                    "--run_dir", str(ft_dir), "--train.epochs", f"{budgets.finetune_epochs:g}",
+                    *_extra(cfg, "finetune")], [pre.id], outputs=("checkpoint.pt",), labels=labels,
+                    **_res(cfg, "finetune")))
+                sm = add(sample_job(ft_dir, ft_dir, ft.id, labels))
+                sources.append((method, eps, ft_dir / "samples.npz", sm.id))
+                if "mia" in cfg.evaluations and private:
+                    mia_dir = dirs["evaluation"] / f"mia-privtranr-{tag}-{eps_tag(eps)}-seed{seed}"
+                    add(Job(f"mia/{mia_dir.name}", "mia", mia_dir, [
+                        py, str(ROOT / "MuJoCo" / "mia.py"), "--checkpoint", str(ft_dir / "checkpoint.pt"),
+                        "--out_dir", str(mia_dir), "--audit", str(cfg.mia_audit).lower(), *_extra(cfg, "mia")],
+                        [ft.id], outputs=("mia.json",), labels=labels, **_res(cfg, "mia")))
             for method in (m for m in cfg.methods if m in BASELINES):
                 for eps in cfg.epsilons:
                     b_dir = dirs["baselines"] / f"{method}-{tag}-{eps_tag(eps)}-seed{seed}"
@@ -401,7 +433,8 @@ def plan(cfg: SweepConfig) -> list[Job]:
             for method, eps, samples, source_id in sources:
                 labels = {"dataset": ds, "method": method, "epsilon": eps, "seed": seed}
                 if "fidelity" in cfg.evaluations:
-                    f_dir = dirs["evaluation"] / f"fidelity-{method}-{tag}-{eps_tag(eps)}-seed{seed}"
+                    eps_part = "" if eps is None else f"-{eps_tag(eps)}"  # ladder rungs have no ε
+                    f_dir = dirs["evaluation"] / f"fidelity-{method}-{tag}{eps_part}-seed{seed}"
                     add(Job(f"fidelity/{f_dir.name}", "fidelity", f_dir, [
                         py, str(ROOT / "MuJoCo" / "marginal.py"), "--real", _dataset_arg(ds), "--synthetic",
                         str(samples), "--out_dir", str(f_dir), "--dynamics", str(cfg.fidelity_dynamics).lower(),

@@ -147,3 +147,40 @@ def test_report_script(runs, tmp_path):
     assert_user_error(run_script("report.py", "--runs_dir", str(tmp_path / "empty")), "no results found")
     assert_user_error(run_script("report.py", "--runs_dir", str(tmp_path / "nope")), "runs folder not found")
     assert_user_error(run_script("report.py", "--runs_dir", str(runs), "--score", "median"), "score must be one of")
+
+
+def test_ladder_rungs_are_labelled_from_their_folders_and_tabled_in_loss_order(runs, tmp_path):
+    for seed, score in enumerate((70.0, 90.0)):
+        _agent(runs, f"td3_bc-{D}-nodp-seed{seed}", "td3_bc", seed, score, None, "synthetic")
+        _agent(runs, f"td3_bc-{D}-public-seed{seed}", "td3_bc", seed, score / 10, None, "synthetic")
+        _write(runs / "evaluation" / f"fidelity-nodp-{D}-seed{seed}" / "fidelity.json",
+               {"marginal_score": 0.96 + seed / 100, "correlation_score": 0.99,
+                "dynamics": {"next_obs_nmse": 0.004, "reward_nmse": 0.02}})
+    res = collect(runs)
+    nodp = [f for f in res.fidelity if f["method"] == "nodp"]
+    assert len(nodp) == 2 and all(f["epsilon"] is None and f["dataset"] == D for f in nodp)
+    out = write_report(res, tmp_path / "report", plots=False)
+    rows = [r for r in _csv(out["ladder.csv"]) if r["agent"] == "td3_bc"]
+    assert [(r["method"], r["epsilon"]) for r in rows] == [("real", ""), ("nodp", ""), ("privtranr", "10.0"),
+                                                          ("privtranr", "1.0"), ("public", "")]
+    nodp_row = rows[1]
+    assert float(nodp_row["mean"]) == 80.0 and float(nodp_row["ratio_to_real"]) == pytest.approx(80 / 90)
+    assert float(nodp_row["marginal_mean"]) == pytest.approx(0.965) and nodp_row["fidelity_seeds"] == "2"
+    assert "fine-tuned without DP" in (tmp_path / "report" / "ladder.md").read_text()
+    assert "## Utility ladder" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_no_ladder_section_without_ladder_rungs(runs, tmp_path):
+    out = write_report(collect(runs), tmp_path / "report", plots=False)
+    assert "ladder.md" not in out and "Utility ladder" not in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_ratio_ci_brackets_the_ratio_and_needs_two_seeds_a_side():
+    from synther.report import ratio_ci
+
+    low, high = ratio_ci([10.0, 20.0, 30.0], [80.0, 100.0])
+    assert low < 20 / 90 < high
+    assert 10 / 100 <= low and high <= 30 / 80  # within the extreme resamples
+    assert ratio_ci([10.0, 20.0, 30.0], [80.0, 100.0], level=0.5)[1] < high  # a narrower level, a narrower interval
+    assert ratio_ci([10.0], [80.0, 100.0]) == (None, None) and ratio_ci([1.0, 2.0], [5.0]) == (None, None)
+    assert ratio_ci([5.0, 5.0], [10.0, 10.0]) == (0.5, 0.5)  # no spread: a point

@@ -90,13 +90,32 @@ def test_grid_expansion_counts_dependencies_and_commands(tmp_path):
         plan(SweepConfig(methods=["aim"], runs_dir=str(tmp_path)))
 
 
+def test_ladder_rungs_plan_their_own_models_samples_and_agents(tmp_path):
+    cfg = SweepConfig(datasets=[MEDIUM], methods=["privtranr", "nodp", "public", "public_curiosity"], epsilons=[10.0],
+                      agents=["td3_bc"], evaluations=["fidelity", "mia"], runs_dir=str(tmp_path))
+    jobs = {j.id: j for j in plan(cfg)}
+    nodp = jobs[f"finetune/finetune-{MEDIUM}-nodp-seed0"]
+    assert nodp.command[nodp.command.index("--dp.enabled") + 1] == "false" and "--dp.epsilon" not in nodp.command
+    assert not any(i.startswith("mia/") and "nodp" in i for i in jobs)  # MIA only for private releases
+    curious = [j for i, j in jobs.items() if i.startswith("pretrain/") and "curiosity" in i]
+    assert len(curious) == 1 and "reweight" in curious[0].command
+    for rung in ("nodp", "public", "public_curiosity"):
+        agent = jobs[f"agent/td3_bc-{MEDIUM}-{rung}-seed0"]
+        samples = agent.command[agent.command.index("--diffusion.path") + 1]
+        assert "--dp_epsilon" not in agent.command and samples.endswith("samples.npz")
+        assert any(jobs[d].kind == "sample" and str(jobs[d].run_dir / "samples.npz") == samples for d in agent.deps)
+        assert f"fidelity/fidelity-{rung}-{MEDIUM}-seed0" in jobs
+    with pytest.raises(UserError, match="ladder rungs"):
+        plan(SweepConfig(datasets=[MEDIUM], methods=["nodp"], runs_dir=str(tmp_path)))
+
+
 def test_agent_folder_names_match_the_agent_scripts():
     from synther.agents.trainer import DiffusionSource, TrainConfig, run_name
 
     for eps in (None, 2.5, 10.0):
         cfg = TrainConfig(dataset=MEDIUM, seed=3, dp_epsilon=-1 if eps is None else eps,
                           diffusion=DiffusionSource(path="" if eps is None else "s.npz"))
-        assert agent_run_name("iql", MEDIUM, 3, epsilon=eps) == run_name(cfg, "iql")
+        assert agent_run_name("iql", MEDIUM, 3, "real" if eps is None else "privtranr", eps) == run_name(cfg, "iql")
     assert agent_run_name("iql", MEDIUM, 3, "aim", 10.0) == f"iql-{MEDIUM}-aim-eps10-seed3"
 
 
