@@ -56,6 +56,7 @@ import yaml
 from synther.agents import ALGORITHMS
 from synther.errors import UserError
 from synther.utils.io import atomic_write_json
+from synther.utils.locks import FolderLock
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("pretrain", "finetune", "sample", "baseline", "agent", "fidelity", "mia")
@@ -385,11 +386,12 @@ def plan(cfg: SweepConfig) -> list[Job]:
         for ds in cfg.datasets:
             tag = dataset_tag(ds)
             sources = []  # (method, ε, samples path, id of the job that writes them)
+            public_tag = "+".join(Path(p).stem for p in public.get(ds, []))
             if privtranr or {"nodp", "public"} & set(cfg.methods):
-                pre_dir = dirs["diffusion"] / f"pretrain-{'+'.join(Path(p).stem for p in public[ds])}-seed{seed}"
+                pre_dir = dirs["diffusion"] / f"pretrain-{public_tag}-seed{seed}"
                 pre = add(pretrain_job(pre_dir, [], ds, seed))
             if "public_curiosity" in cfg.methods:
-                cur_dir = dirs["diffusion"] / f"pretrain-{'+'.join(Path(p).stem for p in public[ds])}-curiosity-seed{seed}"
+                cur_dir = dirs["diffusion"] / f"pretrain-{public_tag}-curiosity-seed{seed}"
                 cur = add(pretrain_job(cur_dir, ["--curiosity.mode", "reweight"], ds, seed))
             for method in (m for m in ("public", "public_curiosity") if m in cfg.methods):
                 src_dir, src = (pre_dir, pre) if method == "public" else (cur_dir, cur)
@@ -522,8 +524,24 @@ def _start_process(command: list[str], log: Path, env: dict[str, str]) -> tuple[
     f.flush()
     # own session: Ctrl-C in the terminal reaches the driver only, which then stops each job's process group
     proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=ROOT,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_die_with(os.getpid()))
     return proc, f
+
+
+def _die_with(driver_pid: int) -> Callable[[], None]:
+    """In the child before exec (Linux): ask for SIGTERM when the driver dies, kill -9 included, so a job never runs
+    on as an orphan in a folder a re-run will use; if the driver is already gone, exit at once."""
+    def arm() -> None:
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # not Linux: the run-folder locks still refuse a second writer
+            return
+        if os.getppid() != driver_pid:
+            os._exit(1)
+
+    return arm
 
 
 def _stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
@@ -790,47 +808,6 @@ class SweepResult:
         return all(s in SUCCESS for s in self.status.values())
 
 
-class _Lock:
-    """One driver per sweep root: two would run the same jobs into the same folders."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> "_Lock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = f"{socket.gethostname()} {os.getpid()}"
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                os.write(fd, me.encode())
-                os.close(fd)
-                return self
-            except FileExistsError:
-                try:
-                    host, pid = self.path.read_text().split()
-                except (OSError, ValueError):
-                    host, pid = "", "0"
-                if host == socket.gethostname() and not _alive(int(pid)):
-                    self.path.unlink(missing_ok=True)  # left by a killed driver
-                    continue
-                raise UserError(f"another sweep driver ({host} pid {pid}) is running on {self.path.parent}; "
-                                f"wait for it, or delete {self.path} if it is gone") from None
-        raise UserError(f"could not take the sweep lock {self.path}")
-
-    def __exit__(self, *exc: Any) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
 def _short(job: Job) -> str:
     return f"{job.kind:<8} {job.id.split('/', 1)[-1]}"
 
@@ -846,7 +823,7 @@ def run_jobs(jobs: list[Job], executor: Executor, state_path: Path, name: str = 
     n = len(order)
     status: dict[str, str] = {}
     notes: dict[str, str] = {}
-    with _Lock(state_path.parent / ".sweep.lock"):
+    with FolderLock(state_path.parent, ".sweep.lock", what="sweep root"):  # one driver per sweep root
         state = SweepState(state_path, name)
         finished = 0
 

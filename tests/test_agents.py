@@ -181,8 +181,8 @@ def test_training_writes_run_folder_and_summary_then_skips(umaze_registered, tmp
     summary = train(cfg, agent_class)
     out = tmp_path / "runs" / f"td3_bc-{UMAZE}-real-seed0"
     assert Path(summary["run_dir"]) == out == run_dir(cfg, "td3_bc")
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml", "eval.jsonl", "metrics.jsonl",
-                                                     "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "checkpoint.pt", "config.yaml", "eval.jsonl",
+                                                     "metrics.jsonl", "summary.json"]
     evals = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals] == [20, 40, 60]
     scores = [e["normalized_score"] for e in evals]

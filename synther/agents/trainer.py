@@ -15,6 +15,7 @@ data -> `max_timesteps` updates, evaluating every `eval_freq` -> run folder with
 A run whose summary.json exists is skipped (unless --overwrite true), so sweeps can be re-run.
 """
 import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -35,6 +36,7 @@ from synther.cli import parse
 from synther.errors import UserError
 from synther.utils.device import resolve_device
 from synther.utils.io import atomic_path, atomic_write_json
+from synther.utils.locks import FolderLock
 from synther.utils.provenance import package_versions
 
 CHECKPOINT = "checkpoint.pt"
@@ -213,13 +215,21 @@ def normalization_note(data_kind: str, source: str, normalize: bool, reward_scal
 def train(cfg: TrainConfig, agent_class: type[Agent]) -> dict[str, Any]:
     """Train `agent_class` as configured; returns the summary (also written to <run folder>/summary.json)."""
     cfg = _check(cfg)
+    out = run_dir(cfg, agent_class.name)
+    with FolderLock(out):  # a second process on the same folder is refused, not interleaved
+        return _train(cfg, agent_class, out)
+
+
+def _run_key(cfg_dict: dict[str, Any], data_sha256: str) -> str:
+    """What a finished or checkpointed run must match to be reused: its configuration and its data's content."""
+    return hashlib.sha256(json.dumps([_comparable(cfg_dict), data_sha256], sort_keys=True,
+                                     default=str).encode()).hexdigest()[:16]
+
+
+def _train(cfg: TrainConfig, agent_class: type[Agent], out: Path) -> dict[str, Any]:
     algorithm = agent_class.name
-    out = run_dir(cfg, algorithm)
     summary_path = out / "summary.json"
-    if summary_path.exists() and not cfg.overwrite:
-        print(f"{out}: finished run found (summary.json); skipped (pass --overwrite true to re-run)")
-        return json.loads(summary_path.read_text())
-    if cfg.overwrite and out.exists():
+    if cfg.overwrite:
         for name in ("summary.json", "eval.jsonl", "metrics.jsonl", CHECKPOINT, "config.yaml"):
             (out / name).unlink(missing_ok=True)
 
@@ -230,6 +240,15 @@ def train(cfg: TrainConfig, agent_class: type[Agent]) -> dict[str, Any]:
     seed_everything(cfg.seed)
     data = load_training_data(cfg.dataset, cfg.diffusion.path, cfg.diffusion.sample_limit,
                               cfg.diffusion.num_samples, cfg.diffusion.num_steps, cfg.seed, cfg.device)
+    cfg_dict = asdict(cfg)
+    run_key = _run_key(cfg_dict, data.dataset.content_sha256())
+    if summary_path.exists():
+        summary = _read_summary(summary_path)
+        if summary.get("run_key") not in (None, run_key):
+            raise UserError(f"{out} holds a finished run of another configuration or other data; pass --overwrite "
+                            "true to replace it, or --name for another run folder")
+        print(f"{out}: finished run found (summary.json); skipped (pass --overwrite true to re-run)")
+        return summary
     env = target.make_env(cfg.eval_max_episode_steps)
     obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
     check_dimensions(data.dataset, obs_dim, action_dim, target.dataset)
@@ -244,15 +263,18 @@ def train(cfg: TrainConfig, agent_class: type[Agent]) -> dict[str, Any]:
         for module in agent.modules():
             module.compile()
 
-    out.mkdir(parents=True, exist_ok=True)
-    cfg_dict = asdict(cfg)
     evals_log, metrics_log = _JsonLines(out / "eval.jsonl"), _JsonLines(out / "metrics.jsonl")
     evals: list[dict[str, Any]] = []
     start, elapsed_train = 0, 0.0
     ckpt_path = out / CHECKPOINT
     if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if state.get("format") != CHECKPOINT_FORMAT or _comparable(state["config"]) != _comparable(cfg_dict):
+        try:
+            state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        except Exception as e:  # truncated or foreign file: torch raises several types
+            raise UserError(f"{ckpt_path} is unreadable ({type(e).__name__}): pass --overwrite true to start this "
+                            "run over") from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT \
+                or state.get("run_key", run_key) != run_key or _comparable(state["config"]) != _comparable(cfg_dict):
             raise UserError(f"{out} holds a checkpoint of a different run configuration; pass --overwrite true "
                             "to start over or --name for another run folder")
         agent.load_state_dict(state["agent"])
@@ -273,6 +295,7 @@ def train(cfg: TrainConfig, agent_class: type[Agent]) -> dict[str, Any]:
         if not cfg.save_checkpoints:
             return
         state = {"format": CHECKPOINT_FORMAT, "algorithm": algorithm, "step": step, "config": cfg_dict,
+                 "run_key": run_key,
                  "agent": agent.state_dict(), "evals": evals, "train_seconds": elapsed_train,
                  "buffer_rng": buffer.rng_state(), "torch_rng": torch.get_rng_state(),
                  "numpy_rng": np.random.get_state(), "state_mean": buffer.state_mean, "state_std": buffer.state_std}
@@ -307,6 +330,7 @@ def train(cfg: TrainConfig, agent_class: type[Agent]) -> dict[str, Any]:
         "algorithm": algorithm,
         "dataset": cfg.dataset,
         "run_dir": str(out),
+        "run_key": run_key,
         "steps": cfg.max_timesteps,
         **summarize(evals, cfg.summary_last_k),
         "data": data.description,
@@ -322,6 +346,16 @@ def train(cfg: TrainConfig, agent_class: type[Agent]) -> dict[str, Any]:
         "versions": package_versions(),
     }
     atomic_write_json(summary_path, summary)
+    return summary
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is unreadable ({type(e).__name__}): pass --overwrite true to re-run") from None
+    if not isinstance(summary, dict):
+        raise UserError(f"{path} is not a run summary: pass --overwrite true to re-run")
     return summary
 
 

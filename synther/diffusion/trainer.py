@@ -32,6 +32,7 @@ from synther.errors import UserError
 from synther.privacy.dpsgd import ClippedGradient, GaussianNoise, PoissonSampler
 from synther.privacy.ledger import PrivacyLedger
 from synther.utils.io import atomic_path, atomic_write_json
+from synther.utils.locks import FolderLock
 from synther.utils.optim import fused_optimizer
 
 CHECKPOINT = "checkpoint.pt"
@@ -136,8 +137,12 @@ class DiffusionTrainer:
         path = self.run_dir / CHECKPOINT
         if not path.exists():
             return
-        state = torch.load(path, map_location=self.data.device, weights_only=False)
-        if state.get("config_hash") != self.config_hash:
+        try:
+            state = torch.load(path, map_location=self.data.device, weights_only=False)
+        except Exception as e:  # truncated or foreign file: torch raises several types
+            raise UserError(f"{path} is unreadable ({type(e).__name__}): delete it to start this run over, or use "
+                            "another run folder") from None
+        if not isinstance(state, dict) or state.get("config_hash") != self.config_hash:
             raise UserError(f"{path} was written by a run with a different configuration; use a new run folder")
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
@@ -183,8 +188,9 @@ class DiffusionTrainer:
             losses, norms = self.clipped(lambda: self.model.per_sample_loss(rows) / k, scale=1.0 / expected,
                                          noise=self.noise, noise_std=std)
         self.optimizer.step()
-        return {"loss": losses.mean() * self.dp.draws_per_record if len(x) else torch.tensor(float("nan")), "batch": len(x),
-                "grad_norm": norms.mean() if len(x) else torch.tensor(float("nan")),
+        nan = torch.tensor(float("nan"))
+        return {"loss": losses.mean() * self.dp.draws_per_record if len(x) else nan, "batch": len(x),
+                "grad_norm": norms.mean() if len(x) else nan,
                 "clipped_fraction": (norms > self.dp.clip_norm).float().mean() if len(x) else torch.tensor(0.0)}
 
     @torch.no_grad()
@@ -193,7 +199,10 @@ class DiffusionTrainer:
             e.lerp_(p, 1 - self.cfg.ema_decay)
 
     def run(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with FolderLock(self.run_dir):  # a second process on the same folder is refused, not interleaved
+            self._run()
+
+    def _run(self) -> None:
         self._resume()
         phase = self.meta.get("phase", "train")
         bar = tqdm(total=self.total_steps, initial=self.step, desc=phase, unit="step", disable=not self.progress,

@@ -1,0 +1,165 @@
+"""Fault injection around runs: two processes on one run folder, a killed sweep driver, corrupted checkpoints, a
+finished run whose data changed. Each is refused with one `error:` line (exit 2) or cleaned up, never interleaved."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from synther.data.pointmaze import MazeCollectConfig, collect_maze2d, dataset_name
+from synther.errors import UserError
+from synther.utils.locks import FolderLock
+from script_helpers import ROOT, assert_user_error, run_script, script_env
+
+UMAZE = dataset_name("umaze")
+TINY = ("--max_timesteps", "20", "--eval_freq", "10", "--n_episodes", "1", "--eval_max_episode_steps", "20",
+        "--progress", "false", "--hidden_dim", "16")
+
+
+def _hold(folder: Path, name: str = ".lock") -> subprocess.Popen:
+    """Another process holding `folder`'s run lock until killed."""
+    code = (f"from synther.utils.locks import FolderLock; import time\n"
+            f"FolderLock({str(folder)!r}, {name!r}).__enter__()\nprint('held', flush=True)\ntime.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                            env=script_env())
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    collect_maze2d(MazeCollectConfig(name="umaze", num_steps=1000), seed=0, progress=False).save(root / f"{UMAZE}.npz")
+    samples = {}
+    for name, shift in (("a", 0.1), ("b", 0.2)):  # two releases of the same shape, different content
+        ds = collect_maze2d(MazeCollectConfig(name="umaze", num_steps=600), seed=3, progress=False)
+        arrays = {k: v for k, v in ds.arrays().items() if k != "timeouts"}
+        arrays["observations"] = arrays["observations"] + shift
+        path = root / name / "samples.npz"
+        type(ds)(**arrays, source=str(path)).save(path)
+        samples[name] = path
+    return {"env": {"PRIVTRANR_DATA_DIR": str(root)}, "samples": samples}
+
+
+def test_a_held_folder_refuses_a_second_process_and_is_free_once_its_holder_dies(tmp_path):
+    folder = tmp_path / "run"
+    holder = _hold(folder)
+    try:
+        with pytest.raises(UserError, match=rf"in use by another process \(host .* pid {holder.pid}\)"):
+            with FolderLock(folder):
+                pass
+    finally:
+        holder.kill()  # kill -9: no clean-up code runs, the kernel drops the lock
+        holder.wait()
+    with FolderLock(folder):
+        assert (folder / ".lock").read_text().split()[-1] == str(os.getpid())
+
+
+def test_a_failed_run_leaves_no_folder_it_created(tmp_path):
+    with pytest.raises(RuntimeError):
+        with FolderLock(tmp_path / "new"):
+            raise RuntimeError("bad option found after the lock")
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(UserError, match="cannot create the run folder"):
+        (tmp_path / "file").write_text("x")
+        with FolderLock(tmp_path / "file" / "sub"):
+            pass
+
+
+def test_the_same_agent_command_twice_at_once_is_refused(data, tmp_path):
+    runs = tmp_path / "runs"
+    folder = runs / f"td3_bc-{UMAZE}-real-seed0"
+    holder = _hold(folder)
+    try:
+        proc = run_script("td3_bc.py", "--dataset", UMAZE, "--checkpoints_path", str(runs), *TINY,
+                          env_extra=data["env"])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert_user_error(proc, "in use by another process", f"pid {holder.pid}")
+    assert sorted(p.name for p in folder.iterdir()) == [".lock"]  # nothing written by the refused run
+
+
+def test_a_finished_agent_run_on_other_data_is_not_reported_as_this_one(data, tmp_path):
+    runs = tmp_path / "runs"
+    common = ("--dataset", UMAZE, "--checkpoints_path", str(runs), "--name", "run", *TINY)
+    first = run_script("td3_bc.py", *common, "--diffusion.path", str(data["samples"]["a"]), env_extra=data["env"])
+    assert first.returncode == 0, first.stderr
+    same = run_script("td3_bc.py", *common, "--diffusion.path", str(data["samples"]["a"]), env_extra=data["env"])
+    assert same.returncode == 0 and "finished run found" in same.stdout
+    other = run_script("td3_bc.py", *common, "--diffusion.path", str(data["samples"]["b"]), env_extra=data["env"])
+    assert_user_error(other, "finished run of another configuration or other data", "--overwrite")
+    redo = run_script("td3_bc.py", *common, "--diffusion.path", str(data["samples"]["b"]), "--overwrite", "true",
+                      env_extra=data["env"])
+    assert redo.returncode == 0, redo.stderr
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage, not a checkpoint", b"PK\x03\x04truncated zip"])
+def test_a_corrupted_agent_checkpoint_is_a_clear_error(data, tmp_path, content):
+    runs = tmp_path / "runs"
+    folder = runs / f"td3_bc-{UMAZE}-real-seed0"
+    folder.mkdir(parents=True)
+    (folder / "checkpoint.pt").write_bytes(content)
+    proc = run_script("td3_bc.py", "--dataset", UMAZE, "--checkpoints_path", str(runs), *TINY, env_extra=data["env"])
+    assert_user_error(proc, str(folder / "checkpoint.pt"), "unreadable", "--overwrite true")
+
+
+def test_a_corrupted_diffusion_checkpoint_is_a_clear_error(data, tmp_path):
+    run_dir = tmp_path / "pre"
+    run_dir.mkdir()
+    (run_dir / "checkpoint.pt").write_bytes(b"\x80\x02garbage")
+    proc = run_script("train_diffuser.py", "--mode", "pretrain", "--public_datasets", UMAZE, "--run_dir", str(run_dir),
+                      "--width", "16", "--depth", "1", "--train.max_steps", "5", "--progress", "false",
+                      env_extra=data["env"])
+    assert_user_error(proc, str(run_dir / "checkpoint.pt"), "unreadable")
+
+
+def test_a_second_sweep_driver_on_the_same_root_is_refused(tmp_path):
+    from synther.sweep import LocalExecutor, run_jobs
+
+    holder = _hold(tmp_path, ".sweep.lock")
+    try:
+        with pytest.raises(UserError, match=f"in use by another process .*pid {holder.pid}.*sweep root"):
+            run_jobs([], LocalExecutor(1), tmp_path / "sweep_state.json", echo=lambda s: None)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's prctl")
+def test_jobs_die_with_a_killed_sweep_driver(tmp_path):
+    """kill -9 on the driver: its jobs (own sessions, so no terminal signal reaches them) get SIGTERM from the
+    kernel instead of running on as orphans."""
+    pid_file = tmp_path / "job.pid"
+    driver = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from synther.sweep import Job, LocalExecutor, run_jobs
+        prog = "import os, time\\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\\ntime.sleep(120)"
+        job = Job("sleeper", "command", Path({str(tmp_path / 'job')!r}), [sys.executable, "-c", prog],
+                  outputs=("never",))
+        run_jobs([job], LocalExecutor(1), Path({str(tmp_path / 'state.json')!r}), echo=print, poll=0.05)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", driver], cwd=ROOT, env=script_env(), stdout=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.time() < deadline:
+        time.sleep(0.1)
+    job_pid = int(pid_file.read_text())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(job_pid, 0)
+        except ProcessLookupError:
+            break
+        if Path(f"/proc/{job_pid}/stat").exists() and Path(f"/proc/{job_pid}/stat").read_text().split()[2] == "Z":
+            break  # dead, waiting for init to reap it
+        time.sleep(0.1)
+    else:
+        os.kill(job_pid, signal.SIGKILL)
+        pytest.fail("the job outlived its killed driver")
