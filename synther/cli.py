@@ -6,8 +6,11 @@ pyrallis/argparse already exit with code 2 on malformed command lines.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 import sys
-from typing import Callable, TypeVar
+import typing
+from typing import Any, Callable, TypeVar
 
 from pyrallis.argparsing import ArgumentParser
 from pyrallis.help_formatter import SimpleHelpFormatter
@@ -23,12 +26,75 @@ class _HelpFormatter(SimpleHelpFormatter, argparse.RawDescriptionHelpFormatter):
 
 
 def parse(config_class: type[T], description: str, args: list[str] | None = None) -> T:
-    """Parse `--field value` options (and an optional `--config_path file.yaml`) into `config_class`."""
+    """Parse `--field value` options (and an optional `--config_path file.yaml`) into `config_class`; every numeric
+    option is then checked against NUMERIC_RANGES, so a bad number stops the script before it writes anything."""
     parser = ArgumentParser(config_class=config_class, formatter_class=_HelpFormatter, description=description)
     try:
-        return parser.parse_args(args)
+        cfg = parser.parse_args(args)
     except (ParsingError, ValueError, TypeError, KeyError) as e:  # pyrallis' errors for a bad value or YAML field
         raise UserError(f"invalid option: {str(e).splitlines()[0]}") from None
+    check_numbers(cfg)
+    return cfg
+
+
+# The range of every numeric option, by its name (the last part of --a.b.name), so one name means one rule in every
+# script. (low, high, low_open, high_open); None = unbounded. A numeric option not listed here must be finite and
+# ≥ 0 (counts, sizes, budgets, weights; 0 often means "the default"): a new option gets that rule without a line here.
+_POSITIVE = (0.0, None, True, False)
+_AT_LEAST_ONE = (1.0, None, False, False)
+_UNIT_OPEN = (0.0, 1.0, True, True)
+_UNIT_CLOSED = (0.0, 1.0, False, False)
+_RATE = (0.0, 1.0, True, False)  # (0, 1]
+_ANY = (None, None, False, False)
+NUMERIC_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    **dict.fromkeys(["lr", "actor_lr", "critic_lr", "qf_lr", "vf_lr", "policy_lr", "learning_rate",
+                     "actor_learning_rate", "critic_learning_rate", "alpha_learning_rate"], _POSITIVE),
+    **dict.fromkeys(["clip_norm", "epsilon", "sigma_data", "sigma_min", "sigma_max", "rho", "p_std", "s_noise",
+                     "normalizer_noise_multiplier", "canary_norm", "canary_radius", "aim_max_model_size", "epochs",
+                     "pretrain_epochs", "finetune_epochs", "nodp_epochs"], _POSITIVE),
+    **dict.fromkeys(["batch_size", "hidden_dim", "n_hidden", "checkpoint_every", "log_every", "ema_every",
+                     "sample_batch", "steps", "sampler_steps", "num_critics", "policy_freq", "cql_n_actions",
+                     "target_update_period", "members", "draws", "canaries", "net_width",
+                     "max_episode_steps", "eval_every", "eval_episodes", "bins", "embedding_dim", "pate_iterations",
+                     "pate_rows_per_teacher", "pate_student_iters", "pate_teacher_iters", "cpus", "summary_last_k",
+                     "draws_per_record", "train_freq", "gradient_steps", "pool_size"], _AT_LEAST_ONE),
+    **dict.fromkeys(["delta", "train_fraction", "confidence", "iql_tau"], _UNIT_OPEN),
+    **dict.fromkeys(["ema_decay", "discount", "rate"], _UNIT_CLOSED),
+    **dict.fromkeys(["tau", "soft_target_update_rate", "sample_rate"], _RATE),
+    "adam_beta2": (0.0, 1.0, False, True),
+    # negative values that mean something: -1 = unset/all, a log-normal mean, CQL's optional clips and gap
+    **dict.fromkeys(["seed", "sample_seed", "sample_limit", "agent_sample_limit"], (-1.0, None, False, False)),
+    "dp_epsilon": (-1.0, None, False, False),
+    **dict.fromkeys(["p_mean", "cql_target_action_gap", "cql_clip_diff_min"], _ANY),
+}
+_INFINITE_OK = {"cql_clip_diff_min", "cql_clip_diff_max", "s_tmax"}  # ±inf = no clip / churn at every σ
+_DEFAULT_RANGE = (0.0, None, False, False)
+
+
+def check_numbers(cfg: Any, prefix: str = "") -> None:
+    """UserError naming the option if a numeric option is NaN, infinite (unless allowed) or out of its range."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value, name = getattr(cfg, f.name), f"--{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_numbers(value, f"{prefix}{f.name}.")
+            continue
+        if hints.get(f.name) not in (int, float) or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if math.isnan(value) or (math.isinf(value) and f.name not in _INFINITE_OK):
+            raise UserError(f"invalid option {name} {value}: must be a finite number")
+        low, high, low_open, high_open = NUMERIC_RANGES.get(f.name, _DEFAULT_RANGE)
+        if f.name == "dp_epsilon" and value != -1 and value <= 0:
+            raise UserError(f"invalid option {name} {value:g}: must be > 0 (or -1: not given)")
+        if (low is not None and (value < low or (low_open and value == low))) or \
+                (high is not None and (value > high or (high_open and value == high))):
+            raise UserError(f"invalid option {name} {value:g}: must be in {_interval(low, high, low_open, high_open)}")
+
+
+def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    left = "(-∞" if low is None else ("(" if low_open else "[") + f"{low:g}"
+    right = "∞)" if high is None else f"{high:g}" + (")" if high_open else "]")
+    return f"{left}, {right}"
 
 
 def comma_list(value: str | None) -> list[str]:

@@ -102,3 +102,77 @@ def test_comma_list_reads_empty_and_none_as_no_items():
 
     assert comma_list("td3_bc, iql,") == ["td3_bc", "iql"]
     assert comma_list("") == comma_list(None) == comma_list("None") == comma_list(" none ") == []
+
+
+def _script_configs() -> dict[str, type]:
+    """Every configuration class a MuJoCo/ script parses (the dataclasses named *Config its module holds)."""
+    import importlib.util
+
+    from script_helpers import ROOT
+
+    found = {}
+    for path in sorted((ROOT / "MuJoCo").glob("*.py")):
+        spec = importlib.util.spec_from_file_location(f"_script_{path.stem.replace('-', '_')}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        for name, value in vars(module).items():
+            if isinstance(value, type) and dataclasses.is_dataclass(value) and name.endswith("Config"):
+                found[f"{path.name}:{name}"] = value
+    return found
+
+
+def _numeric_fields(config_class, prefix=""):
+    import typing
+
+    hints = typing.get_type_hints(config_class)
+    for f in dataclasses.fields(config_class):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _numeric_fields(hints[f.name], f"{prefix}{f.name}.")
+        elif hints[f.name] in (int, float):
+            yield f"{prefix}{f.name}", hints[f.name]
+
+
+def test_every_numeric_option_of_every_script_is_checked_at_parse_time():
+    """Defaults pass, and NaN / a huge negative value is refused for every numeric option of every script: the
+    check is generic, so an option added later is covered without anyone remembering to."""
+    from synther.cli import check_numbers
+    from synther.errors import UserError
+
+    configs = _script_configs()
+    assert len({c for c in configs.values()}) >= 10 and any("td3_bc.py" in k for k in configs)
+    checked = 0
+    for where, config_class in configs.items():
+        check_numbers(config_class())  # the defaults are valid
+        for dotted, kind in _numeric_fields(config_class):
+            for bad in (float("nan"), -1e12):
+                cfg = config_class()
+                *parents, leaf = dotted.split(".")
+                target = cfg
+                for p in parents:
+                    target = getattr(target, p)
+                if kind is int and bad != bad:
+                    continue  # an int option cannot hold NaN (pyrallis refuses it already)
+                setattr(target, leaf, kind(bad) if kind is int else bad)
+                if leaf in ("p_mean", "cql_target_action_gap", "cql_clip_diff_min") and bad == -1e12:
+                    continue  # options where any finite value means something
+                with pytest.raises(UserError, match=f"--{dotted}"):
+                    check_numbers(cfg)
+                checked += 1
+    assert checked > 200
+
+
+@pytest.mark.parametrize("script,option,value,fragment", [
+    ("train_diffuser.py", "--dp.clip_norm", "nan", "finite"),
+    ("train_diffuser.py", "--train.lr", "-1", "(0, ∞)"),
+    ("train_diffuser.py", "--train.checkpoint_every", "0", "[1, ∞)"),
+    ("train_diffuser.py", "--depth", "-1", "[0, ∞)"),
+    ("train_diffuser.py", "--train.ema_decay", "2", "[0, 1]"),
+    ("td3_bc.py", "--alpha", "nan", "finite"),
+    ("td3_bc.py", "--hidden_dim", "0", "[1, ∞)"),
+    ("sweep.py", "--delta", "2", "(0, 1)"),
+])
+def test_a_bad_number_is_one_error_line_before_anything_is_written(tmp_path, script, option, value, fragment):
+    proc = run_script(script, option, value, "--run_dir" if script == "train_diffuser.py" else "--runs_dir"
+                      if script == "sweep.py" else "--checkpoints_path", str(tmp_path / "out"))
+    assert_user_error(proc, f"invalid option {option}", fragment)
+    assert not (tmp_path / "out").exists()

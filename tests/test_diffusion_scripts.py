@@ -19,7 +19,7 @@ def test_help_maps_the_paper_flags():
 @pytest.mark.parametrize("args, fragment", [
     (("--mode", "train"), "unknown --mode"),
     (("--mode", "finetune", "--dataset", "x.npz", "--load_checkpoint", "nope.pt"), "checkpoint not found"),
-    (("--mode", "finetune", "--dp.epsilon", "-1", "--dataset", "x", "--load_checkpoint", "y"), "ε"),
+    (("--mode", "finetune", "--dp.epsilon", "-1", "--dataset", "x", "--load_checkpoint", "y"), "invalid option --dp.epsilon"),
     (("--mode", "pretrain"), "--public_datasets"),
     (("--mode", "sample", "--load_checkpoint", "README.md"), "not a readable checkpoint"),
 ])
