@@ -88,8 +88,9 @@ def summary_table(results: Any) -> str:
         eps_spent = (f"{led['epsilon_spent']:.3g} (δ={led['delta']:g})"
                      if led.get("epsilon_spent") is not None and led.get("delta") is not None else "—")
         ci = "" if r["ratio_ci_low"] is None else f" [{r['ratio_ci_low']:.2f}, {r['ratio_ci_high']:.2f}]"
-        body.append([r["dataset"], r["agent"], f"{r['epsilon']:g}", str(r["n_seeds"]), f(r["real_mean"], 1),
-                     f(r["mean"], 1) + ("" if r["std"] is None else f" ± {r['std']:.1f}"), f(r["ratio_to_real"], 2) + ci, f(fid.get(key, {}).get("marginal_mean")),
+        score = f(r["mean"], 1) + ("" if r["std"] is None else f" ± {r['std']:.1f}")
+        body.append([r["dataset"], r["agent"], f"{r['epsilon']:g}", str(r["n_seeds"]), f(r["real_mean"], 1), score,
+                     f(r["ratio_to_real"], 2) + ci, f(fid.get(key, {}).get("marginal_mean")),
                      f(fid.get(key, {}).get("correlation_mean")), eps_spent, f(mia.get(key, {}).get("auc_mean"))])
     header = ["dataset", "agent", "target ε", "seeds", "real score", "synthetic score", "ratio [95% CI]", "marginal",
               "correlation", "ε spent", "MIA AUC"]

@@ -377,7 +377,8 @@ def ladder_markdown(rows: list[dict[str, Any]]) -> str:
          "correlation", "NMSE s′", "NMSE r"],
         ([r["dataset"], r["agent"], LADDER_NAMES[r["method"]], _eps(r["epsilon"]), str(r["n_seeds"]),
           _pm(r["mean"], r["std"], 1), _fmt(r["ratio_to_real"], 3), _ci(r["ratio_ci_low"], r["ratio_ci_high"]),
-          _pm(r.get("marginal_mean"), r.get("marginal_std"), 3), _pm(r.get("correlation_mean"), r.get("correlation_std"), 3),
+          _pm(r.get("marginal_mean"), r.get("marginal_std"), 3),
+          _pm(r.get("correlation_mean"), r.get("correlation_std"), 3),
           _pm(r.get("dynamics_next_obs_nmse_mean"), r.get("dynamics_next_obs_nmse_std"), 3),
           _pm(r.get("dynamics_reward_nmse_mean"), r.get("dynamics_reward_nmse_std"), 3)] for r in rows))
 
@@ -471,8 +472,9 @@ def plot_utility(rows: list[dict[str, Any]], out: Path) -> list[Path]:
                 if pts:
                     ax.errorbar([r["epsilon"] for r in pts], [r["mean"] for r in pts],
                                 yerr=[r["std"] or 0.0 for r in pts], marker="o", capsize=3, label=method)
-            for k, r in enumerate(sorted((r for r in sub if r["method"] in LADDER), key=lambda r: _method_key(r["method"]))):
-                ax.axhline(r["mean"], color=f"C{5 + k}", linestyle=":", label=r["method"])  # rungs without ε
+            rungs = sorted((r for r in sub if r["method"] in LADDER), key=lambda r: _method_key(r["method"]))
+            for k, r in enumerate(rungs):  # rungs without ε: horizontal lines, like the real-data reference
+                ax.axhline(r["mean"], color=f"C{5 + k}", linestyle=":", label=r["method"])
             real = next((r for r in sub if r["method"] == "real"), None)
             if real is not None:
                 ax.axhline(real["mean"], color="black", linestyle="--", label="real data")
