@@ -248,3 +248,13 @@ def test_ledger_reports_composition_and_guarantee():
     assert d["epsilon_spent"] == pytest.approx(epsilon_spent([(50.0, 1.0, 1), (1.0, 0.01, 100)], 1e-6))
     assert "rdp" in d["guarantee"] and PrivacyLedger.from_dict(d).history() == ledger.history()
     assert PrivacyLedger().epsilon_spent() == 0.0
+
+
+def test_an_unreachable_target_is_one_clear_error_without_accountant_warnings():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(UserError, match="cannot reach ε=1e-09.*raise --dp.epsilon"):
+            calibrate_noise_multiplier(1e-9, 1e-6, 0.0016, 3131)
+    assert not caught, [str(w.message) for w in caught]  # the error is the only thing a user sees

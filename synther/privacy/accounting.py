@@ -12,6 +12,7 @@ swapped, N unchanged), from dp-accounting's PLD accountant, for users who cannot
 from __future__ import annotations
 
 import math
+import warnings
 from functools import lru_cache
 from typing import Sequence
 
@@ -109,13 +110,16 @@ def calibrate_noise_multiplier(
                         f"(a DP normalizer, earlier DP fine-tunes of the loaded checkpoint) reach ε ≥ {target_epsilon}")
 
     def eps(sigma: float) -> float:
-        return epsilon_spent([*prior, (sigma, sample_rate, steps)], delta, accountant)
+        with warnings.catch_warnings():  # opacus warns while the search visits σ far from the answer
+            warnings.simplefilter("ignore")
+            return epsilon_spent([*prior, (sigma, sample_rate, steps)], delta, accountant)
 
     lo, hi = 0.0, 1.0
     while eps(hi) > target_epsilon:
         lo, hi = hi, hi * 2
         if hi > 1e4:
-            raise UserError(f"cannot reach ε={target_epsilon} at δ={delta} with q={sample_rate} and {steps} steps")
+            raise UserError(f"cannot reach ε={target_epsilon:g} at δ={delta:g} with q={sample_rate:.4g} and {steps} "
+                            "steps even at noise multiplier 1e4: raise --dp.epsilon")
     while eps(hi) < target_epsilon - tolerance and hi - lo > 1e-4:
         mid = (lo + hi) / 2
         if eps(mid) > target_epsilon:
