@@ -112,6 +112,11 @@ def run(main: Callable[[], object]) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except (NotADirectoryError, FileExistsError, IsADirectoryError, PermissionError) as e:
+        # an output path the user gave that cannot be created (under a regular file, a file where a folder goes,
+        # no permission): the user's to fix, so one line, not a traceback
+        print(f"error: {e.filename}: cannot write there ({e.strerror})", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted; finished outputs are complete, unfinished ones were not written", file=sys.stderr)
         sys.exit(130)

@@ -163,3 +163,18 @@ def test_jobs_die_with_a_killed_sweep_driver(tmp_path):
     else:
         os.kill(job_pid, signal.SIGKILL)
         pytest.fail("the job outlived its killed driver")
+
+
+def test_an_output_path_under_a_regular_file_is_one_error_line(data, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a regular file where a folder should be")
+    out = str(blocker / "sub")
+    collect = run_script("collect_data.py", "--maze.name", "open", "--maze.num_steps", "50", "--out_dir", out,
+                         "--progress", "false")
+    assert_user_error(collect, out, "cannot write there", "Not a directory")
+    fidelity = run_script("marginal.py", "--real", UMAZE, "--synthetic", str(data["samples"]["a"]), "--out_dir", out,
+                          "--plot", "false", env_extra=data["env"])
+    assert_user_error(fidelity, out, "cannot write there")
+    agent = run_script("td3_bc.py", "--dataset", UMAZE, "--checkpoints_path", out, *TINY, env_extra=data["env"])
+    assert_user_error(agent, "cannot create the run folder")
+    assert blocker.read_text().startswith("a regular file")
