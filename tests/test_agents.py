@@ -171,6 +171,8 @@ def test_eval_target_comes_from_the_registry_without_data():
     assert target.horizon == 300 and target.entry.score.min == pytest.approx(52.56)
     with pytest.raises(UserError, match="cannot tell which environment"):
         eval_target("no-such-dataset")
+    with pytest.raises(UserError, match="missing.npz: file not found"):  # a path, not a registry name
+        eval_target("/nowhere/missing.npz")
     with pytest.raises(UserError, match="no evaluation environment"):
         eval_target("maze2d-umaze-dense-v1")  # D4RL's mujoco-py maze2d: registered without an env
 
@@ -297,7 +299,7 @@ def test_diffusion_checkpoint_is_sampled_on_the_fly(umaze_data, data_roots, tmp_
         (lambda p: np.savez(p, observations=np.zeros((5, 4))), ("missing field", "'actions'")),
         (lambda p: np.savez(p, observations=np.full((5, 4), np.nan), actions=np.zeros((5, 2)), rewards=np.zeros(5),
                             next_observations=np.zeros((5, 4)), terminals=np.zeros(5)), ("NaN", "'observations'")),
-        (lambda p: p.write_bytes(b"not a zip"), ("not a readable .npz",)),
+        (lambda p: p.write_bytes(b"not a zip"), ("not an npz file",)),
         (lambda p: np.savez(p, observations=np.zeros((5, 3)), actions=np.zeros((5, 2)), rewards=np.zeros(5),
                             next_observations=np.zeros((5, 3)), terminals=np.zeros(5)),
          ("dimension mismatch", "obs_dim")),

@@ -67,9 +67,9 @@ def test_load_npz_missing_file(tmp_path):
 def test_corrupt_npz_names_the_path(tmp_path, content):
     path = tmp_path / "broken.npz"
     path.write_bytes(content)
-    with pytest.raises(DatasetError, match="not a readable .npz file") as info:
+    with pytest.raises(DatasetError, match="not an npz file") as info:  # not numpy's "contains pickled data"
         load_npz(path)
-    assert str(path) in str(info.value)
+    assert str(path) in str(info.value) and "pickle" not in str(info.value)
 
 
 def test_pickled_npz_is_refused(make_arrays, tmp_path):

@@ -50,6 +50,9 @@ def eval_target(dataset: str) -> EvalTarget:
     if entry is None and Path(dataset).expanduser().exists():
         name = read_sidecar(Path(dataset).expanduser()).get("name") or ""
         entry = dataset_info(name)
+    if entry is None and Path(dataset).suffix:  # looks like a file, not a registry name
+        if not Path(dataset).expanduser().exists():
+            raise UserError(f"{dataset}: file not found")
     if entry is None:
         raise UserError(
             f"cannot tell which environment evaluates '{dataset}': pass a dataset name from config/datasets.yaml "

@@ -23,6 +23,8 @@ def load_npz(path: str | Path) -> TransitionDataset:
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        if not zipfile.is_zipfile(path):  # numpy reads any non-zip file as a pickle and says so: not the point
+            raise DatasetError(f"{path}: not an npz file (an .npz is a zip archive of arrays)") from None
         raise DatasetError(f"{path}: not a readable .npz file ({e})") from None
     meta = read_sidecar(path)
     kwargs = _meta_kwargs(meta)
