@@ -211,6 +211,42 @@ def test_noise_multiplicity_fine_tunes_under_the_same_guarantee(pretrained, tmp_
                         dp=DPConfig(draws_per_record=0)))
 
 
+def test_adapters_start_from_the_pretrained_model_and_merge_back_exactly(pretrained):
+    from synther.diffusion.lora import LoRALinear, add_adapters, merge_adapters
+
+    model, _, _ = load_model(pretrained)
+    x = torch.as_tensor(load_dataset(SENSITIVE).to_vectors()[:64])
+    before = _fixed_loss(model, x)
+    add_adapters(model.net, 4)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.endswith(("down.weight", "up.weight")) for n in trainable)
+    assert _fixed_loss(model, x) == before  # B = 0: the same function until trained
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, LoRALinear):
+                m.up.weight.normal_(0, 0.01)
+    adapted = _fixed_loss(model, x)
+    merge_adapters(model.net)
+    assert not any(isinstance(m, LoRALinear) for m in model.modules())
+    assert _fixed_loss(model, x) == pytest.approx(adapted, rel=1e-5)
+
+
+def test_dp_fine_tuning_of_adapters_only_noises_them_and_loads_as_the_plain_model(pretrained, tmp_path):
+    out = finetune(config(tmp_path, "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained), steps=20,
+                          dp=DPConfig(epsilon=5.0, lora_rank=4)))
+    ledger = json.loads((out.parent / "ledger.json").read_text())
+    assert "rank-4 adapters" in ledger["statistics"]["trained_parameters"]
+    state = torch.load(out, weights_only=False)
+    assert any(k.endswith("up.weight") for k in state["model"]) and state["meta"]["lora_rank"] == 4
+    base, _, _ = load_model(pretrained)
+    tuned, meta, _ = load_model(out)  # merged: the pre-trained architecture, with changed weights
+    assert [n for n, _ in tuned.named_parameters()] == [n for n, _ in base.named_parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(tuned.parameters(), base.parameters()))
+    frozen = dict(base.named_parameters())["net.blocks.0.linear.bias"]  # biases are not adapted
+    assert torch.equal(dict(tuned.named_parameters())["net.blocks.0.linear.bias"], frozen)
+    assert Synthesizer.load(out, device="cpu").sample(32, SamplerConfig(name="euler", steps=4)).size == 32
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_every_sampler_produces_finite_transitions(pretrained, name, device):

@@ -22,6 +22,7 @@ from synther.data import TransitionDataset, TransitionLayout, check_compatible, 
 from synther.diffusion.curiosity import Curiosity, CuriosityConfig
 from synther.diffusion.denoiser import PROFILES, DenoiserConfig
 from synther.diffusion.edm import EDM, EDMConfig, SamplerConfig, network_evaluations
+from synther.diffusion.lora import add_adapters, merge_adapters
 from synther.diffusion.normalizer import Normalizer
 from synther.diffusion.trainer import CHECKPOINT, DiffusionTrainer, DPSettings, TrainConfig
 from synther.errors import UserError
@@ -41,6 +42,7 @@ class DPConfig:
     accountant: str = "rdp"  # privacy accountant: rdp or prv (--accountant)
     clipping: str = "ghost"  # per-sample clipping backend: ghost (fast, ours), opacus_hooks or opacus_ghost
     noise_generator: str = "auto"  # Gaussian noise source: philox (our vectorized CPU kernel; torch's Philox on CUDA), torch, or auto (philox where the kernel builds)
+    lora_rank: int = 0  # fine-tune low-rank adapters of this rank on every weight matrix instead of the weights themselves (0: all weights); fewer noisy coordinates per step
     draws_per_record: int = 1  # noise multiplicity K: each record's loss averages K diffusion draws (σ, n) before clipping; less gradient variance at the same ε, K× the compute
     normalizer: str = "public"  # 'public': keep the pre-trained model's public statistics; 'dp': re-estimate them on the sensitive data with the Gaussian mechanism, charged to the same budget
     normalizer_noise_multiplier: float = 50.0  # noise multiplier of that Gaussian mechanism (normalizer 'dp' only)
@@ -169,6 +171,8 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
         raise UserError(f"unknown noise generator '{dp.noise_generator}' (choose from: {', '.join(NOISE_GENERATORS)})")
     if dp.draws_per_record < 1:
         raise UserError(f"dp.draws_per_record must be at least 1, got {dp.draws_per_record}")
+    if dp.lora_rank < 0:
+        raise UserError(f"dp.lora_rank must be ≥ 0, got {dp.lora_rank}")
     if dp.normalizer not in ("public", "dp"):
         raise UserError(f"dp.normalizer must be 'public' or 'dp', got '{dp.normalizer}'")
     if not cfg.dataset:
@@ -177,6 +181,8 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
         raise UserError("finetune needs --load_checkpoint (a model pre-trained on public data)")
     device = resolve_device(cfg.device)
     model, meta, base_ledger = load_model(cfg.load_checkpoint, device)
+    if dp.lora_rank:
+        add_adapters(model.net, dp.lora_rank)
     sensitive = load_dataset(cfg.dataset)
     if (sensitive.obs_dim, sensitive.action_dim) != (meta["obs_dim"], meta["action_dim"]):
         raise UserError(f"dimension mismatch: {cfg.dataset} has obs/action dims {sensitive.obs_dim}/"
@@ -235,6 +241,9 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
                         **({"noise_multiplicity": f"each record's loss is the mean over {dp.draws_per_record} "
                                                   "diffusion draws; the record's whole gradient is clipped to C"}
                            if dp.draws_per_record > 1 else {}),
+                        **({"trained_parameters": f"rank-{dp.lora_rank} adapters of every weight matrix (the "
+                                                  "pre-trained weights frozen); noise on every adapter coordinate"}
+                           if dp.lora_rank else {}),
                         "seed": "--seed chooses the split (and the subset) only; no mechanism's randomness (Poisson "
                                 "batches, DP noise, diffusion noise draws) derives from it"})
         settings = DPSettings(noise_multiplier=sigma, clip_norm=dp.clip_norm, sample_rate=q, clipping_mode=dp.clipping,
@@ -246,10 +255,10 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
             "sensitive_dataset": ledger.sensitive_dataset, "sensitive_spec": str(cfg.dataset), "split_seed": cfg.seed,
             "train_fraction": dp.train_fraction, "pretrained_from": str(cfg.load_checkpoint),
             "extra_train_rows": 0 if extra_train_rows is None else len(extra_train_rows),
-            "config": asdict(cfg), "versions": package_versions(),
+            "config": asdict(cfg), "versions": package_versions(), "lora_rank": dp.lora_rank,
             # what a resumed run must match: the data trained on and the checkpoint started from
             "identity": {"sensitive": identity, "train_sha256": hashlib.sha256(x.tobytes()).hexdigest(),
-                         "base_checkpoint_sha256": base_sha}}
+                         "base_checkpoint_sha256": base_sha, **({"lora_rank": dp.lora_rank} if dp.lora_rank else {})}}
     data = torch.as_tensor(x, device=device)
     DiffusionTrainer(model, data, cfg.train, run_dir, ledger, meta, cfg.seed, dp=settings, progress=cfg.progress).run()
     return run_dir / CHECKPOINT
@@ -317,7 +326,12 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", ema: bool =
     normalizer = Normalizer.identity(layout.dim)
     normalizer.source = meta["normalizer_source"]
     model = EDM(layout.dim, normalizer, DenoiserConfig(**meta["denoiser"]), EDMConfig(**meta["edm"]))
-    model.load_state_dict(state["ema" if ema else "model"])
+    if meta.get("lora_rank"):  # fine-tuned adapters: load them, then fold them into the plain architecture
+        add_adapters(model.net, meta["lora_rank"])
+        model.load_state_dict(state["ema" if ema else "model"])
+        merge_adapters(model.net)
+    else:
+        model.load_state_dict(state["ema" if ema else "model"])
     return model.to(device).eval(), meta, PrivacyLedger.from_dict(state["ledger"])
 
 
