@@ -227,9 +227,11 @@ def test_ctrl_c_stops_running_jobs_and_records_them_interrupted(tmp_path):
     pid_file = tmp_path / "sleeper.pid"
     driver = tmp_path / "driver.py"
     driver.write_text(textwrap.dedent(f"""
-        import sys
+        import signal, sys
         from pathlib import Path
         from synther.cli import run
+        # as a terminal's foreground job: a shell's background job (CI under nohup &) starts with SIGINT ignored
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from synther.sweep import Job, LocalExecutor, run_jobs
         root = Path({str(tmp_path)!r})
         sleep = "import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
