@@ -178,3 +178,24 @@ def test_an_output_path_under_a_regular_file_is_one_error_line(data, tmp_path):
     agent = run_script("td3_bc.py", "--dataset", UMAZE, "--checkpoints_path", out, *TINY, env_extra=data["env"])
     assert_user_error(agent, "cannot create the run folder")
     assert blocker.read_text().startswith("a regular file")
+
+
+def test_an_epsilon_label_the_samples_ledger_contradicts_is_refused(data, tmp_path):
+    from synther.data import load_dataset
+
+    ds = load_dataset(str(data["samples"]["a"]))
+    labelled = {}
+    for name, ledger in (("eps5", {"private": True, "target_epsilon": 5.0, "guarantee": "(5, 1e-06)-DP"}),
+                         ("nodp", {"private": False, "guarantee": "NOT differentially private"})):
+        labelled[name] = tmp_path / name / "samples.npz"
+        ds.save(labelled[name], extra_metadata={"privacy_ledger": ledger})
+    common = ("--dataset", UMAZE, "--checkpoints_path", str(tmp_path / "runs"), *TINY)
+    wrong = run_script("td3_bc.py", *common, "--diffusion.path", str(labelled["eps5"]), "--dp_epsilon", "10",
+                       env_extra=data["env"])
+    assert_user_error(wrong, "--dp_epsilon 10", "target ε = 5")
+    not_dp = run_script("td3_bc.py", *common, "--diffusion.path", str(labelled["nodp"]), "--dp_epsilon", "10",
+                        env_extra=data["env"])
+    assert_user_error(not_dp, "NOT differentially private")
+    right = run_script("td3_bc.py", *common, "--diffusion.path", str(labelled["eps5"]), "--dp_epsilon", "5",
+                       env_extra=data["env"])
+    assert right.returncode == 0, right.stderr

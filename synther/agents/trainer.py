@@ -17,6 +17,7 @@ A run whose summary.json exists is skipped (unless --overwrite true), so sweeps 
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import random
 import time
@@ -240,6 +241,7 @@ def _train(cfg: TrainConfig, agent_class: type[Agent], out: Path) -> dict[str, A
     seed_everything(cfg.seed)
     data = load_training_data(cfg.dataset, cfg.diffusion.path, cfg.diffusion.sample_limit,
                               cfg.diffusion.num_samples, cfg.diffusion.num_steps, cfg.seed, cfg.device)
+    _check_epsilon_label(cfg.dp_epsilon, data.description.get("privacy_ledger") or {})
     cfg_dict = asdict(cfg)
     run_key = _run_key(cfg_dict, data.dataset.content_sha256())
     if summary_path.exists():
@@ -347,6 +349,18 @@ def _train(cfg: TrainConfig, agent_class: type[Agent], out: Path) -> dict[str, A
     }
     atomic_write_json(summary_path, summary)
     return summary
+
+
+def _check_epsilon_label(dp_epsilon: float, ledger: dict[str, Any]) -> None:
+    """--dp_epsilon only labels the run: refuse a label the samples' own ledger contradicts."""
+    if dp_epsilon < 0 or not ledger:
+        return
+    if ledger.get("private") is False:
+        raise UserError(f"--dp_epsilon {dp_epsilon:g}: the samples' privacy ledger says they are NOT differentially "
+                        f"private ({ledger.get('guarantee', 'non-private')}); drop --dp_epsilon")
+    target = ledger.get("target_epsilon")
+    if target is not None and not math.isclose(float(target), dp_epsilon, rel_tol=1e-9):
+        raise UserError(f"--dp_epsilon {dp_epsilon:g}: the samples' privacy ledger says target ε = {float(target):g}")
 
 
 def _read_summary(path: Path) -> dict[str, Any]:
