@@ -380,7 +380,8 @@ def test_check_compatible_accepts_same_dims(make_dataset):
 def test_check_compatible_obs_dim_mismatch(make_dataset):
     public = make_dataset(obs_dim=3, name="public")
     sensitive = make_dataset(obs_dim=4, name="sensitive")
-    with pytest.raises(DatasetError, match="sensitive has obs_dim=4 but public has obs_dim=3"):
+    with pytest.raises(DatasetError, match=r"tiny-source \(sensitive\) has obs_dim=4 but tiny-source \(public\) has "
+                                           r"obs_dim=3"):  # the file and the registry name, not the name alone
         check_compatible(public, sensitive)
 
 

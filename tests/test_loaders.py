@@ -596,3 +596,28 @@ def test_default_registry_parses():
     reg = Registry.from_yaml()
     assert "ptr-maze2d-umaze-dense-v0" in reg and "mujoco/hopper/medium-v0" in reg
     assert all(e.kind in ("generated", "d4rl", "minari", "npz") for e in reg.entries.values())
+
+
+def test_a_sidecar_that_describes_other_arrays_is_refused(make_arrays, tmp_path):
+    import json
+
+    path = tmp_path / "data.npz"
+    np.savez(path, **make_arrays(n=10, obs_dim=3, action_dim=2))
+    path.with_suffix(".json").write_text(json.dumps({"name": "x", "obs_dim": 5, "action_dim": 2}))
+    with pytest.raises(DatasetError, match=r"data.npz: its side-car data.json says obs_dim=5 but the arrays have "
+                                           r"obs_dim=3"):
+        load_npz(path)
+    path.with_suffix(".json").write_text(json.dumps({"name": "x", "obs_dim": 3, "action_dim": 2}))
+    assert load_npz(path).obs_dim == 3
+
+
+def test_dimension_mismatch_names_the_files(make_arrays, tmp_path):
+    from synther.data import check_compatible
+
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    np.savez(a, **make_arrays(n=10, obs_dim=3))
+    np.savez(b, **make_arrays(n=10, obs_dim=4))
+    b.with_suffix(".json").write_text('{"name": "ptr-maze2d-open-dense-v0"}')
+    with pytest.raises(DatasetError, match="dimension mismatch") as info:
+        check_compatible(load_npz(a), load_npz(b))
+    assert str(b) in str(info.value) and "ptr-maze2d-open-dense-v0" in str(info.value) and str(a) in str(info.value)

@@ -293,14 +293,20 @@ def sidecar_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
+def _where(ds: TransitionDataset) -> str:
+    """A dataset as an error message should name it: its file (when it has one) and its registry name."""
+    if ds.source and ds.name and ds.name not in ds.source:
+        return f"{ds.source} ({ds.name})"
+    return ds.source or ds.name or "a dataset"
+
+
 def check_compatible(reference: TransitionDataset, other: TransitionDataset) -> None:
     """Public and sensitive datasets must share observation and action dimensions."""
     for what in ("obs_dim", "action_dim"):
         a, b = getattr(reference, what), getattr(other, what)
         if a != b:
             raise DatasetError(
-                f"dimension mismatch: {other.name or other.source} has {what}={b} but "
-                f"{reference.name or reference.source} has {what}={a}"
+                f"dimension mismatch: {_where(other)} has {what}={b} but {_where(reference)} has {what}={a}"
             )
 
 

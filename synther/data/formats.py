@@ -29,7 +29,12 @@ def load_npz(path: str | Path) -> TransitionDataset:
     meta = read_sidecar(path)
     kwargs = _meta_kwargs(meta)
     kwargs["source"] = str(path)
-    return TransitionDataset(**validate_arrays(arrays, origin=str(path)), **kwargs)
+    ds = TransitionDataset(**validate_arrays(arrays, origin=str(path)), **kwargs)
+    for what in ("obs_dim", "action_dim"):  # a side-car describing other arrays belongs to another file
+        if meta.get(what) is not None and meta[what] != getattr(ds, what):
+            raise DatasetError(f"{path}: its side-car {sidecar_path(path).name} says {what}={meta[what]} but the "
+                               f"arrays have {what}={getattr(ds, what)}")
+    return ds
 
 
 def read_sidecar(path: str | Path) -> dict[str, Any]:
