@@ -528,16 +528,19 @@ def _start_process(command: list[str], log: Path, env: dict[str, str]) -> tuple[
     return proc, f
 
 
-def _die_with(driver_pid: int) -> Callable[[], None]:
-    """In the child before exec (Linux): ask for SIGTERM when the driver dies, kill -9 included, so a job never runs
-    on as an orphan in a folder a re-run will use; if the driver is already gone, exit at once."""
-    def arm() -> None:
-        try:
-            import ctypes
+def _die_with(driver_pid: int) -> Callable[[], None] | None:
+    """For the child before exec (Linux): ask for SIGTERM when the driver dies, kill -9 included, so a job never runs
+    on as an orphan in a folder a re-run will use; if the driver is already gone, exit at once. prctl is looked up
+    here, in the parent: the child between fork and exec must not import (another thread may hold the lock)."""
+    try:
+        import ctypes
 
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-        except (OSError, AttributeError):  # not Linux: the run-folder locks still refuse a second writer
-            return
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: the run-folder locks still refuse a second writer
+        return None
+
+    def arm() -> None:
+        prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
         if os.getppid() != driver_pid:
             os._exit(1)
 
