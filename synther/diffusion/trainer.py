@@ -188,10 +188,11 @@ class DiffusionTrainer:
             losses, norms = self.clipped(lambda: self.model.per_sample_loss(rows) / k, scale=1.0 / expected,
                                          noise=self.noise, noise_std=std)
         self.optimizer.step()
-        nan = torch.tensor(float("nan"))
-        return {"loss": losses.mean() * self.dp.draws_per_record if len(x) else nan, "batch": len(x),
-                "grad_norm": norms.mean() if len(x) else nan,
-                "clipped_fraction": (norms > self.dp.clip_norm).float().mean() if len(x) else torch.tensor(0.0)}
+        if len(x) == 0:
+            nan = torch.tensor(float("nan"))
+            return {"loss": nan, "batch": 0, "grad_norm": nan, "clipped_fraction": torch.tensor(0.0)}
+        return {"loss": losses.mean() * self.dp.draws_per_record, "batch": len(x), "grad_norm": norms.mean(),
+                "clipped_fraction": (norms > self.dp.clip_norm).float().mean()}
 
     @torch.no_grad()
     def _update_ema(self) -> None:
