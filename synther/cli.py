@@ -37,6 +37,28 @@ def parse(config_class: type[T], description: str, args: list[str] | None = None
     return cfg
 
 
+def apply_aliases(args: list[str], aliases: dict[str, str]) -> list[str]:
+    """Rewrite `--alias v` / `--alias=v` to the option it stands for; an alias and its option both given on the
+    command line with different values is an error, even when one of them is the option's default value."""
+    given: dict[str, tuple[str, bool]] = {}  # option -> (first value, given through an alias)
+    out: list[str] = []
+    for i, a in enumerate(args):
+        name, eq, value = a.partition("=")
+        if not name.startswith("--"):
+            out.append(a)
+            continue
+        target = aliases.get(name, name)
+        if not eq and i + 1 < len(args) and not args[i + 1].startswith("--"):
+            value = args[i + 1]
+        if target in given and given[target][0] != value and (given[target][1] or name in aliases):
+            spelled = [k for k, v in aliases.items() if v == target] + [target]
+            raise UserError(f"{' and '.join(spelled)} disagree ('{given[target][0]}' vs '{value}'); they are one "
+                            "option, give one")
+        given.setdefault(target, (value, name in aliases))
+        out.append(target + eq + value if eq else target)
+    return out
+
+
 # The range of every numeric option, by its name (the last part of --a.b.name), so one name means one rule in every
 # script. (low, high, low_open, high_open); None = unbounded. A numeric option not listed here must be finite and
 # ≥ 0 (counts, sizes, budgets, weights; 0 often means "the default"): a new option gets that rule without a line here.

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from synther.agents.buffer import ReplayBuffer, check_dimensions, load_training_data, reward_scale_from_returns
 from synther.agents.evaluation import EvalTarget, eval_target, run_episodes
 from synther.agents.networks import Agent
-from synther.cli import parse
+from synther.cli import apply_aliases, parse
 from synther.errors import UserError
 from synther.utils.device import resolve_device
 from synther.utils.io import atomic_path, atomic_write_json
@@ -84,13 +84,12 @@ class TrainConfig:
 
 
 def parse_config(config_class: type, description: str, args: list[str] | None = None) -> Any:
-    """synther.cli.parse, plus the paper repo's --config as an alias of pyrallis' --config_path."""
+    """synther.cli.parse, plus the paper repo's flag names: --config for pyrallis' --config_path, --env for
+    --dataset."""
     import sys
 
     args = list(sys.argv[1:] if args is None else args)
-    args = ["--config_path" if a == "--config" else
-            "--config_path=" + a.split("=", 1)[1] if a.startswith("--config=") else a for a in args]
-    return parse(config_class, description, args)
+    return parse(config_class, description, apply_aliases(args, {"--config": "--config_path", "--env": "--dataset"}))
 
 
 def seed_everything(seed: int) -> None:
