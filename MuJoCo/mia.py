@@ -38,6 +38,7 @@ from synther.diffusion.synthesizer import DiffusionConfig  # noqa: E402
 from synther.errors import UserError  # noqa: E402
 from synther.privacy.whitebox_audit import WhiteboxSetup, audit_dpsgd, summary_table  # noqa: E402
 from synther.utils.io import atomic_write_json  # noqa: E402
+from synther.utils.locks import FolderLock  # noqa: E402
 from synther.evaluation.mia import (AttackSettings, attack_checkpoint, finetune_config, format_table,  # noqa: E402
                                     run_audit, run_experiment, write_result)
 from synther.evaluation.outputs import default_evaluation_dir  # noqa: E402
@@ -93,17 +94,18 @@ def main() -> None:
         if not cfg.checkpoint:
             raise UserError("--mode attack needs --checkpoint (a fine-tuned checkpoint.pt)")
         out_dir = Path(cfg.out_dir) if cfg.out_dir else default_evaluation_dir(cfg.checkpoint, "mia")
-        result = attack_checkpoint(cfg.checkpoint, cfg.members, settings, cfg.bootstrap, cfg.device, cfg.dataset,
-                                   cfg.progress)
-        result["label"] = Path(cfg.checkpoint).parent.name
-        if cfg.audit:
-            ft = finetune_config(cfg.checkpoint)
-            if cfg.dataset:
-                ft.dataset = cfg.dataset
-            ft.device = cfg.device
-            result["audit"] = run_audit(ft, out_dir, cfg.canaries, cfg.canary_radius, cfg.confidence, settings,
-                                        cfg.progress)
-        path = write_result(result, out_dir)
+        with FolderLock(out_dir, what="output folder"):
+            result = attack_checkpoint(cfg.checkpoint, cfg.members, settings, cfg.bootstrap, cfg.device, cfg.dataset,
+                                       cfg.progress)
+            result["label"] = Path(cfg.checkpoint).parent.name
+            if cfg.audit:
+                ft = finetune_config(cfg.checkpoint)
+                if cfg.dataset:
+                    ft.dataset = cfg.dataset
+                ft.device = cfg.device
+                result["audit"] = run_audit(ft, out_dir, cfg.canaries, cfg.canary_radius, cfg.confidence, settings,
+                                            cfg.progress)
+            path = write_result(result, out_dir)
         print(format_table([result]))
         print(f"wrote {path}")
     elif cfg.mode == "experiment":
@@ -116,9 +118,10 @@ def main() -> None:
         base.seed, base.device = cfg.seed, cfg.device
         out_dir = Path(cfg.out_dir) if cfg.out_dir else Path("runs/mia") / f"{Path(cfg.dataset).stem}-seed{cfg.seed}"
         epsilons = _floats(cfg.epsilons or "1,10", "epsilons")
-        rows = run_experiment(base, cfg.load_checkpoint, cfg.dataset, out_dir, cfg.members, epsilons,
-                              cfg.nodp_epochs, settings, cfg.bootstrap, cfg.audit, cfg.canaries, cfg.canary_radius,
-                              cfg.confidence, cfg.progress)
+        with FolderLock(out_dir, what="output folder"):  # its fine-tunes lock their own sub-folders too
+            rows = run_experiment(base, cfg.load_checkpoint, cfg.dataset, out_dir, cfg.members, epsilons,
+                                  cfg.nodp_epochs, settings, cfg.bootstrap, cfg.audit, cfg.canaries,
+                                  cfg.canary_radius, cfg.confidence, cfg.progress)
         print(format_table(rows))
         print(f"wrote {out_dir / 'mia_experiment.md'}")
     elif cfg.mode == "audit_dpsgd":
@@ -126,11 +129,12 @@ def main() -> None:
         runs = Path(os.environ.get("PRIVTRANR_RUNS_DIR", "runs"))
         out_dir = Path(cfg.out_dir) if cfg.out_dir else runs / "mia" / f"audit-dpsgd-seed{cfg.seed}"
         results = []
-        for eps in epsilons:
-            results.append(audit_dpsgd(eps, cfg.dpsgd, cfg.confidence, cfg.seed))
-            print(f"ε = {eps:g}: lower bound {results[-1]['epsilon_lower_bound']:.3f} "
-                  f"in {results[-1]['seconds']:.1f}s", flush=True)
-        atomic_write_json(out_dir / "audit_dpsgd.json", {"results": results})
+        with FolderLock(out_dir, what="output folder"):
+            for eps in epsilons:
+                results.append(audit_dpsgd(eps, cfg.dpsgd, cfg.confidence, cfg.seed))
+                print(f"ε = {eps:g}: lower bound {results[-1]['epsilon_lower_bound']:.3f} "
+                      f"in {results[-1]['seconds']:.1f}s", flush=True)
+            atomic_write_json(out_dir / "audit_dpsgd.json", {"results": results})
         print(summary_table(results))
         print(f"wrote {out_dir / 'audit_dpsgd.json'}")
     else:

@@ -199,3 +199,36 @@ def test_an_epsilon_label_the_samples_ledger_contradicts_is_refused(data, tmp_pa
     right = run_script("td3_bc.py", *common, "--diffusion.path", str(labelled["eps5"]), "--dp_epsilon", "5",
                        env_extra=data["env"])
     assert right.returncode == 0, right.stderr
+
+
+def test_every_output_folder_refuses_a_second_writer(data, tmp_path):
+    """Sampling, fidelity, membership inference and the baselines take the same folder lock as training runs: a
+    held folder stops each script with one line naming the holder, and none of them writes into it."""
+    pre = tmp_path / "pre"
+    made = run_script("train_diffuser.py", "--mode", "pretrain", "--public_datasets", UMAZE, "--run_dir", str(pre),
+                      "--width", "16", "--depth", "1", "--train.max_steps", "5", "--progress", "false",
+                      env_extra=data["env"])
+    assert made.returncode == 0, made.stderr
+    out = tmp_path / "out"
+    commands = {
+        "sample": ("train_diffuser.py", "--mode", "sample", "--load_checkpoint", str(pre / "checkpoint.pt"),
+                   "--run_dir", str(out), "--num_samples", "100", "--progress", "false"),
+        "fidelity": ("marginal.py", "--real", UMAZE, "--synthetic", str(data["samples"]["a"]), "--out_dir", str(out),
+                     "--plot", "false"),
+        "mia": ("mia.py", "--mode", "attack", "--checkpoint", str(pre / "checkpoint.pt"), "--out_dir", str(out)),
+        "white-box audit": ("mia.py", "--mode", "audit_dpsgd", "--epsilons", "1", "--out_dir", str(out)),
+        "baseline": ("baselines.py", "--method", "mst", "--dataset", UMAZE, "--public_datasets", UMAZE,
+                     "--run_dir", str(out)),
+    }
+    holder = _hold(out)
+    try:
+        for what, command in commands.items():
+            proc = run_script(*command, env_extra=data["env"])
+            assert_user_error(proc, "in use by another process", f"pid {holder.pid}")
+            assert sorted(p.name for p in out.iterdir()) == [".lock"], what
+    finally:
+        holder.kill()
+        holder.wait()
+    sampled = run_script(*commands["sample"], env_extra=data["env"])  # the same command, once the folder is free
+    assert sampled.returncode == 0, sampled.stderr
+    assert (out / "samples.npz").exists()

@@ -27,6 +27,7 @@ from synther.baselines.env import WORKER, ensure_env
 from synther.data import TransitionDataset, check_compatible, load_dataset
 from synther.errors import UserError
 from synther.utils.io import atomic_path, atomic_write_json
+from synther.utils.locks import FolderLock
 from synther.utils.provenance import package_versions
 
 METHODS = ("mst", "aim", "dpctgan", "patectgan")
@@ -182,6 +183,12 @@ def synthesize(cfg: BaselineConfig, progress: bool = True) -> Path:
     out = out_dir / "samples.npz"
     if out.exists() and not cfg.overwrite:
         return out
+    with FolderLock(out_dir):  # two fits in one folder would delete each other's work files
+        return _fit_and_write(cfg, out_dir, progress)
+
+
+def _fit_and_write(cfg: BaselineConfig, out_dir: Path, progress: bool) -> Path:
+    out = out_dir / "samples.npz"
 
     def say(msg: str) -> None:
         if progress:

@@ -31,6 +31,7 @@ from synther.privacy.dpsgd import CLIPPING_MODES, NOISE_GENERATORS
 from synther.privacy.ledger import LEGACY_Z_MAX, PrivacyLedger
 from synther.utils.device import resolve_device
 from synther.utils.io import file_sha256
+from synther.utils.locks import FolderLock
 from synther.utils.provenance import package_versions
 
 
@@ -394,11 +395,13 @@ class Synthesizer:
 def sample(cfg: DiffusionConfig) -> Path:
     if not cfg.load_checkpoint:
         raise UserError("sample needs --load_checkpoint")
-    syn = Synthesizer.load(cfg.load_checkpoint, cfg.device)
-    ds = syn.sample(cfg.num_samples, cfg.sampler, cfg.sample_batch, cfg.seed, cfg.progress, cfg.reward_range)
     out = default_run_dir(cfg) / "samples.npz"
-    ledger = syn.ledger.to_dict()  # the release's ledger also says what was done to the samples after the model
-    ledger["statistics"] = {**ledger.get("statistics", {}),
-                            "sample_postprocessing": ds.provenance["postprocessing"] + " (public bounds only)"}
-    ds.save(out, extra_metadata={"privacy_ledger": ledger, "diffusion_meta": syn.meta})
+    # the folder's lock: no sampling from a run still training there, no two samplers writing one file
+    with FolderLock(out.parent):
+        syn = Synthesizer.load(cfg.load_checkpoint, cfg.device)
+        ds = syn.sample(cfg.num_samples, cfg.sampler, cfg.sample_batch, cfg.seed, cfg.progress, cfg.reward_range)
+        ledger = syn.ledger.to_dict()  # the release's ledger also says what was done to the samples after the model
+        ledger["statistics"] = {**ledger.get("statistics", {}),
+                                "sample_postprocessing": ds.provenance["postprocessing"] + " (public bounds only)"}
+        ds.save(out, extra_metadata={"privacy_ledger": ledger, "diffusion_meta": syn.meta})
     return out

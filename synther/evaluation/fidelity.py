@@ -21,6 +21,7 @@ import numpy as np
 
 from synther.data.dataset import TransitionDataset, TransitionLayout, check_compatible
 from synther.evaluation.outputs import default_evaluation_dir
+from synther.utils.locks import FolderLock
 
 # sdmetrics' KSComplement rounds to sys.float_info.dig - 1 decimals before the test
 KS_DECIMALS = 14
@@ -242,13 +243,21 @@ def write_fidelity_report(
     `out_dir` defaults to default_out_dir(synthetic_path); `real` may pass an already loaded reference (sweeps load
     it once). Extra keyword arguments go to evaluate_fidelity. Raises UserError for missing or mismatched inputs.
     """
-    from synther.data.registry import load_dataset
     from synther.errors import UserError
-    from synther.utils.io import atomic_write_json
 
     synthetic_path = Path(synthetic_path)
     if not synthetic_path.is_file():
         raise UserError(f"{synthetic_path}: sample file not found (expected a samples.npz with D4RL keys)")
+    out = Path(out_dir) if out_dir else default_out_dir(synthetic_path)
+    with FolderLock(out, what="output folder"):  # one scorer per folder
+        return _score_and_write(real_spec, synthetic_path, out, plot, real, **kwargs)
+
+
+def _score_and_write(real_spec: str, synthetic_path: Path, out: Path, plot: bool, real: TransitionDataset | None,
+                     **kwargs: Any) -> dict[str, Any]:
+    from synther.data.registry import load_dataset
+    from synther.utils.io import atomic_write_json
+
     t = time.perf_counter()
     real = real if real is not None else load_dataset(real_spec)
     synthetic = load_dataset(synthetic_path)
@@ -256,7 +265,6 @@ def write_fidelity_report(
     report = evaluate_fidelity(real, synthetic, **kwargs)
     report["real"], report["synthetic"] = str(real_spec), str(synthetic_path)
     report["seconds"]["load"] = t_load
-    out = Path(out_dir) if out_dir else default_out_dir(synthetic_path)
     if plot:
         from synther.evaluation.plots import pair_error_heatmap
 
