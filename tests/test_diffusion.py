@@ -142,6 +142,39 @@ def test_resume_after_kill_continues_the_privacy_ledger(pretrained, tmp_path, mo
     assert steps == [10, 20, 30, 40]  # no duplicated records from the killed run
 
 
+def test_cosine_learning_rate_is_a_function_of_the_step_and_resumes_with_it(pretrained, tmp_path, monkeypatch):
+    """--train.lr_decay cosine: step t uses lr·(1 + cos(πt/T))/2, whatever the data (a public schedule, free under
+    DP), and a resumed run continues the schedule where the killed one stopped."""
+    import math
+
+    original = DiffusionTrainer._train_step
+    seen: dict[str, list[float]] = {}
+
+    def recording_step(self, x):
+        out = original(self, x)
+        seen.setdefault(str(self.run_dir), []).append(self.optimizer.param_groups[0]["lr"])
+        if len(seen[str(self.run_dir)]) == 26 and "killed" in str(self.run_dir) and not seen.get("resumed"):
+            seen["resumed"] = [1.0]
+            raise KeyboardInterrupt  # killed between checkpoints 20 and 30
+        return out
+
+    monkeypatch.setattr(DiffusionTrainer, "_train_step", recording_step)
+    cfg = config(tmp_path, "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained), dp=DPConfig(epsilon=3.0))
+    cfg.train = dataclasses.replace(cfg.train, lr=1e-3, lr_decay="cosine")
+    finetune(dataclasses.replace(cfg, run_dir=str(tmp_path / "whole")))
+    expected = [0.5 * 1e-3 * (1 + math.cos(math.pi * t / 40)) for t in range(40)]
+    assert seen[str(tmp_path / "whole")] == pytest.approx(expected, rel=1e-12)
+    killed = dataclasses.replace(cfg, run_dir=str(tmp_path / "killed"))
+    with pytest.raises(KeyboardInterrupt):
+        finetune(killed)
+    finetune(killed)
+    assert seen[str(tmp_path / "killed")][26:] == pytest.approx(expected[20:], rel=1e-12)  # resumed at step 20
+    cfg.train = dataclasses.replace(cfg.train, lr_decay="linear")
+    with pytest.raises(UserError, match="unknown train.lr_decay 'linear'"):
+        finetune(dataclasses.replace(cfg, run_dir=str(tmp_path / "bad")))
+    assert not (tmp_path / "bad").exists()
+
+
 def test_samples_npz_has_d4rl_keys_bounds_and_ledger(pretrained, tmp_path):
     cfg = config(tmp_path, "sample", load_checkpoint=str(pretrained), num_samples=500, sample_batch=200,
                  sampler=SamplerConfig(name="dpm2m", steps=8))

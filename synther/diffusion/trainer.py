@@ -36,11 +36,13 @@ from synther.utils.locks import FolderLock
 from synther.utils.optim import fused_optimizer
 
 CHECKPOINT = "checkpoint.pt"
+LR_DECAYS = ("none", "cosine")
 
 
 @dataclass
 class TrainConfig:
-    lr: float = 3e-4  # AdamW learning rate
+    lr: float = 3e-4  # AdamW learning rate (the peak, when lr_decay is set)
+    lr_decay: str = "none"  # none | cosine (to 0 over the run's steps; a public schedule, so free under DP)
     adam_beta2: float = 0.99  # AdamW β2 (β1 = 0.9)
     weight_decay: float = 0.0  # AdamW weight decay
     batch_size: int = 128  # batch size; under DP the expected size of each Poisson batch
@@ -76,6 +78,8 @@ class DiffusionTrainer:
                  augment: Callable[[int, torch.Tensor], torch.Tensor] | None = None, progress: bool = True) -> None:
         """`data`: raw transition vectors (N, d) on the model's device. `augment(step, batch)` may extend a
         public pre-training batch (curiosity); it is refused under DP, where batches must stay Poisson samples."""
+        if cfg.lr_decay not in LR_DECAYS:
+            raise UserError(f"unknown train.lr_decay '{cfg.lr_decay}' (choose from: {', '.join(LR_DECAYS)})")
         if dp is not None and augment is not None:
             raise UserError("batch augmentation (curiosity) is for public pre-training only, not DP fine-tuning")
         self.model, self.data, self.cfg, self.run_dir = model, data, cfg, Path(run_dir)
@@ -103,7 +107,10 @@ class DiffusionTrainer:
         dp_hashed = {k: v for k, v in asdict(dp).items() if k != "noise_generator"} if dp else None
         if dp_hashed and dp.draws_per_record == 1:  # runs from before the option resume as they were
             del dp_hashed["draws_per_record"]
-        self.config_hash = hashlib.sha256(json.dumps([asdict(cfg), meta.get("phase"), seed, dp_hashed,
+        cfg_hashed = asdict(cfg)
+        if cfg.lr_decay == "none":  # runs from before the option resume as they were
+            del cfg_hashed["lr_decay"]
+        self.config_hash = hashlib.sha256(json.dumps([cfg_hashed, meta.get("phase"), seed, dp_hashed,
                                                       meta.get("identity")],
                                                      sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -168,7 +175,15 @@ class DiffusionTrainer:
             idx = torch.randint(len(self.data), (self.cfg.batch_size,), generator=self.batch_gen).to(self.data.device)
         return self.data[idx]
 
+    def _set_lr(self) -> None:
+        """The learning rate of the coming step: a function of the step count only, never of the data."""
+        if self.cfg.lr_decay == "cosine":
+            lr = 0.5 * self.cfg.lr * (1 + math.cos(math.pi * self.step / self.total_steps))
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+
     def _train_step(self, x: torch.Tensor) -> dict[str, float]:
+        self._set_lr()
         self.optimizer.zero_grad(set_to_none=True)
         if self.dp is None:
             if self.augment is not None:
