@@ -32,22 +32,50 @@ REFERENCE_NOTE = (
 )
 
 
-# --- column-level statistics on plain matrices ------------------------------------------------------------------
+# --- column-level statistics -------------------------------------------------------------------------------
+CHUNK_ROWS = 65_536  # rows per block in the correlation sums and KS look-ups: the memory they need beyond the data
+
+
 def _columns(x: np.ndarray) -> np.ndarray:
-    # drop the terminal column (last in SynthER order); a view: the statistics cast to float64 column by column
+    # drop the terminal column (last in SynthER order); a view
     return np.asarray(x)[:, :-1]
 
 
-def ks_statistics(real: np.ndarray, synthetic: np.ndarray) -> np.ndarray:
-    """Two-sample KS statistic of every column of two (N, d) matrices; NaN for a column empty in either.
+class Columns:
+    """The scored columns of a table, read in place: an (N, d) matrix, or a TransitionDataset's SynthER columns
+    [obs, action, reward, next_obs] (terminal left out). No (N, d) copy is ever made, so scoring 1M-row sets needs
+    little beyond the loaded arrays."""
+
+    def __init__(self, table: "np.ndarray | TransitionDataset | Columns") -> None:
+        if isinstance(table, Columns):
+            self.parts: list[np.ndarray] = table.parts
+        elif isinstance(table, TransitionDataset):
+            self.parts = [table.observations, table.actions, table.rewards[:, None], table.next_observations]
+        else:
+            self.parts = [np.asarray(table)]
+        self.shape = (len(self.parts[0]), sum(p.shape[1] for p in self.parts))
+        self._where = [(p, k) for p in self.parts for k in range(p.shape[1])]
+        self.may_have_nan = not isinstance(table, TransitionDataset)  # datasets are validated finite
+
+    def column(self, j: int) -> np.ndarray:
+        part, k = self._where[j]
+        return part[:, k]
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) as a float64 block."""
+        return np.hstack([p[start:stop] for p in self.parts], dtype=np.float64)
+
+
+def ks_statistics(real: "np.ndarray | Columns", synthetic: "np.ndarray | Columns") -> np.ndarray:
+    """Two-sample KS statistic of every column of two (N, d) tables; NaN for a column empty in either.
 
     Same value as scipy.stats.ks_2samp after sdmetrics' NaN dropping and rounding: D = max_x |F_r(x) − F_s(x)|
     over the pooled sample, with right-continuous empirical CDFs.
     """
-    real, synthetic = np.asarray(real), np.asarray(synthetic)
+    real, synthetic = Columns(real), Columns(synthetic)
     out = np.full(real.shape[1], np.nan)
     for j in range(real.shape[1]):  # one column at a time keeps memory at O(N), not O(N·d)
-        r, s = _sorted_finite(real[:, j]), _sorted_finite(synthetic[:, j])
+        r, s = _sorted_finite(real.column(j)), _sorted_finite(synthetic.column(j))
         if len(r) and len(s):
             out[j] = _ks_sorted(r, s)
     return out
@@ -61,25 +89,32 @@ def _sorted_finite(col: np.ndarray) -> np.ndarray:
 
 
 def _ks_sorted(r: np.ndarray, s: np.ndarray) -> float:
-    """KS statistic of two sorted samples by one linear merge (a stable argsort of two sorted runs is a merge)."""
-    n1, n2 = len(r), len(s)
-    pooled = np.concatenate([r, s])
-    order = np.argsort(pooled, kind="stable")
-    below_r = np.cumsum(order < n1)  # real values <= the k-th pooled value
-    below_s = np.arange(1, n1 + n2 + 1) - below_r
-    v = pooled[order]
-    last_of_ties = np.append(v[1:] != v[:-1], True)  # right-continuous CDFs: evaluate after the last tie
-    # the same integer counts divided the same way as scipy's searchsorted(...)/n, so the result is bit-identical
-    return float(np.abs(below_r[last_of_ties] / n1 - below_s[last_of_ties] / n2).max())
+    """KS statistic of two sorted samples: the largest CDF gap at any pooled value.
+
+    Each CDF is a step at the sample's distinct values, so the gap is checked there only: a sample's own CDF is
+    (end of the tie run)/n, the other's one searchsorted (sorted queries: each search starts where the last
+    ended), in blocks. The same integer counts divided by n as scipy's searchsorted(..., 'right')/n over the
+    pooled sample, so the result equals scipy's to rounding."""
+    gap = 0.0
+    for own, other in ((r, s), (s, r)):
+        ends = np.flatnonzero(np.append(own[1:] != own[:-1], True)) + 1  # count(own ≤ v) at each distinct v
+        for start in range(0, len(ends), CHUNK_ROWS):
+            count = ends[start:start + CHUNK_ROWS]
+            cdf_own = count / len(own)
+            cdf_other = np.searchsorted(other, own[count - 1], side="right") / len(other)
+            gap = max(gap, float(np.abs(cdf_own - cdf_other).max()))
+    return gap
 
 
-def correlation_matrices(real: np.ndarray, synthetic: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pearson correlation matrices of two (N, d) matrices, NaN where sdmetrics gives no score.
+def correlation_matrices(real: "np.ndarray | Columns", synthetic: "np.ndarray | Columns"
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Pearson correlation matrices of two (N, d) tables, NaN where sdmetrics gives no score.
 
     A column that is constant in either table (one distinct value) makes its pairs undefined, as sdmetrics'
-    ConstantInputError does. Without NaNs this is one corrcoef per table; with NaNs, pairs use pairwise-complete rows.
+    ConstantInputError does. Without NaNs the coefficients come from float64 sums over blocks of rows; with NaNs,
+    pairs use pairwise-complete rows.
     """
-    real, synthetic = np.asarray(real, dtype=np.float64), np.asarray(synthetic, dtype=np.float64)
+    real, synthetic = Columns(real), Columns(synthetic)
     constant = _constant(real) | _constant(synthetic)
     cr, cs = _pearson(real), _pearson(synthetic)
     cr[constant, :] = cr[:, constant] = np.nan
@@ -87,25 +122,38 @@ def correlation_matrices(real: np.ndarray, synthetic: np.ndarray) -> tuple[np.nd
     return cr, cs
 
 
-def _constant(x: np.ndarray) -> np.ndarray:
+def _constant(x: Columns) -> np.ndarray:
     # exact test: a constant column can have a tiny nonzero np.std from rounding in the mean
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: undefined, hence "constant"
-        return ~(np.nanmax(x, axis=0) > np.nanmin(x, axis=0))
+        return np.array([not np.nanmax(c) > np.nanmin(c) for c in map(x.column, range(x.shape[1]))])
 
 
-def _pearson(x: np.ndarray) -> np.ndarray:
-    d = x.shape[1]
+def _pearson(x: Columns) -> np.ndarray:
+    n, d = x.shape
     with np.errstate(invalid="ignore", divide="ignore"):
-        if not np.isnan(x).any():
-            return np.corrcoef(x, rowvar=False).reshape(d, d)
-        out = np.full((d, d), np.nan)
-        for i in range(d):
-            for j in range(i + 1, d):
-                ok = ~(np.isnan(x[:, i]) | np.isnan(x[:, j]))
-                if ok.sum() >= 2:
-                    out[i, j] = out[j, i] = np.corrcoef(x[ok, i], x[ok, j])[0, 1]
-        return out
+        if x.may_have_nan and any(np.isnan(x.column(j)).any() for j in range(d)):
+            return _pearson_pairwise(x.rows(0, n))
+        # two passes (mean, then centred products) as np.corrcoef computes it, without its centred (N, d) copy
+        mean = sum(x.rows(a, a + CHUNK_ROWS).sum(axis=0) for a in range(0, n, CHUNK_ROWS)) / n
+        cov = np.zeros((d, d))
+        for a in range(0, n, CHUNK_ROWS):
+            block = x.rows(a, a + CHUNK_ROWS) - mean
+            cov += block.T @ block
+        std = np.sqrt(np.diag(cov))
+        corr = cov / std[:, None] / std[None, :]
+        return np.clip(corr, -1, 1, out=corr)
+
+
+def _pearson_pairwise(x: np.ndarray) -> np.ndarray:
+    d = x.shape[1]
+    out = np.full((d, d), np.nan)
+    for i in range(d):
+        for j in range(i + 1, d):
+            ok = ~(np.isnan(x[:, i]) | np.isnan(x[:, j]))
+            if ok.sum() >= 2:
+                out[i, j] = out[j, i] = np.corrcoef(x[ok, i], x[ok, j])[0, 1]
+    return out
 
 
 # --- the two scores on flat SynthER vectors (terminal last) ----------------------------------------------------
@@ -128,10 +176,10 @@ def column_names(layout: TransitionLayout) -> list[str]:
             + ["reward"] + [f"next_obs[{i}]" for i in range(layout.obs_dim)])
 
 
-def _subsample(x: np.ndarray, max_rows: int | None, rng: np.random.Generator) -> np.ndarray:
-    if max_rows and len(x) > max_rows:
-        return x[np.sort(rng.choice(len(x), size=max_rows, replace=False))]
-    return x
+def _subsample(ds: TransitionDataset, max_rows: int | None, rng: np.random.Generator) -> TransitionDataset:
+    if max_rows and ds.size > max_rows:
+        return ds.subset(np.sort(rng.choice(ds.size, size=max_rows, replace=False)))
+    return ds
 
 
 def _num(v: float) -> float | None:
@@ -159,8 +207,7 @@ def evaluate_fidelity(
     t_start = time.perf_counter()
     rng = np.random.default_rng(seed)
     names = column_names(real.layout)
-    r = _columns(_subsample(real.to_vectors(), max_rows, rng))
-    s = _columns(_subsample(synthetic.to_vectors(), max_rows, rng))
+    r, s = Columns(_subsample(real, max_rows, rng)), Columns(_subsample(synthetic, max_rows, rng))
 
     t = time.perf_counter()
     ks = ks_statistics(r, s)
@@ -177,10 +224,10 @@ def evaluate_fidelity(
                  "synthetic_corr": float(cs[iu][k]), "abs_diff": float(diff[iu][k]), "score": float(pair_scores[k])}
                 for k in order[:top_pairs]]
     per_column = [{"column": name, "score": _num(1.0 - ks[j]), "ks": _num(ks[j]),
-                   "real_mean": float(np.nanmean(r[:, j], dtype=np.float64)),
-                   "synthetic_mean": float(np.nanmean(s[:, j], dtype=np.float64)),
-                   "real_std": float(np.nanstd(r[:, j], dtype=np.float64)),
-                   "synthetic_std": float(np.nanstd(s[:, j], dtype=np.float64))}
+                   "real_mean": float(np.mean(r.column(j), dtype=np.float64)),
+                   "synthetic_mean": float(np.mean(s.column(j), dtype=np.float64)),
+                   "real_std": float(np.std(r.column(j), dtype=np.float64)),
+                   "synthetic_std": float(np.std(s.column(j), dtype=np.float64))}
                   for j, name in enumerate(names)]
     undefined = [names[j] for j in range(len(names)) if np.isnan(cr[j]).all()]
 
@@ -201,7 +248,7 @@ def evaluate_fidelity(
         "pairs_total": len(pair_scores),
         "columns_without_correlation": undefined,
         "pair_matrix": {"columns": names, "abs_diff": [[_num(v) for v in row] for row in diff]},
-        "rows": {"real": len(r), "synthetic": len(s), "real_total": real.size, "synthetic_total": synthetic.size,
+        "rows": {"real": r.shape[0], "synthetic": s.shape[0], "real_total": real.size, "synthetic_total": synthetic.size,
                  "max_rows": max_rows or None, "seed": seed},
         "dynamics": None,
         "real": real.name or real.source,
