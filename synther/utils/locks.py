@@ -2,8 +2,9 @@
 
 The lock is `flock` on `<folder>/<name>`, held by an open file descriptor, so the kernel drops it when the process
 exits however it dies (kill -9 included): nothing is ever judged stale by guessing from a PID. The file keeps the
-holder's host and PID only so the refusal can name them. flock is per machine: folders on a filesystem shared by
-several machines (a Ray cluster) are protected on each machine, not across them.
+holder's host and PID only so the refusal can name them. Across machines (a Ray cluster's shared folder) the lock
+holds where the filesystem implements flock: Linux emulates it with byte-range locks on NFS, Lustre needs
+`-o flock`; elsewhere each machine is guarded separately.
 """
 from __future__ import annotations
 
