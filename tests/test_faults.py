@@ -174,7 +174,7 @@ def test_an_output_path_under_a_regular_file_is_one_error_line(data, tmp_path):
     assert_user_error(collect, out, "cannot write there", "Not a directory")
     fidelity = run_script("marginal.py", "--real", UMAZE, "--synthetic", str(data["samples"]["a"]), "--out_dir", out,
                           "--plot", "false", env_extra=data["env"])
-    assert_user_error(fidelity, out, "cannot write there")
+    assert_user_error(fidelity, out, "cannot create the output folder", "Not a directory")  # refused at its lock
     agent = run_script("td3_bc.py", "--dataset", UMAZE, "--checkpoints_path", out, *TINY, env_extra=data["env"])
     assert_user_error(agent, "cannot create the run folder")
     assert blocker.read_text().startswith("a regular file")
