@@ -6,8 +6,9 @@ from synther.diffusion.curiosity import Curiosity, CuriosityConfig
 from synther.diffusion.denoiser import DenoiserConfig
 from synther.diffusion.edm import EDM
 from synther.diffusion.normalizer import Normalizer
-from synther.diffusion.trainer import DiffusionTrainer, DPSettings, TrainConfig
+from synther.diffusion.trainer import DiffusionTrainer, TrainConfig
 from synther.errors import UserError
+from synther.privacy.engine import DPSettings
 from synther.privacy.ledger import PrivacyLedger
 
 DIM = 12

@@ -18,9 +18,10 @@ from scipy.stats import norm
 from synther.data import load_dataset
 from synther.data.dataset import TransitionDataset
 from synther.diffusion.synthesizer import DiffusionConfig, DPConfig, finetune, load_model, pretrain, sample
-from synther.diffusion.trainer import DiffusionTrainer, DPSettings, TrainConfig
+from synther.diffusion.trainer import DiffusionTrainer, TrainConfig
 from synther.errors import UserError
 from synther.privacy.accounting import epsilon_replace_one, epsilon_spent, tail_delta
+from synther.privacy.engine import DPSettings
 from synther.privacy.ledger import PrivacyLedger
 
 from maze_data import write_mazes

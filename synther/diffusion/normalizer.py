@@ -43,7 +43,7 @@ class Normalizer(nn.Module):
         data or the env spec) and mapped to y ∈ [-1, 1]^d; the vector (y, y², 1) then has L2 norm ≤ √(2d+1), so
         releasing Σ(y, y², 1) + N(0, σ²(2d+1)) is one Gaussian mechanism with noise multiplier σ on the add/remove
         neighbouring relation: accountant entry (σ, 1.0, 1). `rng` must be seeded from OS entropy
-        (`np.random.default_rng()`): noise that can be replayed can be subtracted.
+        (synther.privacy.randomness.secret_numpy_rng): noise that can be replayed can be subtracted.
         """
         d = x.shape[1]
         centre, half = (upper + lower) / 2, np.maximum((upper - lower) / 2, 1e-6)

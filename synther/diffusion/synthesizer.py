@@ -24,11 +24,13 @@ from synther.diffusion.denoiser import PROFILES, DenoiserConfig
 from synther.diffusion.edm import EDM, EDMConfig, SamplerConfig, network_evaluations
 from synther.diffusion.lora import add_adapters, merge_adapters
 from synther.diffusion.normalizer import Normalizer
-from synther.diffusion.trainer import CHECKPOINT, DiffusionTrainer, DPSettings, TrainConfig
+from synther.diffusion.trainer import CHECKPOINT, DiffusionTrainer, TrainConfig
 from synther.errors import UserError
 from synther.privacy.accounting import ACCOUNTANTS, calibrate_noise_multiplier, validate_target
 from synther.privacy.dpsgd import CLIPPING_MODES, NOISE_GENERATORS
+from synther.privacy.engine import DPSettings
 from synther.privacy.ledger import LEGACY_Z_MAX, PrivacyLedger
+from synther.privacy.randomness import secret_numpy_rng
 from synther.utils.device import resolve_device
 from synther.utils.io import file_sha256
 from synther.utils.locks import FolderLock
@@ -200,9 +202,9 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
     if dp.normalizer == "dp" and dp.enabled:
         pad = 0.1 * (np.asarray(meta["public_max"]) - np.asarray(meta["public_min"]))
         box_low, box_high = np.asarray(meta["public_min"]) - pad, np.asarray(meta["public_max"]) + pad
-        # a mechanism's noise: OS entropy (default_rng() with no seed), never --seed, never saved
+        # a mechanism's noise: OS entropy, never --seed, never saved
         normalizer = Normalizer.dp_estimate(x, layout, box_low, box_high, dp.normalizer_noise_multiplier,
-                                            np.random.default_rng())
+                                            secret_numpy_rng())
         model.normalizer.mean.copy_(normalizer.mean)
         model.normalizer.std.copy_(normalizer.std)
         model.normalizer.source = normalizer.source

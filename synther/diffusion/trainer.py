@@ -14,7 +14,6 @@ not be released.
 A run resumes only from a checkpoint written with the same configuration, data and starting checkpoint: the
 configuration hash covers `meta["identity"]` (content hashes of the datasets and of the loaded checkpoint).
 """
-import secrets
 import copy
 import hashlib
 import json
@@ -29,8 +28,9 @@ from tqdm.auto import tqdm
 
 from synther.diffusion.edm import EDM
 from synther.errors import UserError
-from synther.privacy.dpsgd import ClippedGradient, GaussianNoise, PoissonSampler
+from synther.privacy.engine import DPSGD, DPSettings
 from synther.privacy.ledger import PrivacyLedger
+from synther.privacy.randomness import reseed_torch_globally
 from synther.utils.io import atomic_path, atomic_write_json
 from synther.utils.locks import FolderLock
 from synther.utils.optim import fused_optimizer
@@ -60,16 +60,111 @@ class TrainConfig:
         return max(1, math.ceil(self.epochs * num_rows / self.batch_size))
 
 
-@dataclass
-class DPSettings:
-    """Resolved DP-SGD parameters for one fine-tuning run (σ already calibrated)."""
+class PublicStep:
+    """Non-private training: uniform batches from a generator seeded by --seed (reproducible), the mean loss."""
 
-    noise_multiplier: float
-    clip_norm: float
-    sample_rate: float
-    clipping_mode: str = "ghost"
-    noise_generator: str = "auto"  # GaussianNoise's: auto | philox | torch (same distribution, different speed)
-    draws_per_record: int = 1  # noise multiplicity: diffusion draws (σ, n) averaged in each record's loss before clipping
+    def __init__(self, model: EDM, optimizer: torch.optim.Optimizer, num_records: int, batch_size: int, seed: int,
+                 augment: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.model, self.optimizer, self.num_records, self.batch_size = model, optimizer, num_records, batch_size
+        self.augment, self.generator = augment, torch.Generator().manual_seed(seed)
+
+    def hash_key(self) -> None:
+        return None
+
+    def note_in_ledger(self, ledger: PrivacyLedger, total_steps: int, log_private: bool) -> None:
+        pass
+
+    def sample(self) -> torch.Tensor:
+        return torch.randint(self.num_records, (self.batch_size,), generator=self.generator)
+
+    def step(self, x: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.augment is not None:
+            x = self.augment(step, x)
+        loss = self.model.per_sample_loss(x).mean()
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.detach()}
+
+    def log_record(self, stats: dict[str, Any], ledger: PrivacyLedger, log_private: bool) -> dict[str, float]:
+        return {k: float(v) for k, v in stats.items()}
+
+    def ledger_steps(self, step: int) -> int:
+        return 0  # public training spends no privacy budget
+
+    def rng_state(self, device: torch.device) -> dict[str, torch.Tensor]:
+        state = {"torch": torch.get_rng_state(), "batch": self.generator.get_state()}
+        if device.type == "cuda":  # the diffusion noise (σ, ε draws) comes from the GPU's generator
+            state["cuda"] = torch.cuda.get_rng_state(device)
+        return state
+
+    def set_rng_state(self, state: dict[str, torch.Tensor], device: torch.device, step: int) -> None:
+        torch.set_rng_state(state["torch"].cpu())  # RNG states are CPU byte tensors, whatever map_location did
+        if "cuda" in state and device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+        self.generator.set_state(state["batch"].cpu())
+
+
+class PrivateStep:
+    """DP fine-tuning through the DP-SGD engine (synther.privacy.engine): Poisson batches, clipped per-record
+    gradients, Gaussian noise, all from OS entropy and never saved; the ledger counts the engine's steps."""
+
+    def __init__(self, model: EDM, optimizer: torch.optim.Optimizer, num_records: int, settings: DPSettings) -> None:
+        reseed_torch_globally()  # the diffusion draws (σ, noise) inside each per-sample loss are secret too
+        self.model, self.settings = model, settings
+        self.engine = DPSGD(model, optimizer, num_records, settings)
+
+    def hash_key(self) -> dict[str, Any]:
+        # the noise generator is left out: it changes speed, not the mechanism, so a run may resume with another
+        hashed = {k: v for k, v in asdict(self.settings).items() if k != "noise_generator"}
+        if self.settings.draws_per_record == 1:  # runs from before the option resume as they were
+            del hashed["draws_per_record"]
+        return hashed
+
+    def note_in_ledger(self, ledger: PrivacyLedger, total_steps: int, log_private: bool) -> None:
+        """Say where the randomness came from and charge the noise generator's tail cap; refuse a run the tail
+        would spoil. A resumed run may use another generator, so the ledger keeps the smallest cap of any segment."""
+        ledger.statistics["dp_randomness"] = ("Poisson sampling, DP noise and the diffusion noise draws seeded from "
+                                              "OS entropy; not derivable from the seed, never saved")
+        if log_private:
+            ledger.statistics["metrics.jsonl"] = ("holds NON-private loss, gradient-norm and batch-size statistics "
+                                                  "of the sensitive batches: do not release it")
+        ledger.statistics["dp_noise"] = f"N(0, (σC)²) per parameter per step, {self.engine.generator_name}"
+        previous = ledger.noise_z_max
+        ledger.noise_z_max = self.engine.z_max if previous is None else min(previous, self.engine.z_max)
+        ledger.check_tail(self.settings.noise_multiplier, self.settings.sample_rate, total_steps, ledger.noise_z_max)
+
+    def sample(self) -> torch.Tensor:
+        return self.engine.sample()
+
+    def step(self, x: torch.Tensor, step: int) -> dict[str, Any]:
+        return self.engine.step(x, self.model.per_sample_loss)
+
+    def log_record(self, stats: dict[str, Any], ledger: PrivacyLedger, log_private: bool) -> dict[str, float]:
+        """ε so far; the private batch's statistics only if asked (they are not DP)."""
+        ledger.steps_taken = self.engine.steps_taken
+        record = {k: float(v) for k, v in stats.items()} if log_private else {}
+        return {**record, "epsilon": ledger.epsilon_spent()}
+
+    def ledger_steps(self, step: int) -> int:
+        return self.engine.steps_taken
+
+    def rng_state(self, device: torch.device) -> dict[str, torch.Tensor]:
+        return {}  # under DP no generator state is written anywhere
+
+    def set_rng_state(self, state: dict[str, torch.Tensor], device: torch.device, step: int) -> None:
+        self.engine.steps_taken = step  # the randomness restarts from fresh OS entropy; the count continues
+
+
+def step_strategy(model: EDM, optimizer: torch.optim.Optimizer, num_records: int, batch_size: int, seed: int,
+                  dp: DPSettings | None, augment: Callable[[int, torch.Tensor], torch.Tensor] | None = None
+                  ) -> PublicStep | PrivateStep:
+    """The step a run takes: DP-SGD when `dp` is given, else the public step (which alone may augment batches)."""
+    if dp is None:
+        return PublicStep(model, optimizer, num_records, batch_size, seed, augment)
+    if augment is not None:
+        raise UserError("batch augmentation (curiosity) is for public pre-training only, not DP fine-tuning")
+    return PrivateStep(model, optimizer, num_records, dp)
 
 
 class DiffusionTrainer:
@@ -80,62 +175,30 @@ class DiffusionTrainer:
         public pre-training batch (curiosity); it is refused under DP, where batches must stay Poisson samples."""
         if cfg.lr_decay not in LR_DECAYS:
             raise UserError(f"unknown train.lr_decay '{cfg.lr_decay}' (choose from: {', '.join(LR_DECAYS)})")
-        if dp is not None and augment is not None:
-            raise UserError("batch augmentation (curiosity) is for public pre-training only, not DP fine-tuning")
         self.model, self.data, self.cfg, self.run_dir = model, data, cfg, Path(run_dir)
-        self.ledger, self.meta, self.seed, self.dp, self.augment, self.progress = ledger, meta, seed, dp, augment, progress
+        self.ledger, self.meta, self.seed, self.progress = ledger, meta, seed, progress
         self.total_steps = cfg.total_steps(len(data))
         self.ema = copy.deepcopy(model).requires_grad_(False)
         self.optimizer = fused_optimizer(torch.optim.AdamW, model.parameters(), lr=cfg.lr,
                                          betas=(0.9, cfg.adam_beta2), weight_decay=cfg.weight_decay)
-        # Which rows enter each batch, and the DP noise: reproducible for public training, secret under DP.
-        self.batch_gen = torch.Generator().manual_seed(secrets.randbits(63) if dp else seed)
-        if dp is not None:
-            torch.manual_seed(secrets.randbits(63))  # the global generators (CPU and CUDA): the diffusion draws
-            self.ledger.statistics["dp_randomness"] = ("Poisson sampling, DP noise and the diffusion noise draws "
-                                                       "seeded from OS entropy; not derivable from the seed, never "
-                                                       "saved")
-            if cfg.log_private_diagnostics:
-                self.ledger.statistics["metrics.jsonl"] = ("holds NON-private loss, gradient-norm and batch-size "
-                                                           "statistics of the sensitive batches: do not release it")
+        self.stepper = step_strategy(model, self.optimizer, len(data), cfg.batch_size, seed, dp, augment)
+        self.stepper.note_in_ledger(self.ledger, self.total_steps, cfg.log_private_diagnostics)
         self.step = 0
-        self.clipped = ClippedGradient(model, dp.clip_norm, dp.clipping_mode, dp.draws_per_record) if dp else None
-        self.noise = GaussianNoise(self.clipped.params, generator=dp.noise_generator) if dp else None  # OS entropy
-        self._note_noise()
-        self.poisson = PoissonSampler(len(data), dp.sample_rate, self.batch_gen) if dp else None
-        # the noise generator is left out: it changes speed, not the mechanism, so a run may resume with another
-        dp_hashed = {k: v for k, v in asdict(dp).items() if k != "noise_generator"} if dp else None
-        if dp_hashed and dp.draws_per_record == 1:  # runs from before the option resume as they were
-            del dp_hashed["draws_per_record"]
         cfg_hashed = asdict(cfg)
         if cfg.lr_decay == "none":  # runs from before the option resume as they were
             del cfg_hashed["lr_decay"]
-        self.config_hash = hashlib.sha256(json.dumps([cfg_hashed, meta.get("phase"), seed, dp_hashed,
+        self.config_hash = hashlib.sha256(json.dumps([cfg_hashed, meta.get("phase"), seed, self.stepper.hash_key(),
                                                       meta.get("identity")],
                                                      sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def _note_noise(self) -> None:
-        """Name the noise generator in the ledger and charge its tail cap; refuse a run the tail would spoil.
-
-        A resumed run may use another generator, so the ledger keeps the smallest cap of any segment."""
-        if self.noise is None:
-            return
-        self.ledger.statistics["dp_noise"] = f"N(0, (σC)²) per parameter per step, {self.noise.generator_name}"
-        previous = self.ledger.noise_z_max
-        self.ledger.noise_z_max = self.noise.z_max if previous is None else min(previous, self.noise.z_max)
-        self.ledger.check_tail(self.dp.noise_multiplier, self.dp.sample_rate, self.total_steps, self.ledger.noise_z_max)
-
     # --- checkpoints -----------------------------------------------------------------------------------
     def _checkpoint(self) -> None:
-        self.ledger.steps_taken = self.step if self.dp else 0
+        self.ledger.steps_taken = self.stepper.ledger_steps(self.step)
         state = {"format": "privtranr-diffusion-v1", "model": self.model.state_dict(),
                  "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
                  "total_steps": self.total_steps, "config_hash": self.config_hash, "meta": self.meta,
-                 "ledger": self.ledger.to_dict(), "train_config": asdict(self.cfg), "rng": {}}
-        if self.dp is None:  # under DP no generator state is written anywhere
-            state["rng"] = {"torch": torch.get_rng_state(), "batch": self.batch_gen.get_state()}
-            if self.data.device.type == "cuda":  # the diffusion noise (σ, ε draws) comes from the GPU's generator
-                state["rng"]["cuda"] = torch.cuda.get_rng_state(self.data.device)
+                 "ledger": self.ledger.to_dict(), "train_config": asdict(self.cfg),
+                 "rng": self.stepper.rng_state(self.data.device)}
         with atomic_path(self.run_dir / CHECKPOINT) as tmp:
             torch.save(state, tmp)
         atomic_write_json(self.run_dir / "ledger.json", self.ledger.to_dict())
@@ -155,13 +218,9 @@ class DiffusionTrainer:
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
-        if self.dp is None:  # RNG states are CPU byte tensors, whatever map_location moved them to
-            torch.set_rng_state(state["rng"]["torch"].cpu())
-            if "cuda" in state["rng"] and self.data.device.type == "cuda":
-                torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.data.device)
-            self.batch_gen.set_state(state["rng"]["batch"].cpu())
+        self.stepper.set_rng_state(state["rng"], self.data.device, self.step)
         self.ledger = PrivacyLedger.from_dict(state["ledger"])  # continues the spent budget, never resets it
-        self._note_noise()
+        self.stepper.note_in_ledger(self.ledger, self.total_steps, self.cfg.log_private_diagnostics)
         metrics = self.run_dir / "metrics.jsonl"
         if metrics.exists():  # drop records a killed run wrote after its last checkpoint
             kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= self.step]
@@ -169,11 +228,7 @@ class DiffusionTrainer:
 
     # --- the loop ----------------------------------------------------------------------------------------
     def _batch(self) -> torch.Tensor:
-        if self.poisson is not None:
-            idx = self.poisson.sample().to(self.data.device)
-        else:
-            idx = torch.randint(len(self.data), (self.cfg.batch_size,), generator=self.batch_gen).to(self.data.device)
-        return self.data[idx]
+        return self.data[self.stepper.sample().to(self.data.device)]
 
     def _set_lr(self) -> None:
         """The learning rate of the coming step: a function of the step count only, never of the data."""
@@ -182,32 +237,9 @@ class DiffusionTrainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
 
-    def _train_step(self, x: torch.Tensor) -> dict[str, float]:
+    def _train_step(self, x: torch.Tensor) -> dict[str, Any]:
         self._set_lr()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.dp is None:
-            if self.augment is not None:
-                x = self.augment(self.step, x)
-            loss = self.model.per_sample_loss(x).mean()
-            loss.backward()
-            self.optimizer.step()
-            return {"loss": loss.detach()}
-        expected = self.dp.sample_rate * len(self.data)  # divide by the expected, not the realized, batch size
-        std = self.dp.noise_multiplier * self.dp.clip_norm / expected
-        if len(x) == 0:  # a Poisson batch can be empty: the update is pure noise
-            self.noise.fill_(std)
-            losses = norms = torch.zeros(0, device=x.device)
-        else:
-            k = self.dp.draws_per_record  # each record's loss: the mean over k diffusion draws, rows kept together
-            rows = x if k == 1 else x.repeat_interleave(k, dim=0)
-            losses, norms = self.clipped(lambda: self.model.per_sample_loss(rows) / k, scale=1.0 / expected,
-                                         noise=self.noise, noise_std=std)
-        self.optimizer.step()
-        if len(x) == 0:
-            nan = torch.tensor(float("nan"))
-            return {"loss": nan, "batch": 0, "grad_norm": nan, "clipped_fraction": torch.tensor(0.0)}
-        return {"loss": losses.mean() * self.dp.draws_per_record, "batch": len(x), "grad_norm": norms.mean(),
-                "clipped_fraction": (norms > self.dp.clip_norm).float().mean()}
+        return self.stepper.step(x, self.step)
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -233,12 +265,8 @@ class DiffusionTrainer:
                     self._update_ema()
                 if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
                     # .item() only here: one host sync per log interval, not per step
-                    record = {"step": self.step, "time_s": round(time.time() - start, 3)}
-                    if self.dp is None or self.cfg.log_private_diagnostics:
-                        record.update({k: float(v) for k, v in stats.items()})
-                    if self.dp is not None:
-                        self.ledger.steps_taken = self.step
-                        record["epsilon"] = self.ledger.epsilon_spent()
+                    record = {"step": self.step, "time_s": round(time.time() - start, 3),
+                              **self.stepper.log_record(stats, self.ledger, self.cfg.log_private_diagnostics)}
                     log.write(json.dumps(record) + "\n")
                     log.flush()
                     logged = record

@@ -3,8 +3,8 @@ Auditing of Differentially Private Machine Learning", USENIX Security 2023; Stei
 
 The black-box canary audit (audit.py) sees only the final model; this one gives the attacker everything DP-SGD's
 threat model allows, so its ε lower bound can come close to the accountant's ε and exposes a mechanism that
-adds too little noise or does not clip. It runs the real engine — `PoissonSampler`, `ClippedGradient` (ghost
-clipping by default), `GaussianNoise` — with the trainer's normalisation (`DiffusionTrainer._train_step`):
+adds too little noise or does not clip. It runs the trainer's own engine, `synther.privacy.engine.DPSGD`
+(PoissonSampler, ClippedGradient with ghost clipping by default, GaussianNoise, the expected-batch normalisation):
 grad = (Σ_{i∈batch} clip(∇ℓ_i, C) + N(0, σ²C²)) / (q·N), σ calibrated to the target ε by the accountant.
 
 The attacker's best case, built into the model and data:
@@ -51,7 +51,8 @@ from torch import nn
 
 from synther.errors import UserError
 from synther.privacy.accounting import calibrate_noise_multiplier, epsilon_spent
-from synther.privacy.dpsgd import CLIPPING_MODES, ClippedGradient, GaussianNoise, PoissonSampler
+from synther.privacy.dpsgd import CLIPPING_MODES
+from synther.privacy.engine import DPSGD, DPSettings
 
 
 @dataclass
@@ -152,16 +153,15 @@ def audit_dpsgd(epsilon: float, setup: WhiteboxSetup = WhiteboxSetup(), confiden
     runs = -(-s.canaries // m)
     model = _linear_canary_model(s.width)
     clip = s.clip_norm if clip_norm_override is None else clip_norm_override
-    clipped = ClippedGradient(model, clip, s.clipping_mode)
-    noise = GaussianNoise(clipped.params, workers=1, seed=seed)
-    sampler = PoissonSampler(m, s.sample_rate, torch.Generator().manual_seed(seed))
+    # the trainer's engine, seeded (an audit replays its runs; nothing here is released), no optimizer: every noisy
+    # gradient is observed before any step would use it
+    engine = DPSGD(model, None, m, DPSettings(sigma, clip, s.sample_rate, s.clipping_mode), seed=seed)
+    engine.noise_std = noise_scale * sigma * s.clip_norm / engine.expected_batch  # as calibrated, unless broken
     rng = np.random.default_rng([seed, 0xCA7A])
     slot = torch.arange(m)
     x = nn.functional.one_hot(slot % s.width, s.width).float()  # record j's input: column j % width
     row = nn.functional.one_hot(slot // s.width, s.width).float()  # record j's output direction: row j // width
-    expected = s.sample_rate * m  # divide by the expected batch size, as the trainer does
-    std = noise_scale * sigma * s.clip_norm / expected
-    to_units = expected / s.clip_norm  # the noisy clipped sum, in units of C
+    to_units = engine.expected_batch / s.clip_norm  # the noisy clipped sum, in units of C
 
     scores, inserted = [], []
     for _ in range(runs):
@@ -169,12 +169,8 @@ def audit_dpsgd(epsilon: float, setup: WhiteboxSetup = WhiteboxSetup(), confiden
         u = row * (s.canary_norm * s.clip_norm * torch.from_numpy(bits).float())[:, None]  # fillers: u = 0
         score = torch.zeros(m, dtype=torch.float64)
         for _ in range(s.steps):
-            batch = sampler.sample()
-            if len(batch) == 0:  # an empty Poisson batch: the update is pure noise
-                noise.fill_(std)
-            else:
-                xb, ub = x[batch], u[batch]
-                clipped(lambda: (model(xb) * ub).sum(1), scale=1.0 / expected, noise=noise, noise_std=std)
+            batch = engine.sample()
+            engine.step(batch, lambda rows: (model(x[rows]) * u[rows]).sum(1))
             z = model.weight.grad.reshape(-1).double() * to_units  # weight j = slot j (row-major)
             score += step_llr(z, s.sample_rate, sigma)
         scores.append(score.numpy())
@@ -185,7 +181,7 @@ def audit_dpsgd(epsilon: float, setup: WhiteboxSetup = WhiteboxSetup(), confiden
                                (scores[~half & inserted], scores[~half & ~inserted]), s.delta, confidence)
     return {"accountant_epsilon": accountant_eps, "target_epsilon": epsilon, **result, "delta": s.delta,
             "confidence": confidence, "noise_multiplier": sigma, "canaries": runs * m, "runs": runs,
-            "setup": asdict(s), "seed": seed, "noise_generator": noise.generator_name,
+            "setup": asdict(s), "seed": seed, "noise_generator": engine.generator_name,
             "broken_on_purpose": {"noise_scale": noise_scale, "clip_norm": str(clip)}
             if noise_scale != 1.0 or clip_norm_override is not None else None,
             "method": "white-box DP-SGD audit: gradient canaries on their own weights, every noisy update observed, "
