@@ -232,3 +232,9 @@ def test_every_output_folder_refuses_a_second_writer(data, tmp_path):
     sampled = run_script(*commands["sample"], env_extra=data["env"])  # the same command, once the folder is free
     assert sampled.returncode == 0, sampled.stderr
     assert (out / "samples.npz").exists()
+    junk = tmp_path / "junk" / "checkpoint.pt"  # a bad checkpoint is refused before its folder is locked or written
+    junk.parent.mkdir()
+    junk.write_bytes(b"junk")
+    assert_user_error(run_script("train_diffuser.py", "--mode", "sample", "--load_checkpoint", str(junk)),
+                      "not a readable checkpoint")
+    assert [p.name for p in junk.parent.iterdir()] == ["checkpoint.pt"]

@@ -397,10 +397,10 @@ class Synthesizer:
 def sample(cfg: DiffusionConfig) -> Path:
     if not cfg.load_checkpoint:
         raise UserError("sample needs --load_checkpoint")
+    syn = Synthesizer.load(cfg.load_checkpoint, cfg.device)  # a bad checkpoint is refused before any folder is touched
     out = default_run_dir(cfg) / "samples.npz"
     # the folder's lock: no sampling from a run still training there, no two samplers writing one file
     with FolderLock(out.parent):
-        syn = Synthesizer.load(cfg.load_checkpoint, cfg.device)
         ds = syn.sample(cfg.num_samples, cfg.sampler, cfg.sample_batch, cfg.seed, cfg.progress, cfg.reward_range)
         ledger = syn.ledger.to_dict()  # the release's ledger also says what was done to the samples after the model
         ledger["statistics"] = {**ledger.get("statistics", {}),
