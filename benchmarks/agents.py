@@ -12,8 +12,14 @@ so "outside the network math" = kernels + outside. Also reported: the share of t
 batch sampling (both included in the split above). The profiler adds per-op overhead, so 'outside' is an upper
 bound; updates/s are measured without it.
 
+--reference true (TD3+BC and IQL) times ours against a plain-PyTorch loop with CORL's structure
+(benchmarks/corl_reference.py: separate networks and Adams, numpy-indexed buffer, .item() logging) on the same data
+in the same process: blocks of --block updates alternate between the two for --rounds rounds, so drifts of the
+machine's speed hit both alike; it prints each one's updates/s and the ratio.
+
   python benchmarks/agents.py                      # all agents, torch's default threads
   python benchmarks/agents.py --threads 1 --agents td3_bc,iql --updates 2000
+  python benchmarks/agents.py --threads 1 --agents td3_bc,iql --reference true
 """
 import sys
 import time
@@ -49,6 +55,9 @@ class BenchConfig:
     compile: bool = False  # torch.compile the agents' networks (compile time is excluded from the timing)
     device: str = "cpu"  # cpu or cuda
     seed: int = 0  # seeds the data and the networks
+    reference: bool = False  # compare with the CORL-structured reference loop instead (td3_bc, iql), alternating blocks
+    block: int = 50  # updates per block in the reference comparison
+    rounds: int = 10  # blocks of each loop in the reference comparison
 
 
 def random_dataset(rows: int, obs_dim: int, action_dim: int, seed: int) -> TransitionDataset:
@@ -102,6 +111,37 @@ def measure(name: str, buffer: ReplayBuffer, cfg: BenchConfig) -> dict:
             "optimizer": optim / wall, "sampling": sampling / wall}
 
 
+def compare_with_reference(name: str, buffer: ReplayBuffer, ds: TransitionDataset, cfg: BenchConfig) -> dict:
+    """Ours and the CORL-structured loop in alternating blocks of cfg.block updates; updates/s of each."""
+    from corl_reference import REFERENCES, ReferenceBuffer
+
+    agent_class, config_class = get_algorithm(name)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    ours = agent_class(config_class(batch_size=cfg.batch_size), cfg.obs_dim, cfg.action_dim, 1.0, cfg.device)
+    ref = REFERENCES[name](cfg.obs_dim, cfg.action_dim, device=cfg.device)
+    ref_buffer = ReferenceBuffer(buffer.normalize(ds.observations), ds.actions, ds.rewards,
+                                 buffer.normalize(ds.next_observations), ds.terminals, cfg.device)
+    sync = torch.cuda.synchronize if cfg.device.startswith("cuda") else (lambda: None)
+    loops = {"ours": lambda: ours.update(buffer.sample(cfg.batch_size)),
+             "reference": lambda: ref.update(ref_buffer.sample(cfg.batch_size))}
+    seconds = dict.fromkeys(loops, 0.0)
+    for step in loops.values():  # warm-up
+        for _ in range(5):
+            step()
+    for r in range(cfg.rounds):
+        for key in (loops if r % 2 == 0 else reversed(loops)):  # ABBA: neither always goes first
+            sync()
+            start = time.perf_counter()
+            for _ in range(cfg.block):
+                loops[key]()
+            sync()
+            seconds[key] += time.perf_counter() - start
+    n = cfg.block * cfg.rounds
+    return {"agent": name, "ours": n / seconds["ours"], "reference": n / seconds["reference"],
+            "ratio": seconds["reference"] / seconds["ours"], "updates": n}
+
+
 def main() -> None:
     cfg = parse(BenchConfig, description=__doc__)
     names = [a.strip() for a in cfg.agents.split(",") if a.strip()]
@@ -110,7 +150,19 @@ def main() -> None:
             raise UserError(f"unknown agent '{a}' (choose from: {', '.join(ALGORITHMS)})")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    buffer = ReplayBuffer(random_dataset(cfg.rows, cfg.obs_dim, cfg.action_dim, cfg.seed), cfg.device, seed=cfg.seed)
+    ds = random_dataset(cfg.rows, cfg.obs_dim, cfg.action_dim, cfg.seed)
+    buffer = ReplayBuffer(ds, cfg.device, seed=cfg.seed)
+    if cfg.reference:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {cfg.device}, batch "
+              f"{cfg.batch_size}; {cfg.rounds} alternating blocks of {cfg.block} updates each")
+        print("| agent | ours upd/s | CORL-structured reference upd/s | ours / reference |")
+        print("|---|---|---|---|")
+        for name in names:
+            if name not in ("td3_bc", "iql"):
+                raise UserError(f"--reference covers td3_bc and iql, not '{name}'")
+            r = compare_with_reference(name, buffer, ds, cfg)
+            print(f"| {name} | {r['ours']:.1f} | {r['reference']:.1f} | {r['ratio']:.2f}× |", flush=True)
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {cfg.device}, batch {cfg.batch_size}, "
           f"obs {cfg.obs_dim}, action {cfg.action_dim}{', torch.compile' if cfg.compile else ''}")
     header = (f"{'agent':<8} {'upd/s':>8} {'ms/upd':>8} {'updates':>8} | {'matmul':>7} {'kernels':>8} {'outside':>8} "
