@@ -21,7 +21,7 @@ class EDMConfig:
     sigma_data: float = 1.0  # data standard deviation assumed by the preconditioning
     rho: float = 7.0  # schedule curvature
     p_mean: float = -1.2  # training: ln σ ~ N(p_mean, p_std²)
-    p_std: float = 1.2
+    p_std: float = 1.2  # training: the spread of ln σ
 
 
 @dataclass
@@ -30,7 +30,7 @@ class SamplerConfig:
     steps: int = 16  # number of noise levels; network evaluations: heun 2·steps−1, euler/dpm2m steps
     s_churn: float = 80.0  # stochastic_heun only: amount of noise re-injected per step
     s_tmin: float = 0.05  # stochastic_heun only: churn applies for σ in [s_tmin, s_tmax]
-    s_tmax: float = 50.0
+    s_tmax: float = 50.0  # stochastic_heun only: upper end of that range
     s_noise: float = 1.003  # stochastic_heun only: scale of the re-injected noise
 
 
