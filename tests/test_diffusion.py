@@ -290,6 +290,30 @@ def test_every_sampler_produces_finite_transitions(pretrained, name, device):
     assert network_evaluations(cfg) == (11 if "heun" in name else 6)
 
 
+@pytest.mark.parametrize("name,steps", [("dpm2m", 32), ("heun", 32), ("stochastic_heun", 128), ("euler", 256)])
+def test_every_sampler_draws_the_data_distribution_given_the_exact_denoiser(name, steps):
+    """Gaussian data N(μ, Σ) has the closed-form ideal denoiser D(x; σ) = μ + Σ(Σ + σ²I)⁻¹(x − μ): with it in place
+    of the network, each sampler must return samples with mean μ and covariance Σ (within 0.05 per entry; the
+    Monte-Carlo error on 20k samples is ≈ 0.01 for the mean and ≈ 0.02 for the covariance). Fewer steps trade
+    accuracy for speed: on this case 16 steps of dpm2m or heun overshoot the variances by ≈ 0.1, euler needs ≈ 256."""
+    from synther.diffusion.normalizer import Normalizer
+
+    mu = torch.tensor([0.5, -1.0, 0.2], dtype=torch.float64)
+    a = torch.tensor([[1.0, 0.0, 0.0], [0.6, 0.5, 0.0], [-0.3, 0.2, 0.4]], dtype=torch.float64)
+    cov = a @ a.T  # correlated, eigenvalues from ≈ 0.1 to ≈ 1.5
+    model = EDM(3, Normalizer.identity(3), DenoiserConfig(width=8, depth=1), EDMConfig())
+
+    def exact_denoiser(x, sigma):
+        x = x.double()
+        gain = cov @ torch.linalg.inv(cov + sigma[0].double() ** 2 * torch.eye(3, dtype=torch.float64))
+        return (mu + (x - mu) @ gain.T).float()
+
+    model.denoise = exact_denoiser
+    x = model.sample(20_000, SamplerConfig(name=name, steps=steps), torch.Generator().manual_seed(0)).double()
+    torch.testing.assert_close(x.mean(0), mu, rtol=0, atol=0.05)
+    torch.testing.assert_close(torch.cov(x.T), cov, rtol=0, atol=0.05)
+
+
 def test_pipeline_errors_are_user_errors(pretrained, tmp_path):
     with pytest.raises(UserError, match="public_datasets"):
         pretrain(config(tmp_path, "pretrain"))
