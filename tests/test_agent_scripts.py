@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from synther.agents import ALGORITHMS, get_algorithm
-from synther.data.pointmaze import MazeCollectConfig, collect_maze2d, dataset_name
+from synther.data.pointmaze import dataset_name
+from maze_data import shared_maze
 from script_helpers import ROOT, assert_user_error, run_script, script_env
 
 UMAZE = dataset_name("umaze")
@@ -31,7 +32,7 @@ def _options(config_class, prefix: str = "") -> list[str]:
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory):
     """A samples.npz (shuffled, shifted maze transitions) with a side-car ledger, as the DP synthesizer writes."""
-    ds = collect_maze2d(MazeCollectConfig(name="umaze", num_steps=3000), seed=5, progress=False)
+    ds = shared_maze("umaze", 3000, seed=5)
     idx = np.random.default_rng(0).permutation(ds.size)
     arrays = {k: v[idx] for k, v in ds.arrays().items() if k != "timeouts"}
     arrays["observations"] += 0.25
@@ -95,8 +96,7 @@ def test_script_trains_on_samples_only_with_yaml_config(samples, tmp_path, data_
 
 
 def test_env_alias_and_real_data(tmp_path, data_roots):
-    collect_maze2d(MazeCollectConfig(name="umaze", num_steps=1000), seed=0, progress=False).save(
-        data_roots["PRIVTRANR_DATA_DIR"] / f"{UMAZE}.npz")
+    shared_maze("umaze", 1000).save(data_roots["PRIVTRANR_DATA_DIR"] / f"{UMAZE}.npz")
     env = {"PRIVTRANR_DATA_DIR": str(data_roots["PRIVTRANR_DATA_DIR"])}
     proc = run_script("edac.py", "--env", UMAZE, *TINY, "--hidden_dim", "32", "--num_critics", "3", "--seed", "3",
                       "--checkpoints_path", str(tmp_path), env_extra=env)
@@ -146,8 +146,7 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, kind, args, fragments):
 
 
 def test_sweep_driver_plans_trains_and_skips(samples, tmp_path, data_roots):
-    collect_maze2d(MazeCollectConfig(name="umaze", num_steps=1000), seed=0, progress=False).save(
-        data_roots["PRIVTRANR_DATA_DIR"] / f"{UMAZE}.npz")
+    shared_maze("umaze", 1000).save(data_roots["PRIVTRANR_DATA_DIR"] / f"{UMAZE}.npz")
     layout = tmp_path / "samples" / "{dataset}" / "eps{eps}" / "seed{seed}" / "samples.npz"
     target = Path(str(layout).format(dataset=UMAZE, eps="10", seed=0))
     target.parent.mkdir(parents=True)

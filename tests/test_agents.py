@@ -15,8 +15,9 @@ from synther.agents.evaluation import eval_target, random_policy, run_episodes
 from synther.agents.networks import EnsembleMLP, soft_update
 from synther.agents.trainer import DiffusionSource, TrainConfig, run_dir, train
 from synther.data import TransitionDataset
-from synther.data.pointmaze import MazeCollectConfig, collect_maze2d, dataset_name
+from synther.data.pointmaze import dataset_name
 from synther.errors import DatasetError, UserError
+from maze_data import shared_maze
 
 ROOT = Path(__file__).resolve().parents[1]
 UMAZE = dataset_name("umaze")
@@ -34,7 +35,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def umaze_data():
     """A small generated maze2d-umaze dataset (30k transitions, ~1 s)."""
-    return collect_maze2d(MazeCollectConfig(name="umaze", num_steps=30_000), seed=0, progress=False)
+    return shared_maze("umaze", 30_000)
 
 
 @pytest.fixture

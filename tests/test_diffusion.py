@@ -40,11 +40,9 @@ def config(tmp_path, mode: str, **kw) -> DiffusionConfig:
 
 @pytest.fixture(scope="module")
 def pretrained(data_dir, tmp_path_factory):
-    import os
-
-    os.environ["PRIVTRANR_DATA_DIR"] = str(data_dir)
-    tmp = tmp_path_factory.mktemp("pre")
-    return pretrain(config(tmp, "pretrain", public_datasets=PUBLIC, steps=300))
+    with pytest.MonkeyPatch.context() as env:  # set for this fixture only, restored after
+        env.setenv("PRIVTRANR_DATA_DIR", str(data_dir))
+        return pretrain(config(tmp_path_factory.mktemp("pre"), "pretrain", public_datasets=PUBLIC, steps=300))
 
 
 def _fixed_loss(model, x, seed=0):

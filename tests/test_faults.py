@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from synther.data.pointmaze import MazeCollectConfig, collect_maze2d, dataset_name
+from synther.data.pointmaze import dataset_name
 from synther.errors import UserError
 from synther.utils.locks import FolderLock
+from maze_data import shared_maze
 from script_helpers import ROOT, assert_user_error, run_script, script_env
 
 UMAZE = dataset_name("umaze")
@@ -33,10 +34,10 @@ def _hold(folder: Path, name: str = ".lock") -> subprocess.Popen:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    collect_maze2d(MazeCollectConfig(name="umaze", num_steps=1000), seed=0, progress=False).save(root / f"{UMAZE}.npz")
+    shared_maze("umaze", 1000).save(root / f"{UMAZE}.npz")
     samples = {}
     for name, shift in (("a", 0.1), ("b", 0.2)):  # two releases of the same shape, different content
-        ds = collect_maze2d(MazeCollectConfig(name="umaze", num_steps=600), seed=3, progress=False)
+        ds = shared_maze("umaze", 600, seed=3)
         arrays = {k: v for k, v in ds.arrays().items() if k != "timeouts"}
         arrays["observations"] = arrays["observations"] + shift
         path = root / name / "samples.npz"

@@ -11,17 +11,17 @@ from sdmetrics.errors import ConstantInputError
 from sdmetrics.single_column import KSComplement
 
 from synther.data.dataset import TransitionDataset
-from synther.data.pointmaze import MazeCollectConfig, collect_maze2d
 from synther.evaluation.dynamics import DynamicsUnsupported, dynamics_error
 from synther.evaluation.fidelity import (REFERENCE_NOTE, column_names, correlation_matrices, correlation_score,
                                          default_out_dir, evaluate_fidelity, ks_statistics, marginal_score,
                                          write_fidelity_report)
+from maze_data import shared_maze
 from tests.script_helpers import assert_user_error, run_script
 
 
 @pytest.fixture(scope="module")
 def maze():
-    return collect_maze2d(MazeCollectConfig(name="umaze", num_steps=2000), seed=0, progress=False)
+    return shared_maze("umaze", 2000)
 
 
 def _replace(ds: TransitionDataset, **arrays) -> TransitionDataset:

@@ -48,8 +48,9 @@ def config(run_dir, mode: str, steps: int = 30, **kw) -> DiffusionConfig:
 
 @pytest.fixture(scope="module")
 def pretrained(data_dir, tmp_path_factory):
-    os.environ["PRIVTRANR_DATA_DIR"] = str(data_dir)
-    return pretrain(config(tmp_path_factory.mktemp("pre") / "run", "pretrain", public_datasets=PUBLIC, steps=50))
+    with pytest.MonkeyPatch.context() as env:  # set for this fixture only, restored after
+        env.setenv("PRIVTRANR_DATA_DIR", str(data_dir))
+        return pretrain(config(tmp_path_factory.mktemp("pre") / "run", "pretrain", public_datasets=PUBLIC, steps=50))
 
 
 # --- §0: the ledger carries the whole history -------------------------------------------------------------------

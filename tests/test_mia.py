@@ -96,22 +96,21 @@ def tiny(tmp, mode, steps, **kw) -> DiffusionConfig:
 
 @pytest.fixture(scope="module")
 def pretrained(data_dir, tmp_path_factory):
-    import os
-
-    os.environ["PRIVTRANR_DATA_DIR"] = str(data_dir)
-    return pretrain(tiny(tmp_path_factory.mktemp("pre"), "pretrain", 200,
-                         public_datasets="ptr-maze2d-open-dense-v0"))
+    with pytest.MonkeyPatch.context() as env:  # set for this fixture only, restored after
+        env.setenv("PRIVTRANR_DATA_DIR", str(data_dir))
+        return pretrain(tiny(tmp_path_factory.mktemp("pre"), "pretrain", 200,
+                             public_datasets="ptr-maze2d-open-dense-v0"))
 
 
 @pytest.fixture(scope="module")
 def overfit(pretrained, tmp_path_factory, data_dir):
     """A non-private model fine-tuned for long on 64 sensitive records (64 held out)."""
-    import os
-
-    os.environ["PRIVTRANR_DATA_DIR"] = str(data_dir)
-    cfg = tiny(tmp_path_factory.mktemp("nodp"), "finetune", 5000, dataset=SENSITIVE, load_checkpoint=str(pretrained),
-               max_sensitive_rows=128, dp=DPConfig(enabled=False, train_fraction=0.5))
-    return cfg, finetune(cfg)
+    with pytest.MonkeyPatch.context() as env:  # set for this fixture only, restored after
+        env.setenv("PRIVTRANR_DATA_DIR", str(data_dir))
+        cfg = tiny(tmp_path_factory.mktemp("nodp"), "finetune", 5000, dataset=SENSITIVE,
+                   load_checkpoint=str(pretrained), max_sensitive_rows=128,
+                   dp=DPConfig(enabled=False, train_fraction=0.5))
+        return cfg, finetune(cfg)
 
 
 def test_non_private_finetune_is_labelled_as_such(overfit):
