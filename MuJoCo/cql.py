@@ -22,8 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from synther.agents.cql import CQL, CQLConfig  # noqa: E402
-from synther.agents.trainer import script_main  # noqa: E402
-from synther.cli import run  # noqa: E402
+from synther.cli import agent_main, run  # noqa: E402
 
 if __name__ == "__main__":
-    run(lambda: script_main(CQLConfig, CQL, __doc__))
+    run(lambda: agent_main(CQLConfig, CQL, __doc__))

@@ -24,14 +24,8 @@ from synther.cli import parse, run  # noqa: E402
 from synther.sweep import SweepConfig, run_sweep  # noqa: E402
 
 
-def config_alias(args: list[str]) -> list[str]:
-    """--config FILE is accepted for pyrallis' --config_path FILE."""
-    return ["--config_path" if a == "--config" else
-            "--config_path=" + a.split("=", 1)[1] if a.startswith("--config=") else a for a in args]
-
-
 def main() -> None:
-    cfg = parse(SweepConfig, __doc__, config_alias(sys.argv[1:]))
+    cfg = parse(SweepConfig, __doc__)
     result = run_sweep(cfg)
     if result is not None and not result.ok:
         sys.exit(1)

@@ -25,9 +25,16 @@ class _HelpFormatter(SimpleHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """pyrallis' field help (from the comments beside each dataclass field) + the script docstring kept as written."""
 
 
-def parse(config_class: type[T], description: str, args: list[str] | None = None) -> T:
-    """Parse `--field value` options (and an optional `--config_path file.yaml`) into `config_class`; every numeric
-    option is then checked against NUMERIC_RANGES, so a bad number stops the script before it writes anything."""
+PAPER_ALIASES = {"--config": "--config_path"}  # the paper repo's flag for pyrallis' YAML option, in every script
+AGENT_ALIASES = {"--env": "--dataset"}  # the paper repo's (and CORL's) flag for the agents' dataset
+
+
+def parse(config_class: type[T], description: str, args: list[str] | None = None,
+          aliases: dict[str, str] | None = None) -> T:
+    """Parse `--field value` options (and an optional `--config_path file.yaml`, alias `--config`) into
+    `config_class`; `aliases` maps more alternative flag names to options. Every numeric option is then checked
+    against NUMERIC_RANGES, so a bad number stops the script before it writes anything."""
+    args = apply_aliases(list(sys.argv[1:] if args is None else args), {**PAPER_ALIASES, **(aliases or {})})
     parser = ArgumentParser(config_class=config_class, formatter_class=_HelpFormatter, description=description)
     try:
         cfg = parser.parse_args(args)
@@ -91,6 +98,13 @@ NUMERIC_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
 }
 _INFINITE_OK = {"cql_clip_diff_min", "cql_clip_diff_max", "s_tmax"}  # ±inf = no clip / churn at every σ
 _DEFAULT_RANGE = (0.0, None, False, False)
+
+
+def agent_main(config_class: type, agent_class: type, description: str, args: list[str] | None = None) -> None:
+    """The whole body of MuJoCo/<algorithm>.py: parse the options, train, print the scores."""
+    from synther.agents.trainer import summary_line, train
+
+    print(summary_line(train(parse(config_class, description, args, AGENT_ALIASES), agent_class)))
 
 
 def check_numbers(cfg: Any, prefix: str = "") -> None:

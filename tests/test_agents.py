@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from synther.agents import ALGORITHMS, get_algorithm
-from synther.agents.buffer import Batch, ReplayBuffer, load_training_data, reward_scale_from_returns
+from synther.agents.buffer import Batch, ReplayBuffer, reward_scale_from_returns
+from synther.agents.data import load_training_data
 from synther.agents.evaluation import eval_target, random_policy, run_episodes
 from synther.agents.networks import EnsembleMLP, soft_update
-from synther.agents.trainer import DiffusionSource, TrainConfig, run_dir, train
+from synther.agents.trainer import DiffusionSource, AgentConfig, run_dir, train
 from synther.data import TransitionDataset
 from synther.data.pointmaze import dataset_name
 from synther.errors import DatasetError, UserError
@@ -253,12 +254,12 @@ def _samples(umaze_data, path: Path, rows: int = 3000, shift: float = 0.5) -> Tr
 
 
 def test_diffusion_npz_trains_only_on_samples_and_never_reads_real_data(umaze_data, tmp_path, monkeypatch):
-    import synther.agents.buffer as buffer
+    import synther.agents.data as data
 
     def no_real_data(*args, **kwargs):
         raise AssertionError("the real dataset was read")
 
-    monkeypatch.setattr(buffer, "load_dataset", no_real_data)  # and the real file is not in the data folder at all
+    monkeypatch.setattr(data, "load_dataset", no_real_data)  # and the real file is not in the data folder at all
     samples = _samples(umaze_data, tmp_path / "samples.npz")
     agent_class, cfg = tiny("iql", tmp_path, dp_epsilon=10.0,
                             diffusion=DiffusionSource(path=str(tmp_path / "samples.npz"), sample_limit=2000))
@@ -366,7 +367,7 @@ def test_defaults_are_corl_defaults():
     assert cql.use_automatic_entropy_tuning and cql.orthogonal_init
     assert (awac.awac_lambda, awac.exp_adv_max, awac.n_hidden) == (pytest.approx(1 / 3), 100.0, 3)
     assert (edac.num_critics, edac.eta, edac.n_hidden) == (10, 1.0, 3)
-    assert TrainConfig().device == "auto"
+    assert AgentConfig().device == "auto"
 
 
 # --- the real task: better than random on a small generated maze ------------------------------------------

@@ -104,8 +104,8 @@ def test_comma_list_reads_empty_and_none_as_no_items():
 
 
 def test_an_alias_and_its_option_must_agree_even_at_the_default_value():
-    from synther.agents.trainer import TrainConfig, parse_config
-    from synther.cli import apply_aliases
+    from synther.agents.trainer import AgentConfig
+    from synther.cli import AGENT_ALIASES, apply_aliases, parse
     from synther.errors import UserError
 
     aliases = {"--env": "--dataset", "--config": "--config_path"}
@@ -113,11 +113,11 @@ def test_an_alias_and_its_option_must_agree_even_at_the_default_value():
     assert apply_aliases(["--config=f.yaml", "--env", "a", "--dataset=a"], aliases) == [
         "--config_path=f.yaml", "--dataset", "a", "--dataset=a"]
     assert apply_aliases(["--dataset", "a", "--dataset", "b"], aliases)  # a plain repeat: argparse's last-wins
-    default = TrainConfig.dataset
+    default = AgentConfig.dataset
     for args in (["--env", "x", "--dataset", default], ["--dataset", default, "--env=x"]):
         with pytest.raises(UserError, match="--env and --dataset disagree"):
-            parse_config(TrainConfig, "", args)
-    assert parse_config(TrainConfig, "", ["--env", "x"]).dataset == "x"
+            parse(AgentConfig, "", args, AGENT_ALIASES)
+    assert parse(AgentConfig, "", ["--env", "x"], AGENT_ALIASES).dataset == "x"
 
 
 def _script_configs() -> dict[str, type]:

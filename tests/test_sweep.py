@@ -111,10 +111,10 @@ def test_ladder_rungs_plan_their_own_models_samples_and_agents(tmp_path):
 
 
 def test_agent_folder_names_match_the_agent_scripts():
-    from synther.agents.trainer import DiffusionSource, TrainConfig, run_name
+    from synther.agents.trainer import DiffusionSource, AgentConfig, run_name
 
     for eps in (None, 2.5, 10.0):
-        cfg = TrainConfig(dataset=MEDIUM, seed=3, dp_epsilon=-1 if eps is None else eps,
+        cfg = AgentConfig(dataset=MEDIUM, seed=3, dp_epsilon=-1 if eps is None else eps,
                           diffusion=DiffusionSource(path="" if eps is None else "s.npz"))
         assert agent_run_name("iql", MEDIUM, 3, "real" if eps is None else "privtranr", eps) == run_name(cfg, "iql")
     assert agent_run_name("iql", MEDIUM, 3, "aim", 10.0) == f"iql-{MEDIUM}-aim-eps10-seed3"

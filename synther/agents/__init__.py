@@ -1,9 +1,10 @@
 """CORL-style offline RL agents trained on real or synthetic transitions, scored in the real simulator.
 
     td3_bc.py, iql.py, cql.py, awac.py, edac.py   one file per algorithm: its networks, update rule and config
-    buffer.py      training data (real dataset | samples.npz | diffusion checkpoint) and the tensor replay buffer
+    data.py        training data: the real dataset, a samples.npz, or a diffusion checkpoint via the generator API
+    buffer.py      the tensor replay buffer and the statistics it normalizes with
     evaluation.py  episodes in the dataset's registered env -> D4RL-normalized scores
-    trainer.py     the one training loop, run folders, eval.jsonl / summary.json, skip and resume
+    trainer.py     AgentConfig, the one training loop, run folders, eval.jsonl / summary.json, skip and resume
     networks.py    MLPs, the batched critic ensemble, soft target updates, the Agent interface
 
 >>> from synther.agents import get_algorithm

@@ -12,11 +12,11 @@ from torch import nn
 
 from synther.agents.buffer import Batch
 from synther.agents.networks import Agent, adam, EnsembleMLP, critic_input, frozen_copy, mlp, soft_update
-from synther.agents.trainer import TrainConfig
+from synther.agents.trainer import AgentConfig
 
 
 @dataclass
-class AWACConfig(TrainConfig):
+class AWACConfig(AgentConfig):
     learning_rate: float = 3e-4  # actor and critic learning rate
     tau: float = 5e-3  # target critic update rate
     awac_lambda: float = 1.0 / 3.0  # λ: temperature of the advantage weights (CORL's locomotion configs: 1/3)

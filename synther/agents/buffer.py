@@ -1,22 +1,18 @@
-"""Training data for the agents: where it comes from (real dataset, samples.npz, diffusion checkpoint) and the
-tensor replay buffer the updates sample from.
+"""The tensor replay buffer the agents' updates sample from, and the statistics it normalizes with.
 
 DP hygiene: every statistic the agent uses (state mean/std, reward scale) is computed from the data the buffer is
-given. When that is synthetic, nothing is computed from, or even read from, the sensitive dataset.
+given. When that is synthetic, nothing is computed from, or even read from, the sensitive dataset. Where that data
+comes from is synther.agents.data's business.
 """
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from synther.data import TransitionDataset, load_dataset
-from synther.data.formats import load_npz, read_sidecar
-from synther.errors import DatasetError, UserError
+from synther.data import TransitionDataset
+from synther.errors import UserError
 
 STATE_STD_EPS = 1e-3  # CORL's compute_mean_std(states, eps=1e-3)
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
 class Batch(NamedTuple):
@@ -27,87 +23,6 @@ class Batch(NamedTuple):
     rewards: torch.Tensor
     next_observations: torch.Tensor
     dones: torch.Tensor
-
-
-@dataclass
-class TrainingData:
-    """The transitions an agent trains on, and a description of them for the run's summary."""
-
-    dataset: TransitionDataset
-    kind: str  # 'real' or 'synthetic'
-    description: dict[str, Any]
-
-    @property
-    def synthetic(self) -> bool:
-        return self.kind == "synthetic"
-
-
-def load_training_data(
-    dataset: str,
-    diffusion_path: str = "",
-    sample_limit: int = -1,
-    num_samples: int = 100_000,
-    num_steps: int = 32,
-    seed: int = 0,
-    device: str = "auto",
-) -> TrainingData:
-    """The real dataset `dataset`, or, when `diffusion_path` is given, ONLY synthetic transitions.
-
-    diffusion_path: a samples .npz (D4RL keys) to train on, or a diffusion checkpoint (.pt) to generate
-    `num_samples` transitions from (as SynthER does). The real dataset is then never opened. sample_limit > 0 keeps
-    the first `sample_limit` synthetic rows (and is the number generated from a checkpoint).
-    """
-    if sample_limit == 0 or sample_limit < -1:
-        raise UserError(f"--diffusion.sample_limit must be a positive number of rows or -1 (all), got {sample_limit}")
-    if not diffusion_path:
-        ds = load_dataset(dataset)
-        return TrainingData(ds, "real", {"kind": "real", "dataset": dataset, "source": ds.source, "rows": ds.size})
-    path = Path(diffusion_path).expanduser()
-    suffix = path.suffix.lower()
-    if suffix == ".npz":
-        ds = load_npz(path)
-        side = read_sidecar(path)
-        desc = {"kind": "synthetic", "path": str(path), "format": "samples.npz", "rows_in_file": ds.size}
-        if side.get("privacy_ledger"):
-            desc["privacy_ledger"] = side["privacy_ledger"]
-    elif suffix in CHECKPOINT_SUFFIXES:
-        n = sample_limit if sample_limit > 0 else num_samples
-        ds = generate_from_checkpoint(path, n, num_steps=num_steps, seed=seed, device=device)
-        desc = {"kind": "synthetic", "path": str(path), "format": "diffusion checkpoint, sampled on the fly",
-                "generated": ds.size, "sampler_steps": num_steps, "sampling_seed": seed}
-        ledger = ds.provenance.get("privacy_ledger")
-        if ledger:
-            desc["privacy_ledger"] = ledger
-    else:
-        raise UserError(
-            f"{path}: --diffusion.path must be a samples .npz or a diffusion checkpoint "
-            f"({', '.join(CHECKPOINT_SUFFIXES)}), got '{suffix or 'no suffix'}'"
-        )
-    ds = _limit(ds, sample_limit)
-    desc["rows"] = ds.size
-    return TrainingData(ds, "synthetic", desc)
-
-
-def generate_from_checkpoint(path: Path, n: int, num_steps: int, seed: int, device: str) -> TransitionDataset:
-    """Sample `n` transitions from a PrivTranR diffusion checkpoint (the seam to synther.diffusion)."""
-    if not path.exists():
-        raise UserError(f"{path}: diffusion checkpoint not found")
-    try:
-        from synther.diffusion.edm import SamplerConfig
-        from synther.diffusion.synthesizer import Synthesizer
-    except ImportError as e:  # pragma: no cover - depends on the diffusion module being installed
-        raise UserError(f"{path}: generating samples on the fly needs the diffusion module ({e}); "
-                        "sample a samples.npz first and pass that instead") from None
-    syn = Synthesizer.load(path, device)
-    ds = syn.sample(n, SamplerConfig(steps=num_steps), seed=seed)
-    ds.provenance["privacy_ledger"] = syn.ledger.to_dict()
-    return ds
-
-
-def _limit(ds: TransitionDataset, limit: int) -> TransitionDataset:
-    if limit < 0 or limit >= ds.size:
-        return ds
-    return ds.subset(np.arange(limit), note=f"first {limit} rows (--diffusion.sample_limit)")
 
 
 def state_statistics(observations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -206,13 +121,3 @@ class ReplayBuffer:
     def set_rng_state(self, state: torch.Tensor) -> None:
         self.generator.set_state(state)
         self._indices = None  # draw a fresh chunk from the restored generator
-
-
-def check_dimensions(ds: TransitionDataset, obs_dim: int, action_dim: int, env_name: str) -> None:
-    """Training data must fit the evaluation env (e.g. a samples.npz generated for another task)."""
-    for what, have, want in (("obs_dim", ds.obs_dim, obs_dim), ("action_dim", ds.action_dim, action_dim)):
-        if have != want:
-            raise DatasetError(
-                f"dimension mismatch: {ds.source} has {what}={have} but the evaluation env of {env_name} has "
-                f"{what}={want}"
-            )

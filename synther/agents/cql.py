@@ -17,13 +17,13 @@ from torch import nn
 
 from synther.agents.buffer import Batch
 from synther.agents.networks import Agent, adam, EnsembleMLP, critic_input, frozen_copy, soft_update
-from synther.agents.trainer import TrainConfig
+from synther.agents.trainer import AgentConfig
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
 
 @dataclass
-class CQLConfig(TrainConfig):
+class CQLConfig(AgentConfig):
     policy_lr: float = 3e-5  # actor (and entropy temperature) learning rate
     qf_lr: float = 3e-4  # critic learning rate
     soft_target_update_rate: float = 5e-3  # target critic update rate τ

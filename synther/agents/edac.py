@@ -10,11 +10,11 @@ from torch import nn
 
 from synther.agents.buffer import Batch
 from synther.agents.networks import Agent, adam, EnsembleMLP, critic_input, frozen_copy, soft_update
-from synther.agents.trainer import TrainConfig
+from synther.agents.trainer import AgentConfig
 
 
 @dataclass
-class EDACConfig(TrainConfig):
+class EDACConfig(AgentConfig):
     actor_learning_rate: float = 3e-4  # actor learning rate
     critic_learning_rate: float = 3e-4  # critic ensemble learning rate
     alpha_learning_rate: float = 3e-4  # entropy temperature learning rate

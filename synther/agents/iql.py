@@ -15,14 +15,14 @@ from torch import nn
 
 from synther.agents.buffer import Batch
 from synther.agents.networks import Agent, adam, EnsembleMLP, critic_input, frozen_copy, mlp, soft_update
-from synther.agents.trainer import TrainConfig
+from synther.agents.trainer import AgentConfig
 
 EXP_ADV_MAX = 100.0
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
 
 @dataclass
-class IQLConfig(TrainConfig):
+class IQLConfig(AgentConfig):
     actor_lr: float = 3e-4  # actor learning rate (cosine-annealed to 0 over max_timesteps)
     qf_lr: float = 3e-4  # Q-network learning rate
     vf_lr: float = 3e-4  # value-network learning rate

@@ -11,11 +11,11 @@ from torch import nn
 
 from synther.agents.buffer import Batch
 from synther.agents.networks import Agent, adam, EnsembleMLP, critic_input, frozen_copy, mlp, soft_update
-from synther.agents.trainer import TrainConfig
+from synther.agents.trainer import AgentConfig
 
 
 @dataclass
-class TD3BCConfig(TrainConfig):
+class TD3BCConfig(AgentConfig):
     actor_lr: float = 3e-4  # actor learning rate
     critic_lr: float = 3e-4  # critic learning rate
     tau: float = 0.005  # target network update rate

@@ -30,10 +30,10 @@ import pyrallis
 import torch
 from tqdm.auto import tqdm
 
-from synther.agents.buffer import ReplayBuffer, check_dimensions, load_training_data, reward_scale_from_returns
+from synther.agents.buffer import ReplayBuffer, reward_scale_from_returns
+from synther.agents.data import check_dimensions, load_training_data
 from synther.agents.evaluation import EvalTarget, eval_target, run_episodes
 from synther.agents.networks import Agent
-from synther.cli import apply_aliases, parse
 from synther.errors import UserError
 from synther.utils.device import resolve_device
 from synther.utils.io import atomic_path, atomic_write_json
@@ -55,11 +55,11 @@ class DiffusionSource:
 
 
 @dataclass
-class TrainConfig:
+class AgentConfig:
     """Options shared by every agent; each algorithm's config adds its CORL hyper-parameters."""
 
     dataset: str = "ptr-maze2d-umaze-dense-v0"  # dataset name from config/datasets.yaml (or a path): the real data trained on unless --diffusion.path is given, and always the source of the evaluation env and score constants
-    env: str = ""  # alias of --dataset (the paper repo's flag name)
+    env: str = ""  # the paper repo's name for --dataset (on the command line it is read as --dataset)
     seed: int = 0  # seeds numpy, torch, the replay sampling and the evaluation env
     checkpoints_path: str = ""  # parent folder of the run folder; empty: $PRIVTRANR_RUNS_DIR/agents, else runs/agents
     name: str = ""  # run folder name; empty: <algorithm>-<dataset>-<eps<ε>|synthetic|real>-seed<seed>
@@ -83,15 +83,6 @@ class TrainConfig:
     progress: bool = True  # show a progress bar
 
 
-def parse_config(config_class: type, description: str, args: list[str] | None = None) -> Any:
-    """synther.cli.parse, plus the paper repo's flag names: --config for pyrallis' --config_path, --env for
-    --dataset."""
-    import sys
-
-    args = list(sys.argv[1:] if args is None else args)
-    return parse(config_class, description, apply_aliases(args, {"--config": "--config_path", "--env": "--dataset"}))
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -103,15 +94,15 @@ def _blank(value: Any) -> str:
     return "" if value is None or value == "None" else str(value)
 
 
-def _normalize(cfg: TrainConfig) -> TrainConfig:
+def _normalize(cfg: AgentConfig) -> AgentConfig:
     return dataclasses.replace(cfg, env=_blank(cfg.env), name=_blank(cfg.name),
                                checkpoints_path=_blank(cfg.checkpoints_path),
                                diffusion=dataclasses.replace(cfg.diffusion, path=_blank(cfg.diffusion.path)))
 
 
-def _check(cfg: TrainConfig) -> TrainConfig:
+def _check(cfg: AgentConfig) -> AgentConfig:
     cfg = _normalize(cfg)
-    if cfg.env and cfg.dataset != cfg.env and cfg.dataset != TrainConfig.dataset:
+    if cfg.env and cfg.dataset != cfg.env and cfg.dataset != AgentConfig.dataset:
         raise UserError(f"--env '{cfg.env}' and --dataset '{cfg.dataset}' disagree; --env is an alias, give one")
     if cfg.env:
         cfg = dataclasses.replace(cfg, dataset=cfg.env, env="")
@@ -127,13 +118,13 @@ def runs_root() -> Path:
     return Path(os.environ.get("PRIVTRANR_RUNS_DIR", "runs")) / "agents"
 
 
-def data_tag(cfg: TrainConfig) -> str:
+def data_tag(cfg: AgentConfig) -> str:
     if not cfg.diffusion.path:
         return "real"
     return f"eps{cfg.dp_epsilon:g}" if cfg.dp_epsilon >= 0 else "synthetic"
 
 
-def run_name(cfg: TrainConfig, algorithm: str) -> str:
+def run_name(cfg: AgentConfig, algorithm: str) -> str:
     cfg = _normalize(cfg)
     if cfg.name:
         return cfg.name
@@ -142,7 +133,7 @@ def run_name(cfg: TrainConfig, algorithm: str) -> str:
     return f"{algorithm}-{tag}-{data_tag(cfg)}-seed{cfg.seed}"
 
 
-def run_dir(cfg: TrainConfig, algorithm: str) -> Path:
+def run_dir(cfg: AgentConfig, algorithm: str) -> Path:
     cfg = _normalize(cfg)
     root = Path(cfg.checkpoints_path) if cfg.checkpoints_path else runs_root()
     return root / run_name(cfg, algorithm)
@@ -212,7 +203,7 @@ def normalization_note(data_kind: str, source: str, normalize: bool, reward_scal
     return f"normalization statistics ({what}) computed from: {origin}"
 
 
-def train(cfg: TrainConfig, agent_class: type[Agent]) -> dict[str, Any]:
+def train(cfg: AgentConfig, agent_class: type[Agent]) -> dict[str, Any]:
     """Train `agent_class` as configured; returns the summary (also written to <run folder>/summary.json)."""
     cfg = _check(cfg)
     out = run_dir(cfg, agent_class.name)
@@ -226,7 +217,7 @@ def _run_key(cfg_dict: dict[str, Any], data_sha256: str) -> str:
                                      default=str).encode()).hexdigest()[:16]
 
 
-def _train(cfg: TrainConfig, agent_class: type[Agent], out: Path) -> dict[str, Any]:
+def _train(cfg: AgentConfig, agent_class: type[Agent], out: Path) -> dict[str, Any]:
     algorithm = agent_class.name
     summary_path = out / "summary.json"
     if cfg.overwrite:
@@ -372,9 +363,8 @@ def _read_summary(path: Path) -> dict[str, Any]:
     return summary
 
 
-def script_main(config_class: type, agent_class: type[Agent], description: str) -> None:
-    """The whole body of MuJoCo/<algorithm>.py: parse options, train, print the scores."""
-    summary = train(parse_config(config_class, description=description), agent_class)
-    print(f"{summary['run_dir']}: normalized score {summary['final_normalized_score']:.1f} (last), "
-          f"{summary['last_k_mean_normalized_score']:.1f} (mean of last {summary['last_k']}), "
-          f"{summary['best_normalized_score']:.1f} (best)")
+def summary_line(summary: dict[str, Any]) -> str:
+    """The one line an agent script prints at the end."""
+    return (f"{summary['run_dir']}: normalized score {summary['final_normalized_score']:.1f} (last), "
+            f"{summary['last_k_mean_normalized_score']:.1f} (mean of last {summary['last_k']}), "
+            f"{summary['best_normalized_score']:.1f} (best)")
