@@ -39,11 +39,12 @@ from synther.utils.device import resolve_device
 from synther.utils.io import atomic_path, atomic_write_json
 from synther.utils.locks import FolderLock
 from synther.utils.provenance import package_versions
+from synther.utils.tracking import Tracker, WandbConfig
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "privtranr-agent-v1"
 # options that may differ between a killed run and its resumption
-_RESUME_IGNORED = ("progress", "overwrite", "device", "threads", "log_every", "save_checkpoints", "compile")
+_RESUME_IGNORED = ("progress", "overwrite", "device", "threads", "log_every", "save_checkpoints", "compile", "wandb")
 
 
 @dataclass
@@ -81,6 +82,7 @@ class AgentConfig:
     overwrite: bool = False  # re-run even if the run folder holds a finished run (otherwise it is skipped)
     compile: bool = False  # torch.compile the networks (first updates are slow while it compiles)
     progress: bool = True  # show a progress bar
+    wandb: WandbConfig = field(default_factory=WandbConfig)  # opt-in copy of metrics.jsonl and eval.jsonl rows to Weights & Biases
 
 
 def seed_everything(seed: int) -> None:
@@ -294,28 +296,34 @@ def _train(cfg: AgentConfig, agent_class: type[Agent], out: Path) -> dict[str, A
         with atomic_path(ckpt_path) as tmp:
             torch.save(state, tmp)
 
-    bar = tqdm(total=cfg.max_timesteps, initial=start, desc=run_name(cfg, algorithm), unit="upd",
-               disable=not cfg.progress, mininterval=1.0)
-    tick, tick_step = time.perf_counter(), start
-    for step in range(start + 1, cfg.max_timesteps + 1):
-        losses = agent.update(buffer.sample(cfg.batch_size))
-        if step % cfg.log_every == 0:
-            metrics_log.append({"step": step, **{k: float(v) for k, v in losses.items()}})
-        if step % cfg.eval_freq == 0 or step == cfg.max_timesteps:
-            now = time.perf_counter()
-            elapsed_train += now - tick
-            speed = (step - tick_step) / max(now - tick, 1e-9)
-            row = {"step": step, **evaluate(agent, buffer, env, target, cfg.n_episodes, cfg.seed, device),
-                   "updates_per_s": speed, "eval_seconds": time.perf_counter() - now}
-            evals.append(row)
-            evals_log.append(row)
-            save_checkpoint(step)
-            bar.set_postfix(score=f"{row['normalized_score']:.1f}", refresh=False)
-            bar.update(step - bar.n)
-            tick, tick_step = time.perf_counter(), step
-        elif step % 100 == 0:
-            bar.update(step - bar.n)
-    bar.close()
+    tracker = Tracker(cfg.wandb, out, run_name(cfg, algorithm), cfg_dict)
+    try:
+        bar = tqdm(total=cfg.max_timesteps, initial=start, desc=run_name(cfg, algorithm), unit="upd",
+                   disable=not cfg.progress, mininterval=1.0)
+        tick, tick_step = time.perf_counter(), start
+        for step in range(start + 1, cfg.max_timesteps + 1):
+            losses = agent.update(buffer.sample(cfg.batch_size))
+            if step % cfg.log_every == 0:
+                metrics_log.append({"step": step, **{k: float(v) for k, v in losses.items()}})
+                tracker.log({f"train/{k}": float(v) for k, v in losses.items()}, step)
+            if step % cfg.eval_freq == 0 or step == cfg.max_timesteps:
+                now = time.perf_counter()
+                elapsed_train += now - tick
+                speed = (step - tick_step) / max(now - tick, 1e-9)
+                row = {"step": step, **evaluate(agent, buffer, env, target, cfg.n_episodes, cfg.seed, device),
+                       "updates_per_s": speed, "eval_seconds": time.perf_counter() - now}
+                evals.append(row)
+                evals_log.append(row)
+                tracker.log({f"eval/{k}": v for k, v in row.items() if k != "step"}, step)
+                save_checkpoint(step)
+                bar.set_postfix(score=f"{row['normalized_score']:.1f}", refresh=False)
+                bar.update(step - bar.n)
+                tick, tick_step = time.perf_counter(), step
+            elif step % 100 == 0:
+                bar.update(step - bar.n)
+        bar.close()
+    finally:
+        tracker.close()
     env.close()
 
     summary = {

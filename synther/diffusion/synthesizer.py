@@ -35,6 +35,7 @@ from synther.utils.device import resolve_device
 from synther.utils.io import file_sha256
 from synther.utils.locks import FolderLock
 from synther.utils.provenance import package_versions
+from synther.utils.tracking import WandbConfig
 
 
 @dataclass
@@ -75,6 +76,7 @@ class DiffusionConfig:
     sample_batch: int = 10_000  # transitions per sampling batch
     reward_range: str = "public"  # sample: 'public' clips synthetic rewards to the public datasets' reward range (post-processing of public facts: no privacy cost), 'none' keeps them
     progress: bool = True  # show progress bars
+    wandb: WandbConfig = field(default_factory=WandbConfig)  # opt-in copy of the training metrics to Weights & Biases
 
 
 def _names(spec: str) -> list[str]:
@@ -139,7 +141,7 @@ def pretrain(cfg: DiffusionConfig) -> Path:
     if cfg.curiosity.mode != "off":
         augment = Curiosity(model, cfg.curiosity, math.ceil(len(x) / cfg.train.batch_size), cfg.seed)
     DiffusionTrainer(model, data, cfg.train, run_dir, ledger, meta, cfg.seed, augment=augment,
-                     progress=cfg.progress).run()
+                     progress=cfg.progress, wandb=cfg.wandb).run()
     return run_dir / CHECKPOINT
 
 
@@ -263,7 +265,8 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
             "identity": {"sensitive": identity, "train_sha256": hashlib.sha256(x.tobytes()).hexdigest(),
                          "base_checkpoint_sha256": base_sha, **({"lora_rank": dp.lora_rank} if dp.lora_rank else {})}}
     data = torch.as_tensor(x, device=device)
-    DiffusionTrainer(model, data, cfg.train, run_dir, ledger, meta, cfg.seed, dp=settings, progress=cfg.progress).run()
+    DiffusionTrainer(model, data, cfg.train, run_dir, ledger, meta, cfg.seed, dp=settings, progress=cfg.progress,
+                     wandb=cfg.wandb).run()
     return run_dir / CHECKPOINT
 
 

@@ -34,6 +34,7 @@ from synther.privacy.randomness import reseed_torch_globally
 from synther.utils.io import atomic_path, atomic_write_json
 from synther.utils.locks import FolderLock
 from synther.utils.optim import fused_optimizer
+from synther.utils.tracking import Tracker, WandbConfig
 
 CHECKPOINT = "checkpoint.pt"
 LR_DECAYS = ("none", "cosine")
@@ -128,7 +129,8 @@ class PrivateStep:
                                               "OS entropy; not derivable from the seed, never saved")
         if log_private:
             ledger.statistics["metrics.jsonl"] = ("holds NON-private loss, gradient-norm and batch-size statistics "
-                                                  "of the sensitive batches: do not release it")
+                                                  "of the sensitive batches (so does its W&B copy, if any): do not "
+                                                  "release it")
         ledger.statistics["dp_noise"] = f"N(0, (σC)²) per parameter per step, {self.engine.generator_name}"
         previous = ledger.noise_z_max
         ledger.noise_z_max = self.engine.z_max if previous is None else min(previous, self.engine.z_max)
@@ -170,13 +172,19 @@ def step_strategy(model: EDM, optimizer: torch.optim.Optimizer, num_records: int
 class DiffusionTrainer:
     def __init__(self, model: EDM, data: torch.Tensor, cfg: TrainConfig, run_dir: Path, ledger: PrivacyLedger,
                  meta: dict[str, Any], seed: int = 0, dp: DPSettings | None = None,
-                 augment: Callable[[int, torch.Tensor], torch.Tensor] | None = None, progress: bool = True) -> None:
+                 augment: Callable[[int, torch.Tensor], torch.Tensor] | None = None, progress: bool = True,
+                 wandb: WandbConfig | None = None) -> None:
         """`data`: raw transition vectors (N, d) on the model's device. `augment(step, batch)` may extend a
-        public pre-training batch (curiosity); it is refused under DP, where batches must stay Poisson samples."""
+        public pre-training batch (curiosity); it is refused under DP, where batches must stay Poisson samples.
+        `wandb`: an opt-in copy of the metrics.jsonl records to Weights & Biases."""
         if cfg.lr_decay not in LR_DECAYS:
             raise UserError(f"unknown train.lr_decay '{cfg.lr_decay}' (choose from: {', '.join(LR_DECAYS)})")
         self.model, self.data, self.cfg, self.run_dir = model, data, cfg, Path(run_dir)
         self.ledger, self.meta, self.seed, self.progress = ledger, meta, seed, progress
+        self.wandb = wandb or WandbConfig()
+        if dp is not None and cfg.log_private_diagnostics and self.wandb.project and self.wandb.mode == "online":
+            raise UserError("--train.log_private_diagnostics writes NON-private statistics of the sensitive batches: "
+                            "they may not be sent to W&B online (use --wandb.mode offline, or no diagnostics)")
         self.total_steps = cfg.total_steps(len(data))
         self.ema = copy.deepcopy(model).requires_grad_(False)
         self.optimizer = fused_optimizer(torch.optim.AdamW, model.parameters(), lr=cfg.lr,
@@ -248,7 +256,11 @@ class DiffusionTrainer:
 
     def run(self) -> None:
         with FolderLock(self.run_dir):  # a second process on the same folder is refused, not interleaved
-            self._run()
+            self.tracker = Tracker(self.wandb, self.run_dir, self.run_dir.name, self.meta.get("config") or {})
+            try:
+                self._run()
+            finally:
+                self.tracker.close()
 
     def _run(self) -> None:
         self._resume()
@@ -269,6 +281,7 @@ class DiffusionTrainer:
                               **self.stepper.log_record(stats, self.ledger, self.cfg.log_private_diagnostics)}
                     log.write(json.dumps(record) + "\n")
                     log.flush()
+                    self.tracker.log(record, self.step)
                     logged = record
                     if "loss" in record:
                         bar.set_postfix(loss=f"{record['loss']:.3f}")
