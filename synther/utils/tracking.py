@@ -4,7 +4,6 @@ record of a run: W&B receives a copy of the same rows, and nothing at all unless
 Offline mode (the default once a project is set) writes the W&B run under <run folder>/wandb and sends nothing;
 `wandb sync <that folder>` uploads it later from a machine with network. Online mode sends as it goes.
 """
-from __future__ import annotations
 
 import hashlib
 import os
@@ -28,7 +27,7 @@ class WandbConfig:
 class Tracker:
     """Copies logged rows to a W&B run when `cfg.project` is set; a no-op otherwise."""
 
-    def __init__(self, cfg: WandbConfig, run_dir: str | os.PathLike, name: str, config: dict[str, Any]) -> None:
+    def __init__(self, cfg: WandbConfig, run_dir: "str | os.PathLike", name: str, config: dict[str, Any]) -> None:
         self.run = None
         if not cfg.project:
             return
