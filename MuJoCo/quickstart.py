@@ -12,13 +12,13 @@ ladder (the utility ladder: real data, fine-tuned without DP, DP at ε = 10 and 
 without curiosity, 3 seeds each, at the default's settings; about 50 minutes) and paper (PrivORL's scale:
 D4RL-sized data, W=2048x6 denoiser, 1M samples, 500k agent updates; for a GPU machine). --seed N runs another seed;
 runs of several seeds in one runs folder are reported together (mean ± std, bootstrap CI of the ratio).
-Runs (and the generated data) go to runs/quickstart[-<profile>], the report to results/quickstart[-<profile>].
+Runs (and the generated data) go to runs/quickstart[-<preset>], the report to results/quickstart[-<preset>].
 Re-running skips what is finished; the sweep behind it is config/sweeps/quickstart*.yaml (see MuJoCo/sweep.py).
 
   python MuJoCo/quickstart.py
   python MuJoCo/quickstart.py --seed 1                                  # another seed, reported with seed 0
-  python MuJoCo/quickstart.py --profile ladder --runs_dir runs/quickstart   # reuses the default's runs
-  python MuJoCo/quickstart.py --profile paper --executor ray --ray_address head:6379
+  python MuJoCo/quickstart.py --preset ladder --runs_dir runs/quickstart   # reuses the default's runs
+  python MuJoCo/quickstart.py --preset paper --executor ray --ray_address head:6379
 """
 import sys
 from pathlib import Path

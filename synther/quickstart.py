@@ -20,12 +20,12 @@ from synther.report import (collect, fidelity_rows, ladder_markdown, ladder_rows
                             utility_rows, write_report)
 from synther.sweep import ROOT, SweepConfig, public_sets, run_sweep
 
-# profile -> (sweep YAML, rows generated per maze; 0 = D4RL's sizes)
-PROFILES = {
+# preset -> (sweep YAML, rows generated per maze; 0 = D4RL's sizes)
+PRESETS = {
     "default": ("config/sweeps/quickstart.yaml", 100_000),  # ≈ 11 minutes on 2 CPU cores
     "tiny": ("config/sweeps/quickstart-tiny.yaml", 2_000),  # seconds of compute: checks the plumbing (CI)
     # the utility ladder at the default's settings: real, no-DP, DP at ε 1 and 10, public-only (± curiosity),
-    # seeds 0-2; its default and ε=10 jobs are the default profile's, so with --runs_dir runs/quickstart it reuses them
+    # seeds 0-2; its default and ε=10 jobs are the default preset's, so with --runs_dir runs/quickstart it reuses them
     "ladder": ("config/sweeps/quickstart-ladder.yaml", 100_000),  # ≈ 50 minutes on 2 CPU cores
     "paper": ("config/sweeps/quickstart-paper.yaml", 0),  # PrivORL's scale: W=2048x6, 1M samples, 500k updates (GPU)
 }
@@ -33,18 +33,18 @@ PROFILES = {
 
 @dataclass
 class QuickstartConfig:
-    profile: str = "default"  # default (minutes on a laptop CPU), tiny (a plumbing check), ladder (the utility ladder, 3 seeds) or paper (PrivORL's scale, for a GPU)
-    seed: int = -1  # run this seed instead of the profile's seeds (-1: the profile's); runs of several seeds in one runs folder are reported together
-    runs_dir: str = ""  # where the runs (and the generated data, in <runs_dir>/data) go (empty: runs/quickstart[-<profile>])
-    out: str = ""  # where the report and plots go (empty: results/quickstart[-<profile>])
+    preset: str = "default"  # default (minutes on a laptop CPU), tiny (a plumbing check), ladder (the utility ladder, 3 seeds) or paper (PrivORL's scale, for a GPU)
+    seed: int = -1  # run this seed instead of the preset's seeds (-1: the preset's); runs of several seeds in one runs folder are reported together
+    runs_dir: str = ""  # where the runs (and the generated data, in <runs_dir>/data) go (empty: runs/quickstart[-<preset>])
+    out: str = ""  # where the report and plots go (empty: results/quickstart[-<preset>])
     executor: str = "local"  # local (process pool on this machine) or ray
     ray_address: str = ""  # Ray cluster to join, host:port (executor ray)
     workers: int = 0  # local CPU slots (0: all cores)
     device: str = "auto"  # --device of every job: auto (CUDA when available), cpu or cuda
 
 
-def _suffix(profile: str) -> str:
-    return "" if profile == "default" else f"-{profile}"
+def _suffix(preset: str) -> str:
+    return "" if preset == "default" else f"-{preset}"
 
 
 def _maze(name: str) -> str | None:
@@ -99,12 +99,12 @@ def summary_table(results: Any) -> str:
 
 def quickstart(cfg: QuickstartConfig, echo: Callable[[str], None] = lambda s: print(s, flush=True)) -> dict[str, Any]:
     """Run the quickstart; returns {"ok", "table", "report", "seconds"}."""
-    if cfg.profile not in PROFILES:
-        raise UserError(f"unknown profile '{cfg.profile}' (choose from: {', '.join(PROFILES)})")
+    if cfg.preset not in PRESETS:
+        raise UserError(f"unknown preset '{cfg.preset}' (choose from: {', '.join(PRESETS)})")
     start = time.time()
-    sweep_yaml, rows = PROFILES[cfg.profile]
-    runs_dir = Path(cfg.runs_dir or f"runs/quickstart{_suffix(cfg.profile)}").resolve()
-    out = Path(cfg.out or f"results/quickstart{_suffix(cfg.profile)}")
+    sweep_yaml, rows = PRESETS[cfg.preset]
+    runs_dir = Path(cfg.runs_dir or f"runs/quickstart{_suffix(cfg.preset)}").resolve()
+    out = Path(cfg.out or f"results/quickstart{_suffix(cfg.preset)}")
     sweep = pyrallis.parse(config_class=SweepConfig, config_path=str(ROOT / sweep_yaml), args=[])
     sweep.runs_dir, sweep.executor, sweep.ray_address = str(runs_dir), cfg.executor, cfg.ray_address
     sweep.workers, sweep.device = cfg.workers, cfg.device

@@ -6,7 +6,7 @@ from script_helpers import assert_user_error, run_script
 
 def test_quickstart_tiny_runs_the_whole_pipeline_and_resumes(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "results"
-    args = ("--profile", "tiny", "--runs_dir", str(runs), "--out", str(out), "--device", "cpu")
+    args = ("--preset", "tiny", "--runs_dir", str(runs), "--out", str(out), "--device", "cpu")
     proc = run_script("quickstart.py", *args, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # its own data folder: sensitive umaze + the three public mazes
@@ -37,5 +37,5 @@ def test_quickstart_tiny_runs_the_whole_pipeline_and_resumes(tmp_path):
 
 
 def test_quickstart_rejects_an_unknown_profile(tmp_path):
-    assert_user_error(run_script("quickstart.py", "--profile", "huge", "--runs_dir", str(tmp_path)), "huge",
+    assert_user_error(run_script("quickstart.py", "--preset", "huge", "--runs_dir", str(tmp_path)), "huge",
                       "tiny")
