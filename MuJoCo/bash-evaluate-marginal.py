@@ -38,7 +38,7 @@ class FidelitySweepConfig:
     dynamics_rows: int = 10_000  # synthetic rows the dynamics error steps through
     max_rows: int = 0  # subsample each table to at most this many rows for the scores (0: all)
     seed: int = 0  # seed of the row subsamples
-    force: bool = False  # recompute even where fidelity.json exists
+    overwrite: bool = False  # recompute even where fidelity.json exists (--force: the same option)
     out: str = ""  # results table (JSON); default: <runs root>/evaluation/fidelity_results.json
     dry_run: bool = False  # list what would be evaluated, done or missing, and stop
 
@@ -54,7 +54,7 @@ def _resolve(path: str) -> Path:
 
 
 def main() -> None:
-    cfg = parse(FidelitySweepConfig, description=__doc__)
+    cfg = parse(FidelitySweepConfig, description=__doc__, aliases={"--force": "--overwrite"})
     try:
         epsilons = [float(e) for e in comma_list(cfg.epsilons)]
         seeds = [int(s) for s in comma_list(cfg.seeds)]
@@ -73,7 +73,7 @@ def main() -> None:
             print(f"{label}: samples missing ({path}), skipped")
             missing += 1
             continue
-        done = report_path.exists() and not cfg.force
+        done = report_path.exists() and not cfg.overwrite
         if cfg.dry_run:
             print(f"{label}: {'done' if done else 'to evaluate'} -> {report_path}")
             continue
