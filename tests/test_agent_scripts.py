@@ -14,6 +14,8 @@ from synther.data.pointmaze import dataset_name
 from maze_data import shared_maze
 from script_helpers import ROOT, assert_user_error, run_script, script_env
 
+pytestmark = pytest.mark.slow  # subprocess pipelines of the agent scripts
+
 UMAZE = dataset_name("umaze")
 TINY = ("--max_timesteps", "20", "--eval_freq", "10", "--n_episodes", "1", "--eval_max_episode_steps", "20",
         "--progress", "false")

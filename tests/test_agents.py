@@ -144,6 +144,7 @@ LEARNING_RATES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", list(ALGORITHMS))
 def test_update_reduces_losses_on_a_fixed_batch(algorithm, tmp_path):
     assert set(LOSS_CHECKS) == set(ALGORITHMS)
@@ -180,6 +181,7 @@ def test_eval_target_comes_from_the_registry_without_data():
 
 
 # --- training on real data: run folder, summary, skip, resume --------------------------------------------
+@pytest.mark.slow
 def test_training_writes_run_folder_and_summary_then_skips(umaze_registered, tmp_path):
     agent_class, cfg = tiny("td3_bc", tmp_path, summary_last_k=2, max_timesteps=60)
     summary = train(cfg, agent_class)
@@ -343,6 +345,7 @@ def test_config_checks(tmp_path):
 
 
 # --- per-dataset configs -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_every_yaml_config_loads_into_its_algorithm():
     files = sorted((ROOT / "config" / "agents").glob("*/*.yaml"))
     assert {f.parent.name for f in files} == set(ALGORITHMS) and len(files) >= 25
@@ -380,6 +383,7 @@ MAZE_BUDGET = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", list(MAZE_BUDGET))
 def test_agent_clearly_beats_random_policy_on_generated_umaze(algorithm, umaze_registered, tmp_path):
     agent_class, config_class = get_algorithm(algorithm)

@@ -11,6 +11,8 @@ from script_helpers import run_script
 from synther.privacy.audit import audit_from_scores
 from synther.privacy.whitebox_audit import WhiteboxSetup, audit_dpsgd, bound_from_scores
 
+pytestmark = pytest.mark.slow  # audits train many canary models
+
 # q = 0.5, T = 10; 1M canary slots (245 runs of the 64 × 64 layer) take a few seconds on one core
 SETUP = WhiteboxSetup(canaries=1_000_000)
 

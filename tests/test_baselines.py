@@ -21,6 +21,8 @@ from synther.baselines.env import WORKER, ensure_env
 from synther.data import TransitionDataset, TransitionLayout, load_dataset
 from synther.errors import UserError
 
+pytestmark = pytest.mark.slow  # the baselines venv (smartnoise-synth fits)
+
 
 # --- bin edges and bounds never read the sensitive data -------------------------------------------------------
 def test_bin_edge_functions_take_no_sensitive_argument():

@@ -23,6 +23,7 @@ def test_collect_help_explains_every_option():
     assert "SAC" in proc.stdout and "PointMaze" in proc.stdout
 
 
+@pytest.mark.slow
 def test_collect_maze_writes_dataset_and_sidecar_then_skips(tmp_path):
     args = ("--generator", "pointmaze", "--maze.name", "open", "--maze.num_steps", "500", "--out_dir", str(tmp_path),
             "--progress", "false", "--seed", "3")
@@ -49,6 +50,7 @@ def test_collect_maze_writes_dataset_and_sidecar_then_skips(tmp_path):
         (("--generator", "locomotion", "--locomotion.env", "Ant-v5"), ("unknown locomotion env",)),
     ],
 )
+@pytest.mark.slow
 def test_collect_bad_options_exit_2_with_one_line(tmp_path, args, fragments):
     assert_user_error(run_script("collect_data.py", "--out_dir", str(tmp_path), *args), *fragments)
     assert not list(tmp_path.glob("*.npz"))
@@ -155,6 +157,7 @@ def _fields_without_help(config_class, prefix=""):
             yield from _fields_without_help(hints[f.name], f"{prefix}{f.name}.")
 
 
+@pytest.mark.slow
 def test_every_option_of_every_script_has_its_own_help_text():
     missing = {name: list(_fields_without_help(cls)) for name, cls in _script_configs().items()}
     missing = {name: fields for name, fields in missing.items() if fields}
@@ -211,6 +214,7 @@ def test_every_numeric_option_of_every_script_is_checked_at_parse_time():
     ("td3_bc.py", "--hidden_dim", "0", "[1, ∞)"),
     ("sweep.py", "--delta", "2", "(0, 1)"),
 ])
+@pytest.mark.slow
 def test_a_bad_number_is_one_error_line_before_anything_is_written(tmp_path, script, option, value, fragment):
     proc = run_script(script, option, value, "--run_dir" if script == "train_diffuser.py" else "--runs_dir"
                       if script == "sweep.py" else "--checkpoints_path", str(tmp_path / "out"))

@@ -53,6 +53,7 @@ def _fixed_loss(model, x, seed=0):
         return model.per_sample_loss(x, sigma, noise).mean().item()
 
 
+@pytest.mark.slow
 def test_pretraining_lowers_the_loss(pretrained, tmp_path):
     public = np.concatenate([load_dataset(n).to_vectors() for n in PUBLIC.split(",")])
     x = torch.as_tensor(public[:2000])
@@ -65,6 +66,7 @@ def test_pretraining_lowers_the_loss(pretrained, tmp_path):
     assert [m["step"] for m in metrics] == list(range(10, 301, 10))
 
 
+@pytest.mark.slow
 def test_finetune_meets_target_and_never_reads_sensitive_statistics(pretrained, tmp_path, data_dir):
     base, _, _ = load_model(pretrained)
     out = finetune(config(tmp_path, "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained),
@@ -113,6 +115,7 @@ def test_dp_normalizer_is_charged_to_the_budget(pretrained, tmp_path):
     assert (np.abs(est - true) < 5 * noise_std + 1e-3).all(), (est, true, noise_std)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_continues_the_privacy_ledger(pretrained, tmp_path, monkeypatch):
     cfg = config(tmp_path, "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained), dp=DPConfig(epsilon=3.0))
     reference = finetune(dataclasses.replace(cfg, run_dir=str(tmp_path / "uninterrupted")))
@@ -140,6 +143,7 @@ def test_resume_after_kill_continues_the_privacy_ledger(pretrained, tmp_path, mo
     assert steps == [10, 20, 30, 40]  # no duplicated records from the killed run
 
 
+@pytest.mark.slow
 def test_cosine_learning_rate_is_a_function_of_the_step_and_resumes_with_it(pretrained, tmp_path, monkeypatch):
     """--train.lr_decay cosine: step t uses lr·(1 + cos(πt/T))/2, whatever the data (a public schedule, free under
     DP), and a resumed run continues the schedule where the killed one stopped."""
@@ -327,6 +331,7 @@ def test_pipeline_errors_are_user_errors(pretrained, tmp_path):
         Synthesizer.load(pretrained, device="cpu").sample(4, SamplerConfig(name="ddim"))
 
 
+@pytest.mark.slow
 def test_dp_randomness_is_secret_and_metrics_hold_no_private_statistics(pretrained, tmp_path):
     cfg = config(tmp_path, "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained), dp=DPConfig(epsilon=5.0))
     a = finetune(dataclasses.replace(cfg, run_dir=str(tmp_path / "a")))

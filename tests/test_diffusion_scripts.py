@@ -7,6 +7,8 @@ import pytest
 from maze_data import write_mazes
 from script_helpers import assert_user_error, run_script
 
+pytestmark = pytest.mark.slow  # subprocess pipelines of train_diffuser.py and its sweep
+
 def test_help_maps_the_paper_flags():
     out = run_script("train_diffuser.py", "--help").stdout
     for option in ("--mode", "--dataset", "--public_datasets", "--dp.epsilon", "--dp.delta", "--dp.clip_norm",

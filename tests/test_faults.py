@@ -16,6 +16,8 @@ from synther.utils.locks import FolderLock
 from maze_data import shared_maze
 from script_helpers import ROOT, assert_user_error, run_script, script_env
 
+pytestmark = pytest.mark.slow  # fault injection across processes
+
 UMAZE = dataset_name("umaze")
 TINY = ("--max_timesteps", "20", "--eval_freq", "10", "--n_episodes", "1", "--eval_max_episode_steps", "20",
         "--progress", "false", "--hidden_dim", "16")

@@ -85,6 +85,7 @@ def _check_transitions_chain(ds):
     np.testing.assert_allclose(ds.next_observations[:-1][cont], ds.observations[1:][cont])
 
 
+@pytest.mark.slow
 def test_locomotion_run_produces_all_four_kinds(tmp_path, monkeypatch):
     scratch = tmp_path / "tmp"
     scratch.mkdir()
@@ -110,6 +111,7 @@ def test_locomotion_run_produces_all_four_kinds(tmp_path, monkeypatch):
     assert not list(tmp_path.glob(".work-*"))  # training state is cleaned up once everything is written
 
 
+@pytest.mark.slow
 def test_locomotion_resumes_after_a_crash(tmp_path):
     cfg = LocomotionCollectConfig(**TINY_SAC)
     crashed = []

@@ -73,6 +73,7 @@ def test_a_non_private_fine_tune_can_never_be_laundered_into_a_private_one(pretr
                                                                                       "non-private"]
 
 
+@pytest.mark.slow
 def test_fine_tuning_a_dp_fine_tune_composes_its_ledger(pretrained, tmp_path):
     first = finetune(config(tmp_path / "first", "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained),
                             dp=DPConfig(epsilon=2.0, delta=1e-5)))
@@ -120,6 +121,7 @@ def _kill_after_first_checkpoint(cmd: list[str], run_dir: Path) -> None:
     proc.wait()
 
 
+@pytest.mark.slow
 def test_a_killed_fine_tune_does_not_resume_on_another_dataset(pretrained, tmp_path, data_dir):
     # another sensitive set with exactly as many rows
     medium = load_dataset(SENSITIVE)
@@ -164,6 +166,7 @@ def test_the_ledger_adds_the_noise_tail_to_delta():
     assert legacy.delta_tail() == pytest.approx(q * steps * norm.sf(5.768 - 1 / sigma))
 
 
+@pytest.mark.slow
 def test_a_run_whose_noise_tail_is_not_negligible_is_refused(pretrained, tmp_path):
     # ε = 1e5 needs σ so small that the capped tail would dominate δ
     with pytest.raises(UserError, match="tail"):
@@ -178,6 +181,7 @@ def test_a_run_whose_noise_tail_is_not_negligible_is_refused(pretrained, tmp_pat
 
 
 # --- §2: the DP normalizer's noise is secret ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_the_dp_normalizer_noise_is_not_derivable_from_the_seed(pretrained, tmp_path):
     dp = DPConfig(epsilon=8.0, delta=1e-5, normalizer="dp", normalizer_noise_multiplier=20.0)
     a = finetune(config(tmp_path / "a", "finetune", steps=10, dataset=SENSITIVE, load_checkpoint=str(pretrained),

@@ -14,6 +14,8 @@ from synther.evaluation.mia import (AttackSettings, attack_checkpoint, attack_me
                                     run_experiment, tpr_at_fpr)
 from synther.privacy.audit import audit_from_scores, epsilon_lower_bound, p_value
 
+pytestmark = pytest.mark.slow  # attacks on trained models, subprocess scripts
+
 SENSITIVE = "ptr-maze2d-medium-dense-v0"
 FAST = AttackSettings(draws=8)
 

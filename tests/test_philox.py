@@ -136,6 +136,7 @@ def test_philox_draws_reach_past_the_old_cap(kernel):
     assert_untruncated(*tail_of(draw_chunk), cap=math.sqrt(128 * math.log(2)) + 1e-5)
 
 
+@pytest.mark.slow
 def test_torch_fallback_draws_reach_past_the_old_cap():
     params = [torch.nn.Parameter(torch.zeros(TAIL_CHUNK // 2)) for _ in range(2)]  # one per worker thread
     noise = GaussianNoise(params, workers=2, seed=2024, generator="torch")

@@ -56,6 +56,7 @@ def independent_per_sample_grads(model: EDM, x, sigma, noise) -> torch.Tensor:
     return torch.cat([g[k].reshape(len(x), -1) for k in params], dim=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accountant", ["rdp", "prv"])
 @pytest.mark.parametrize("target", [1.0, 10.0])
 def test_calibrated_sigma_meets_target_and_is_tight(accountant, target):

@@ -1,7 +1,11 @@
 """The README's main command at a tiny budget: the whole pipeline end to end through the sweep engine."""
 import json
 
+import pytest
+
 from script_helpers import assert_user_error, run_script
+
+pytestmark = pytest.mark.slow  # the whole pipeline end to end
 
 
 def test_quickstart_tiny_runs_the_whole_pipeline_and_resumes(tmp_path):

@@ -25,6 +25,8 @@ from synther.sweep import (Budgets, Job, LocalExecutor, SweepConfig, agent_run_n
                            topological_order)
 from script_helpers import ROOT, assert_user_error, run_script, script_env
 
+pytestmark = pytest.mark.slow  # sweeps on a local pool and a real Ray cluster
+
 UMAZE, MEDIUM = "ptr-maze2d-umaze-dense-v0", "ptr-maze2d-medium-dense-v0"
 
 
