@@ -30,13 +30,13 @@ def make_step(width: int, batch: int, mode: str, device: str, noise_generator: s
     from synther.diffusion.denoiser import DenoiserConfig
     from synther.diffusion.edm import EDM
     from synther.diffusion.normalizer import Normalizer
-    from synther.privacy.dpsgd import ClippedGradient, GaussianNoise
+    from synther.privacy.dpsgd import GaussianNoise, clipping_backend
     from synther.utils.optim import fused_optimizer
 
     torch.manual_seed(0)
     model = EDM(DIM, Normalizer.identity(DIM), DenoiserConfig(width=width, depth=6)).to(device)
     opt = fused_optimizer(torch.optim.AdamW, model.parameters(), lr=3e-4, betas=(0.9, 0.99))  # as the trainer
-    clipped = None if mode == "nonprivate" else ClippedGradient(model, 1.0, mode)
+    clipped = None if mode == "nonprivate" else clipping_backend(model, 1.0, mode)
     noise = None if clipped is None else GaussianNoise(clipped.params, generator=noise_generator)
     x = torch.randn(batch, DIM, device=device)
 

@@ -11,7 +11,7 @@ from synther.diffusion.normalizer import Normalizer
 from synther.errors import UserError
 from synther.privacy.accounting import calibrate_noise_multiplier, epsilon_spent
 from synther.privacy.clipping import LinearGhostClipper
-from synther.privacy.dpsgd import ClippedGradient, GaussianNoise, PoissonSampler
+from synther.privacy.dpsgd import GaussianNoise, PoissonSampler, clipping_backend
 from synther.privacy.ledger import PrivacyLedger
 
 from devices import DEVICES
@@ -127,7 +127,7 @@ def test_fast_clipping_matches_opacus(reference, device):
     grads = {}
     for mode in ("ghost", reference):
         model = tiny_edm().to(device)
-        clipped = ClippedGradient(model, clip_norm=1.0, mode=mode)
+        clipped = clipping_backend(model, clip_norm=1.0, mode=mode)
         losses, norms = clipped(lambda: model.per_sample_loss(x, sigma, noise), scale=0.25)
         grads[mode] = (torch.cat([p.grad.flatten() for p in model.parameters()]), norms)
     torch.testing.assert_close(grads["ghost"][0], grads[reference][0], rtol=1e-4, atol=1e-6)
@@ -152,7 +152,7 @@ def test_noise_multiplicity_clips_each_record_not_each_draw(mode, device):
     # clipping rows one by one would let a record contribute up to k·C; the record sum is clipped to C instead
     assert (rows.norm(dim=1) < clip).any()
     expected = (per_record * (clip / (norms + 1e-6)).clamp(max=1.0)[:, None]).sum(0) / 10
-    clipped = ClippedGradient(model, clip, mode, rows_per_sample=k)
+    clipped = clipping_backend(model, clip, mode, rows_per_sample=k)
     _, got_norms = clipped(lambda: model.per_sample_loss(x, sigma, noise) / k, scale=0.1)
     torch.testing.assert_close(got_norms.to(norms), norms, rtol=1e-4, atol=1e-5)
     ours = torch.cat([p.grad.flatten() for p in model.parameters()])
@@ -161,9 +161,9 @@ def test_noise_multiplicity_clips_each_record_not_each_draw(mode, device):
 
 def test_noise_multiplicity_refuses_what_cannot_clip_records():
     with pytest.raises(UserError, match="opacus' ghost"):
-        ClippedGradient(tiny_edm(), 1.0, "opacus_ghost", rows_per_sample=2)
+        clipping_backend(tiny_edm(), 1.0, "opacus_ghost", rows_per_sample=2)
     with pytest.raises(UserError, match="at least 1"):
-        ClippedGradient(tiny_edm(), 1.0, "ghost", rows_per_sample=0)
+        clipping_backend(tiny_edm(), 1.0, "ghost", rows_per_sample=0)
     clipper = LinearGhostClipper(tiny_edm(), 1.0)
     x, sigma, noise = fixed_batch(5)
     with clipper.capture():
@@ -215,7 +215,7 @@ def test_noisy_clipped_gradient_is_the_clipped_sum_plus_noise_of_the_right_scale
     """The trainer's call: the same clipped sum as without noise, plus N(0, std²) on every parameter."""
     x, sigma, noise = (t.to(device) for t in fixed_batch(32))
     model = tiny_edm().to(device)
-    clipped = ClippedGradient(model, clip_norm=1.0, mode=mode)
+    clipped = clipping_backend(model, clip_norm=1.0, mode=mode)
     clipped(lambda: model.per_sample_loss(x, sigma, noise), scale=0.25)
     clean = [p.grad.clone() for p in clipped.params]
     std = 0.3

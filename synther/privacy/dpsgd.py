@@ -1,8 +1,9 @@
-"""DP-SGD engine pieces: Poisson subsampling, clipped-sum backends, Gaussian noise.
+"""DP-SGD engine pieces: Poisson subsampling, clipped-sum backends (one class each behind `ClippingBackend`),
+Gaussian noise. synther.privacy.engine.DPSGD assembles them into one step.
 
 One DP step (as opacus does it with Poisson sampling):
     batch  = each training record independently with probability q           (PoissonSampler)
-    grad   = Σ_{i∈batch} clip(∇ℓ_i, C) / (q·N)                               (ClippedGradient backends)
+    grad   = Σ_{i∈batch} clip(∇ℓ_i, C) / (q·N)                               (the clipping backends)
     grad  += N(0, (σC / (q·N))²·I)                                           (GaussianNoise)
 i.e. (Σ clip + N(0, σ²C²)) / (q·N), with the division folded into the clip factors to save a pass over the
 gradients. Dividing by the *expected* batch size q·N (not the realized one) keeps the sensitivity at C.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 import secrets
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 from torch import nn
@@ -21,7 +22,7 @@ from synther.errors import UserError
 from synther.privacy.clipping import LinearGhostClipper
 from synther.privacy.philox import GENERATOR_NAME as PHILOX_NAME, Z_MAX as PHILOX_Z_MAX, PhiloxNormal, load_kernel
 
-CLIPPING_MODES = ("ghost", "opacus_hooks", "opacus_ghost")
+CLIPPING_MODES = ("ghost", "opacus_hooks", "opacus_ghost")  # the backends at the end of this file
 NOISE_GENERATORS = ("auto", "philox", "torch")
 # torch's own normal_ stops at 5.77σ in float32 (24-bit uniforms) and 8.57σ in float64 (53-bit ones). The torch
 # path below runs Box–Muller itself on a radius uniform made of two float64 uniforms a, b (53-bit grids):
@@ -169,72 +170,86 @@ class GaussianNoise:
         torch._foreach_add_(grads, [self._grads[p] for p in self.params])
 
 
-class ClippedGradient:
-    """Σ_i clip(∇ℓ_i, C) into p.grad, by one of three backends.
+class ClippingBackend(Protocol):
+    """Σ_i clip(∇ℓ_i, C) into p.grad for every trainable parameter of a model.
 
-    ghost:         ours (LinearGhostClipper): norms from activations × output-gradients, one product per layer.
-    opacus_hooks:  opacus GradSampleModule: materializes per-sample gradients, then clips (the reference).
-    opacus_ghost:  opacus' fast gradient clipping: norms by ghost clipping, then a second, reweighted backward.
-    `loss_fn()` runs the forward pass of `model` and returns per-row losses (B·K,), K = `rows_per_sample`: sample
+    `loss_fn()` runs the forward pass of the model and returns per-row losses (B·K,), K = `rows_per_sample`: sample
     i owns rows iK … iK+K−1 and its loss is their sum (noise multiplicity: K diffusion draws of one record, each
     row's loss divided by K). Clipping bounds each sample's summed gradient, so K changes nothing in the privacy
-    analysis. The opacus backends hook the model's layers, so calling the model's own methods is fine.
-    """
+    analysis. Calling it sets p.grad = scale·Σ clip(∇ℓ_i) (+ N(0, noise_std²) drawn by `noise`, which must cover
+    `params`) and returns (per-row losses, per-sample norms before clipping)."""
 
-    def __init__(self, model: nn.Module, clip_norm: float, mode: str = "ghost", rows_per_sample: int = 1) -> None:
-        if mode not in CLIPPING_MODES:
-            raise UserError(f"unknown clipping mode '{mode}' (choose from: {', '.join(CLIPPING_MODES)})")
-        if rows_per_sample < 1:
-            raise UserError(f"rows per sample (noise multiplicity) must be at least 1, got {rows_per_sample}")
-        if rows_per_sample > 1 and mode == "opacus_ghost":
-            raise UserError("noise multiplicity > 1 needs clipping 'ghost' or 'opacus_hooks' (opacus' ghost "
-                            "clipping clips rows, not records)")
-        self.model, self.clip_norm, self.mode, self.rows_per_sample = model, float(clip_norm), mode, rows_per_sample
+    params: list[nn.Parameter]
+
+    def __call__(self, loss_fn: Callable[[], torch.Tensor], scale: float = 1.0, noise: GaussianNoise | None = None,
+                 noise_std: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class GhostClipping:
+    """Ours (LinearGhostClipper): per-sample norms from activations × output-gradients, one product per layer, and
+    the clipped sum accumulated onto the noise by the same products."""
+
+    def __init__(self, model: nn.Module, clip_norm: float, rows_per_sample: int = 1) -> None:
         self.params = [p for p in model.parameters() if p.requires_grad]
-        if mode == "ghost":
-            self._ghost = LinearGhostClipper(model, clip_norm)
-        elif mode == "opacus_hooks":
-            from opacus import GradSampleModule
-
-            self._wrapped = GradSampleModule(model, loss_reduction="sum")
-        else:
-            from opacus.grad_sample import GradSampleModuleFastGradientClipping
-
-            self._wrapped = GradSampleModuleFastGradientClipping(
-                model, max_grad_norm=clip_norm, use_ghost_clipping=True, loss_reduction="sum"
-            )
+        self.rows_per_sample = rows_per_sample
+        self._ghost = LinearGhostClipper(model, clip_norm)
 
     def __call__(self, loss_fn: Callable[[], torch.Tensor], scale: float = 1.0, noise: GaussianNoise | None = None,
                  noise_std: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward + clipped backward: p.grad = scale·Σ clip(∇ℓ_i) (+ N(0, noise_std²) drawn by `noise`, which
-        must cover self.params); returns (per-row losses, per-sample norms before clipping)."""
-        if self.mode == "ghost":
-            with self._ghost.capture():
-                losses = loss_fn()
-            if noise is not None:  # the clipped sum is then accumulated onto the noise by the same products
-                noise.fill_(noise_std)
-            return losses.detach(), self._ghost.backward(losses, scale, accumulate=noise is not None,
-                                                         rows_per_sample=self.rows_per_sample)
-        losses, norms = self._opacus(loss_fn, scale)
+        with self._ghost.capture():
+            losses = loss_fn()
+        if noise is not None:  # the clipped sum is then accumulated onto the noise by the same products
+            noise.fill_(noise_std)
+        return losses.detach(), self._ghost.backward(losses, scale, accumulate=noise is not None,
+                                                     rows_per_sample=self.rows_per_sample)
+
+
+class OpacusHooksClipping:
+    """opacus' GradSampleModule: materializes every per-sample gradient, then clips (the reference backend)."""
+
+    def __init__(self, model: nn.Module, clip_norm: float, rows_per_sample: int = 1) -> None:
+        from opacus import GradSampleModule
+
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.clip_norm, self.rows_per_sample = float(clip_norm), rows_per_sample
+        self._wrapped = GradSampleModule(model, loss_reduction="sum")
+
+    def __call__(self, loss_fn: Callable[[], torch.Tensor], scale: float = 1.0, noise: GaussianNoise | None = None,
+                 noise_std: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        for p in self.params:
+            p.grad_sample = None
+        losses = loss_fn()
+        losses.sum().backward()
+        k = self.rows_per_sample
+        per_sample = [p.grad_sample.reshape(len(losses) // k, k, -1).sum(1) for p in self.params]
+        # parameter by parameter: concatenating would double the (already huge) per-sample gradient memory
+        norms = torch.stack([g.pow(2).sum(dim=1) for g in per_sample]).sum(dim=0).sqrt()
+        coef = (self.clip_norm / (norms + 1e-6)).clamp(max=1.0) * scale
+        for p, g in zip(self.params, per_sample):
+            p.grad = (coef @ g).view_as(p)
+            p.grad_sample = None
         if noise is not None:
             noise.add_(noise_std)
-        return losses, norms
+        return losses.detach(), norms.detach()
 
-    def _opacus(self, loss_fn: Callable[[], torch.Tensor], scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.mode == "opacus_hooks":
-            for p in self.params:
-                p.grad_sample = None
-            losses = loss_fn()
-            losses.sum().backward()
-            k = self.rows_per_sample
-            per_sample = [p.grad_sample.reshape(len(losses) // k, k, -1).sum(1) for p in self.params]
-            # parameter by parameter: concatenating would double the (already huge) per-sample gradient memory
-            norms = torch.stack([g.pow(2).sum(dim=1) for g in per_sample]).sum(dim=0).sqrt()
-            coef = (self.clip_norm / (norms + 1e-6)).clamp(max=1.0) * scale
-            for p, g in zip(self.params, per_sample):
-                p.grad = (coef @ g).view_as(p)
-                p.grad_sample = None
-            return losses.detach(), norms.detach()
+
+class OpacusGhostClipping:
+    """opacus' fast gradient clipping: norms by ghost clipping, then a second, reweighted backward pass. It clips
+    rows, not records, so it refuses noise multiplicity."""
+
+    def __init__(self, model: nn.Module, clip_norm: float, rows_per_sample: int = 1) -> None:
+        if rows_per_sample > 1:
+            raise UserError("noise multiplicity > 1 needs clipping 'ghost' or 'opacus_hooks' (opacus' ghost "
+                            "clipping clips rows, not records)")
+        from opacus.grad_sample import GradSampleModuleFastGradientClipping
+
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self._wrapped = GradSampleModuleFastGradientClipping(
+            model, max_grad_norm=clip_norm, use_ghost_clipping=True, loss_reduction="sum"
+        )
+
+    def __call__(self, loss_fn: Callable[[], torch.Tensor], scale: float = 1.0, noise: GaussianNoise | None = None,
+                 noise_std: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         wrapped = self._wrapped
         wrapped.enable_hooks()
         losses = loss_fn()
@@ -246,4 +261,20 @@ class ClippedGradient:
             p.grad = None
         (losses * coef * scale).sum().backward()
         wrapped.enable_hooks()
+        if noise is not None:
+            noise.add_(noise_std)
         return losses.detach(), norms.detach()
+
+
+CLIPPING_BACKENDS: dict[str, type] = {"ghost": GhostClipping, "opacus_hooks": OpacusHooksClipping,
+                                      "opacus_ghost": OpacusGhostClipping}
+
+
+def clipping_backend(model: nn.Module, clip_norm: float, mode: str = "ghost",
+                     rows_per_sample: int = 1) -> ClippingBackend:
+    """The clipping backend called `mode` (CLIPPING_MODES) for `model`'s trainable parameters."""
+    if mode not in CLIPPING_BACKENDS:
+        raise UserError(f"unknown clipping mode '{mode}' (choose from: {', '.join(CLIPPING_MODES)})")
+    if rows_per_sample < 1:
+        raise UserError(f"rows per sample (noise multiplicity) must be at least 1, got {rows_per_sample}")
+    return CLIPPING_BACKENDS[mode](model, clip_norm, rows_per_sample)

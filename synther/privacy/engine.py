@@ -1,11 +1,11 @@
 """The DP-SGD engine: one object owns the whole private step, for any model with per-record losses.
 
 opacus' split, here: this engine (sampling, clipping, noise, normalisation, the step count) + the accountant
-(synther.privacy.accounting) + the per-sample gradient backends (synther.privacy.dpsgd.ClippedGradient over
+(synther.privacy.accounting) + the per-sample gradient backends (synther.privacy.dpsgd.clipping_backend over
 synther.privacy.clipping) + the optimizer (any torch optimizer). One step:
 
     batch  = each record independently with probability q                    (PoissonSampler, secret coins)
-    grad   = (Σ_{i∈batch} clip(∇ℓ_i, C) + N(0, σ²C²·I)) / (q·N)               (ClippedGradient + GaussianNoise)
+    grad   = (Σ_{i∈batch} clip(∇ℓ_i, C) + N(0, σ²C²·I)) / (q·N)               (clipping backend + GaussianNoise)
     optimizer.step()
 
 Dividing by the *expected* batch size q·N keeps the sensitivity at C; an empty batch is a noise-only step. With
@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from synther.privacy.dpsgd import ClippedGradient, GaussianNoise, PoissonSampler
+from synther.privacy.dpsgd import GaussianNoise, PoissonSampler, clipping_backend
 from synther.privacy.randomness import secret_torch_generator
 
 
@@ -45,7 +45,7 @@ class DPSGD:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, num_records: int,
                  settings: DPSettings, seed: int | None = None) -> None:
         self.model, self.optimizer, self.settings = model, optimizer, settings
-        self.clipped = ClippedGradient(model, settings.clip_norm, settings.clipping_mode, settings.draws_per_record)
+        self.clipped = clipping_backend(model, settings.clip_norm, settings.clipping_mode, settings.draws_per_record)
         self.noise = GaussianNoise(self.clipped.params, generator=settings.noise_generator, seed=seed,
                                    workers=1 if seed is not None else None)
         coins = secret_torch_generator() if seed is None else torch.Generator().manual_seed(seed)

@@ -4,7 +4,7 @@ Auditing of Differentially Private Machine Learning", USENIX Security 2023; Stei
 The black-box canary audit (audit.py) sees only the final model; this one gives the attacker everything DP-SGD's
 threat model allows, so its ε lower bound can come close to the accountant's ε and exposes a mechanism that
 adds too little noise or does not clip. It runs the trainer's own engine, `synther.privacy.engine.DPSGD`
-(PoissonSampler, ClippedGradient with ghost clipping by default, GaussianNoise, the expected-batch normalisation):
+(PoissonSampler, the clipping backend (ghost clipping by default), GaussianNoise, the expected-batch normalisation):
 grad = (Σ_{i∈batch} clip(∇ℓ_i, C) + N(0, σ²C²)) / (q·N), σ calibrated to the target ε by the accountant.
 
 The attacker's best case, built into the model and data:
@@ -64,7 +64,7 @@ class WhiteboxSetup:
     width: int = 64  # the model is a width × width nn.Linear: width² canary slots per run
     canary_norm: float = 4.0  # a canary's gradient norm, in clip norms (clipping brings it down to 1)
     clip_norm: float = 1.0  # C
-    clipping_mode: str = "ghost"  # ClippedGradient backend: ghost, opacus_hooks or opacus_ghost
+    clipping_mode: str = "ghost"  # clipping backend: ghost, opacus_hooks or opacus_ghost
     accountant: str = "rdp"  # rdp or prv
 
 
