@@ -26,6 +26,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from synther.errors import UserError
+from synther.evaluation.plots import new_figure, save_figure
 from synther.sweep import BASELINES, LADDER, dataset_tag
 from synther.utils.io import atomic_path
 
@@ -435,20 +436,11 @@ def _write_text(path: Path, text: str) -> None:
 
 
 # --- plots ------------------------------------------------------------------------------------------------------
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    _plt().close(fig)
-    return path
+def _subplots(ncols: int, width: float, height: float):
+    """A headless figure (synther.evaluation.plots' Agg canvas, no pyplot) with one row of `ncols` axes."""
+    fig = new_figure(width, height, dpi=110)
+    fig.set_layout_engine("constrained")
+    return fig, fig.subplots(1, ncols, squeeze=False)
 
 
 def _slug(s: str) -> str:
@@ -457,13 +449,11 @@ def _slug(s: str) -> str:
 
 def plot_utility(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     """Per dataset: normalized score vs ε, one line per method (± std), the real-data reference as a line."""
-    plt = _plt()
     paths = []
     for dataset in sorted({r["dataset"] for r in rows}):
         mine = [r for r in rows if r["dataset"] == dataset]
         agents = sorted({r["agent"] for r in mine})
-        fig, axes = plt.subplots(1, len(agents), figsize=(4.5 * len(agents), 3.6), squeeze=False,
-                                 layout="constrained")
+        fig, axes = _subplots(len(agents), 4.5 * len(agents), 3.6)
         for ax, agent in zip(axes[0], agents):
             sub = [r for r in mine if r["agent"] == agent]
             for method in sorted({r["method"] for r in sub if r["method"] != "real"}, key=_method_key):
@@ -486,19 +476,17 @@ def plot_utility(rows: list[dict[str, Any]], out: Path) -> list[Path]:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         fig.suptitle(f"utility vs ε: {dataset}")
-        paths.append(_save(fig, out / f"utility_vs_epsilon_{_slug(dataset)}.png"))
+        paths.append(save_figure(fig, out / f"utility_vs_epsilon_{_slug(dataset)}.png"))
     return paths
 
 
 def plot_learning_curves(res: Results, out: Path) -> list[Path]:
     """Per dataset: eval.jsonl curves averaged over seeds (at the updates every seed evaluated), per agent."""
-    plt = _plt()
     paths = []
     for dataset in sorted({r.dataset for r in res.agents if r.curve}):
         runs = [r for r in res.agents if r.dataset == dataset and r.curve]
         agents = sorted({r.agent for r in runs})
-        fig, axes = plt.subplots(1, len(agents), figsize=(4.5 * len(agents), 3.6), squeeze=False,
-                                 layout="constrained")
+        fig, axes = _subplots(len(agents), 4.5 * len(agents), 3.6)
         for ax, agent in zip(axes[0], agents):
             groups: dict[tuple, list[AgentRun]] = {}
             for r in runs:
@@ -519,19 +507,18 @@ def plot_learning_curves(res: Results, out: Path) -> list[Path]:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         fig.suptitle(f"learning curves (mean over seeds): {dataset}")
-        paths.append(_save(fig, out / f"learning_curves_{_slug(dataset)}.png"))
+        paths.append(save_figure(fig, out / f"learning_curves_{_slug(dataset)}.png"))
     return paths
 
 
 def plot_fidelity(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     """Per dataset: marginal and correlation scores as bars grouped by ε, one bar per method (± std)."""
-    plt = _plt()
     paths = []
     for dataset in sorted({r["dataset"] for r in rows}):
         mine = [r for r in rows if r["dataset"] == dataset]
         epsilons = sorted({r["epsilon"] for r in mine}, key=_eps_key)
         methods = sorted({r["method"] for r in mine}, key=_method_key)
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), squeeze=False, layout="constrained")
+        fig, axes = _subplots(2, 10, 3.6)
         width = 0.8 / max(1, len(methods))
         for ax, metric in zip(axes[0], ("marginal", "correlation")):
             for i, method in enumerate(methods):
@@ -550,7 +537,7 @@ def plot_fidelity(rows: list[dict[str, Any]], out: Path) -> list[Path]:
             ax.grid(alpha=0.3, axis="y")
             ax.legend(fontsize=8)
         fig.suptitle(f"fidelity: {dataset}")
-        paths.append(_save(fig, out / f"fidelity_{_slug(dataset)}.png"))
+        paths.append(save_figure(fig, out / f"fidelity_{_slug(dataset)}.png"))
     return paths
 
 

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from synther.diffusion.edm import EDM
 from synther.diffusion.synthesizer import DiffusionConfig, finetune, load_model, sensitive_split
 from synther.errors import UserError
+from synther.evaluation.plots import new_figure, save_figure
 from synther.privacy.audit import audit_from_scores, make_canaries
 from synther.utils.device import resolve_device
 from synther.utils.io import atomic_path, atomic_write_json
@@ -115,12 +116,8 @@ def attack_metrics(member_scores: np.ndarray, nonmember_scores: np.ndarray, fprs
 
 def plot_roc(curves: dict[str, dict[str, Any]], path: Path) -> Path:
     """ROC curves on log-log axes (the low-FPR region is what matters for privacy), one per label."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig = new_figure(4.5, 4.5)
+    ax = fig.subplots()
     for label, res in curves.items():
         ax.plot(np.maximum(res["roc"]["fpr"], 1e-4), np.maximum(res["roc"]["tpr"], 1e-4),
                 label=f"{label} (AUC {res['auc']:.3f})")
@@ -129,10 +126,7 @@ def plot_roc(curves: dict[str, dict[str, Any]], path: Path) -> Path:
            ylabel="true positive rate", title="Loss-based membership inference")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def finetune_config(checkpoint: str | Path) -> DiffusionConfig:
