@@ -207,6 +207,7 @@ class Job:
     gpus: float = 0.0
     outputs: tuple[str, ...] = ()  # files in run_dir whose presence marks the job finished
     labels: dict[str, Any] = field(default_factory=dict)  # dataset, method, epsilon, seed, agent
+    finished: Callable[[Path], bool] | None = None  # a further test on run_dir once the outputs exist
 
     @property
     def log(self) -> Path:
@@ -215,17 +216,15 @@ class Job:
     def is_done(self) -> bool:
         if not self.outputs or not all((self.run_dir / f).exists() for f in self.outputs):
             return False
-        if self.kind in ("pretrain", "finetune"):  # checkpoints are also written mid-run: check the step count
-            return training_finished(self.run_dir / "checkpoint.pt")
-        return True
+        return self.finished is None or self.finished(self.run_dir)
 
 
-def training_finished(checkpoint: Path) -> bool:
-    """A diffusion checkpoint whose step reached its total (the trainer writes checkpoints mid-run too)."""
+def training_finished(run_dir: Path) -> bool:
+    """A diffusion run whose checkpoint reached its last step (the trainer writes checkpoints mid-run too)."""
     import torch  # only here: planning and dry runs do not need it
 
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+        state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False, mmap=True)
         return int(state["step"]) >= int(state["total_steps"])
     except Exception:  # unreadable or foreign file: not finished, the job re-runs and its script reports it
         return False
@@ -373,7 +372,8 @@ def plan(cfg: SweepConfig) -> list[Job]:
             py, _diffusion_script(), *_common_diffusion(cfg, diffusion_config), "--mode", "pretrain",
             "--public_datasets", ",".join(public[ds]), "--seed", str(seed), "--run_dir", str(pre_dir),
             "--train.epochs", f"{budgets.pretrain_epochs:g}", *flags, *_extra(cfg, "pretrain")],
-            [], outputs=("checkpoint.pt",), labels={"public": public[ds], "seed": seed}, **_res(cfg, "pretrain"))
+            [], outputs=("checkpoint.pt",), labels={"public": public[ds], "seed": seed}, finished=training_finished,
+            **_res(cfg, "pretrain"))
 
     def sample_job(model_dir: Path, out_dir: Path, dep: str, labels: dict[str, Any]) -> Job:
         return Job(f"sample/{out_dir.name}", "sample", out_dir, [
@@ -411,7 +411,7 @@ def plan(cfg: SweepConfig) -> list[Job]:
                     "--load_checkpoint", str(pre_dir / "checkpoint.pt"), "--seed", str(seed),
                     "--run_dir", str(ft_dir), "--train.epochs", f"{budgets.finetune_epochs:g}",
                     *_extra(cfg, "finetune")], [pre.id], outputs=("checkpoint.pt",), labels=labels,
-                    **_res(cfg, "finetune")))
+                    finished=training_finished, **_res(cfg, "finetune")))
                 sm = add(sample_job(ft_dir, ft_dir, ft.id, labels))
                 sources.append((method, eps, ft_dir / "samples.npz", sm.id))
                 if "mia" in cfg.evaluations and private:
