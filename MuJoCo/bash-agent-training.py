@@ -15,7 +15,6 @@ end and written to <checkpoints_path>/results.json.
       --epsilons 1,10 --seeds 0,1 --dry_run true
 """
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from synther.agents import ALGORITHMS  # noqa: E402
 from synther.cli import comma_list, parse, run  # noqa: E402
 from synther.errors import UserError  # noqa: E402
+from synther.layout import runs_root  # noqa: E402
 from synther.sweep import SUCCESS, Job, agent_job, execute  # noqa: E402
 from synther.utils.io import atomic_write_json  # noqa: E402
 
@@ -65,7 +65,7 @@ def _resolve(path: str) -> Path:
 
 
 def agents_root(cfg: AgentSweepConfig) -> Path:
-    default = Path(os.environ.get("PRIVTRANR_RUNS_DIR", "runs")) / "agents"
+    default = runs_root() / "agents"
     root = Path(cfg.checkpoints_path) if cfg.checkpoints_path else default
     return root.expanduser().absolute()
 

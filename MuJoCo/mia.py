@@ -24,7 +24,6 @@ default they go under <runs root>/evaluation/, never into the checkpoint's folde
       --load_checkpoint runs/diffusion/pretrain-...-seed0/checkpoint.pt --out_dir runs/mia/maze2d-medium
   python MuJoCo/mia.py --mode audit_dpsgd --epsilons 1,2,4 --dpsgd.sample_rate 0.5 --dpsgd.steps 10
 """
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ import pyrallis  # noqa: E402
 from synther.cli import parse, run  # noqa: E402
 from synther.diffusion.synthesizer import DiffusionConfig  # noqa: E402
 from synther.errors import UserError  # noqa: E402
+from synther.layout import runs_root  # noqa: E402
 from synther.privacy.whitebox_audit import WhiteboxSetup, audit_dpsgd, summary_table  # noqa: E402
 from synther.utils.io import atomic_write_json  # noqa: E402
 from synther.utils.locks import FolderLock  # noqa: E402
@@ -126,7 +126,7 @@ def main() -> None:
         print(f"wrote {out_dir / 'mia_experiment.md'}")
     elif cfg.mode == "audit_dpsgd":
         epsilons = _floats(cfg.epsilons or "1,2,4", "epsilons")
-        runs = Path(os.environ.get("PRIVTRANR_RUNS_DIR", "runs"))
+        runs = runs_root()
         out_dir = Path(cfg.out_dir) if cfg.out_dir else runs / "mia" / f"audit-dpsgd-seed{cfg.seed}"
         results = []
         with FolderLock(out_dir, what="output folder"):

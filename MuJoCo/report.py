@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from synther.cli import parse, run  # noqa: E402
 from synther.errors import UserError  # noqa: E402
+from synther.layout import runs_root  # noqa: E402
 from synther.report import collect, utility_markdown, utility_rows, write_report  # noqa: E402
 
 
@@ -35,10 +36,8 @@ class ReportConfig:
 
 
 def main() -> None:
-    import os
-
     cfg = parse(ReportConfig, description=__doc__)
-    runs = Path(cfg.runs_dir or os.environ.get("PRIVTRANR_RUNS_DIR", "runs"))
+    runs = runs_root(cfg.runs_dir)
     res = collect(runs, cfg.score)
     if res.empty():
         raise UserError(f"{runs}: no results found (no agent summary.json, fidelity.json, mia.json or ledger.json)")

@@ -53,6 +53,7 @@ from typing import Any, Callable, Protocol
 
 import yaml
 
+from synther import layout
 from synther.agents import ALGORITHMS
 from synther.errors import UserError
 from synther.utils.io import atomic_write_json
@@ -166,7 +167,7 @@ def resolve_repo_path(path: str) -> Path:
 
 
 def runs_root(cfg: SweepConfig) -> Path:
-    return Path(_blank(cfg.runs_dir) or os.environ.get("PRIVTRANR_RUNS_DIR", "runs")).expanduser().resolve()
+    return layout.runs_root(_blank(cfg.runs_dir)).expanduser().resolve()
 
 
 def layout_dirs(cfg: SweepConfig) -> dict[str, Path]:

@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ import pyrallis
 import torch
 from tqdm.auto import tqdm
 
+from synther import layout
 from synther.agents.buffer import ReplayBuffer, reward_scale_from_returns
 from synther.agents.data import check_dimensions, load_training_data
 from synther.agents.evaluation import EvalTarget, eval_target, run_episodes
@@ -117,7 +117,7 @@ def _check(cfg: AgentConfig) -> AgentConfig:
 
 
 def runs_root() -> Path:
-    return Path(os.environ.get("PRIVTRANR_RUNS_DIR", "runs")) / "agents"
+    return layout.runs_root() / "agents"
 
 
 def data_tag(cfg: AgentConfig) -> str:

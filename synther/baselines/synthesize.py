@@ -26,6 +26,7 @@ from synther.baselines import binning
 from synther.baselines.env import WORKER, ensure_env
 from synther.data import TransitionDataset, check_compatible, load_dataset
 from synther.errors import UserError
+from synther.layout import runs_root
 from synther.utils.io import atomic_path, atomic_write_json
 from synther.utils.locks import FolderLock
 from synther.utils.provenance import package_versions
@@ -78,7 +79,7 @@ class BaselineConfig:
 def run_dir(cfg: BaselineConfig) -> Path:
     if cfg.run_dir:
         return Path(cfg.run_dir)
-    root = Path(os.environ.get("PRIVTRANR_RUNS_DIR", "runs"))
+    root = runs_root()
     return root / "baselines" / f"{cfg.method}-{Path(cfg.dataset).stem}-eps{cfg.epsilon:g}-seed{cfg.seed}"
 
 

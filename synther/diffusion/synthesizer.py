@@ -9,7 +9,6 @@
 import dataclasses
 import hashlib
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from synther.diffusion.lora import add_adapters, merge_adapters
 from synther.diffusion.normalizer import Normalizer
 from synther.diffusion.trainer import CHECKPOINT, DiffusionTrainer, TrainConfig
 from synther.errors import UserError
+from synther.layout import runs_root
 from synther.privacy.accounting import ACCOUNTANTS, calibrate_noise_multiplier, validate_target
 from synther.privacy.dpsgd import CLIPPING_MODES, NOISE_GENERATORS
 from synther.privacy.engine import DPSettings
@@ -90,7 +90,7 @@ def default_run_dir(cfg: DiffusionConfig) -> Path:
         return Path(cfg.load_checkpoint).parent
     tag = "+".join(Path(n).stem for n in _names(cfg.public_datasets)) if cfg.mode == "pretrain" else Path(cfg.dataset).stem
     eps = (f"-eps{cfg.dp.epsilon:g}" if cfg.dp.enabled else "-nodp") if cfg.mode == "finetune" else ""
-    return Path(os.environ.get("PRIVTRANR_RUNS_DIR", "runs")) / "diffusion" / f"{cfg.mode}-{tag}{eps}-seed{cfg.seed}"
+    return runs_root() / "diffusion" / f"{cfg.mode}-{tag}{eps}-seed{cfg.seed}"
 
 
 def _denoiser_config(cfg: DiffusionConfig) -> DenoiserConfig:
