@@ -24,11 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from synther.agents import ALGORITHMS  # noqa: E402
 from synther.cli import comma_list, parse, run  # noqa: E402
 from synther.errors import UserError  # noqa: E402
-from synther.layout import runs_root  # noqa: E402
+from synther.layout import repo_path, runs_root  # noqa: E402
 from synther.sweep import SUCCESS, Job, agent_job, execute  # noqa: E402
 from synther.utils.io import atomic_write_json  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -58,12 +56,6 @@ class AgentSweepConfig:
     progress: bool = True  # progress bars (in each run's job-agent.log)
 
 
-def _resolve(path: str) -> Path:
-    """Jobs run from the repository root: a path is made absolute (from here if it exists, else the repo's)."""
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else p.absolute() if p.exists() else ROOT / p
-
-
 def agents_root(cfg: AgentSweepConfig) -> Path:
     default = runs_root() / "agents"
     root = Path(cfg.checkpoints_path) if cfg.checkpoints_path else default
@@ -85,7 +77,7 @@ def plan(cfg: AgentSweepConfig) -> tuple[list[Job], list[tuple[Job, Path]]]:
         raise UserError(f"--missing must be 'skip' or 'error', got '{cfg.missing}'")
     if cfg.cpus < 1:
         raise UserError(f"--cpus must be ≥ 1, got {cfg.cpus}")
-    common = dict(agents_dir=agents_root(cfg), python=sys.executable, config_dir=_resolve(cfg.config_dir),
+    common = dict(agents_dir=agents_root(cfg), python=sys.executable, config_dir=repo_path(cfg.config_dir),
                   max_timesteps=cfg.max_timesteps, eval_freq=cfg.eval_freq, n_episodes=cfg.n_episodes,
                   sample_limit=cfg.sample_limit, device=cfg.device, cpus=cfg.cpus, gpus=cfg.gpus,
                   threads=cfg.threads or cfg.cpus, progress=cfg.progress)
@@ -97,7 +89,7 @@ def plan(cfg: AgentSweepConfig) -> tuple[list[Job], list[tuple[Job, Path]]]:
                     jobs.append(agent_job(algorithm=algorithm, dataset=dataset, seed=seed, **common))
                 for eps in epsilons:
                     sample_seed = seed if cfg.sample_seed < 0 else cfg.sample_seed
-                    path = _resolve(cfg.samples.format(dataset=dataset, eps=f"{eps:g}", seed=sample_seed))
+                    path = repo_path(cfg.samples.format(dataset=dataset, eps=f"{eps:g}", seed=sample_seed))
                     job = agent_job(algorithm=algorithm, dataset=dataset, seed=seed, samples=path, epsilon=eps,
                                     **common)
                     if path.exists():

@@ -23,9 +23,8 @@ from synther.cli import comma_list, parse, run  # noqa: E402
 from synther.data import load_dataset  # noqa: E402
 from synther.errors import UserError  # noqa: E402
 from synther.evaluation.fidelity import default_out_dir, write_fidelity_report  # noqa: E402
+from synther.layout import runs_path  # noqa: E402
 from synther.utils.io import atomic_write_json  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -43,16 +42,6 @@ class FidelitySweepConfig:
     dry_run: bool = False  # list what would be evaluated, done or missing, and stop
 
 
-def _resolve(path: str) -> Path:
-    import os
-
-    runs = os.environ.get("PRIVTRANR_RUNS_DIR")
-    if runs and path.startswith("runs/"):  # same default root as the diffusion sweep
-        return Path(runs) / path[len("runs/"):]
-    p = Path(path).expanduser()
-    return p if p.is_absolute() or p.exists() else ROOT / p
-
-
 def main() -> None:
     cfg = parse(FidelitySweepConfig, description=__doc__, aliases={"--force": "--overwrite"})
     try:
@@ -63,7 +52,7 @@ def main() -> None:
     datasets = comma_list(cfg.datasets)
     if not datasets or not epsilons or not seeds:
         raise UserError("--datasets, --epsilons and --seeds must each name at least one value")
-    jobs = [(d, e, s, _resolve(cfg.samples.format(dataset=d, eps=f"{e:g}", seed=s)))
+    jobs = [(d, e, s, runs_path(cfg.samples.format(dataset=d, eps=f"{e:g}", seed=s)))
             for d in datasets for e in epsilons for s in seeds]
     rows, missing = [], 0
     for i, (dataset, eps, seed, path) in enumerate(jobs, 1):

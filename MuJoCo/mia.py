@@ -35,15 +35,13 @@ import pyrallis  # noqa: E402
 from synther.cli import parse, run  # noqa: E402
 from synther.diffusion.synthesizer import DiffusionConfig  # noqa: E402
 from synther.errors import UserError  # noqa: E402
-from synther.layout import runs_root  # noqa: E402
+from synther.layout import repo_path, runs_root  # noqa: E402
 from synther.privacy.whitebox_audit import WhiteboxSetup, audit_dpsgd, summary_table  # noqa: E402
 from synther.utils.io import atomic_write_json  # noqa: E402
 from synther.utils.locks import FolderLock  # noqa: E402
 from synther.evaluation.mia import (AttackSettings, attack_checkpoint, finetune_config, format_table,  # noqa: E402
                                     run_audit, run_experiment, write_result)
 from synther.evaluation.outputs import default_evaluation_dir  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -77,11 +75,6 @@ def _floats(spec: str, flag: str) -> tuple[float, ...]:
         raise UserError(f"--{flag} must be comma-separated numbers, got '{spec}'") from None
 
 
-def _resolve(path: str) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() or p.exists() else ROOT / p
-
-
 def main() -> None:
     cfg = parse(MIAConfig, description=__doc__)
     sigmas = _floats(cfg.sigmas, "sigmas")
@@ -111,7 +104,7 @@ def main() -> None:
     elif cfg.mode == "experiment":
         if not cfg.dataset or not cfg.load_checkpoint:
             raise UserError("--mode experiment needs --dataset (sensitive) and --load_checkpoint (pre-trained)")
-        base_path = _resolve(cfg.base_config)
+        base_path = repo_path(cfg.base_config)
         if not base_path.exists():
             raise UserError(f"{cfg.base_config}: base config not found")
         base = pyrallis.parse(config_class=DiffusionConfig, config_path=str(base_path), args=[])

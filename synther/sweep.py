@@ -51,7 +51,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-import yaml
 
 from synther import layout
 from synther.agents import ALGORITHMS
@@ -158,12 +157,6 @@ class SweepConfig:
 def _blank(value: Any) -> str:
     """pyrallis reads an empty command-line value as None or 'None'."""
     return "" if value is None or value == "None" else str(value)
-
-
-def resolve_repo_path(path: str) -> Path:
-    """A path as given if it exists from here (or is absolute), else relative to the repository."""
-    p = Path(path).expanduser()
-    return (p if p.is_absolute() or p.exists() else ROOT / p).resolve()
 
 
 def runs_root(cfg: SweepConfig) -> Path:
@@ -327,18 +320,8 @@ def _validate(cfg: SweepConfig) -> None:
 
 
 def public_sets(cfg: SweepConfig) -> dict[str, list[str]]:
-    pairs_path = resolve_repo_path(cfg.pairs)
-    pairs = {}
-    if pairs_path.exists():
-        pairs = yaml.safe_load(pairs_path.read_text()) or {}
-    out = {}
-    for ds in cfg.datasets:
-        public = cfg.public.get(ds) or pairs.get(ds)
-        if not public:
-            raise UserError(f"no public datasets for '{ds}': add '{ds}: [...]' to {cfg.pairs} or to the sweep's "
-                            "'public' mapping")
-        out[ds] = [_dataset_arg(p) for p in public]
-    return out
+    return {ds: [_dataset_arg(p) for p in (cfg.public.get(ds) or layout.public_datasets_for(
+        ds, cfg.pairs, or_else="to the sweep's 'public' mapping"))] for ds in cfg.datasets}
 
 
 def plan(cfg: SweepConfig) -> list[Job]:
@@ -353,7 +336,7 @@ def plan(cfg: SweepConfig) -> list[Job]:
     def add(job: Job) -> Job:
         return jobs.setdefault(job.id, job)
 
-    diffusion_config = resolve_repo_path(cfg.diffusion_config)
+    diffusion_config = layout.repo_path(cfg.diffusion_config)
     privtranr = "privtranr" in cfg.methods
     if {"privtranr", *LADDER} & set(cfg.methods) and not diffusion_config.exists():
         raise UserError(f"diffusion_config: {cfg.diffusion_config} not found")
@@ -362,7 +345,7 @@ def plan(cfg: SweepConfig) -> list[Job]:
     num_samples = ["--num_samples", str(budgets.num_samples)] if budgets.num_samples > 0 else []
     if num_samples == [] and any(m in BASELINES for m in cfg.methods):
         raise UserError("budgets.num_samples: the baselines need an explicit number of samples")
-    config_dir = resolve_repo_path(cfg.agent_config_dir)
+    config_dir = layout.repo_path(cfg.agent_config_dir)
     agent_opts = dict(agents_dir=dirs["agents"], python=py, config_dir=config_dir,
                       max_timesteps=budgets.agent_max_timesteps, eval_freq=budgets.agent_eval_freq,
                       n_episodes=budgets.agent_n_episodes, sample_limit=budgets.agent_sample_limit, device=cfg.device,

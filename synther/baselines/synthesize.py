@@ -20,20 +20,18 @@ from typing import Any
 
 import numpy as np
 import pyrallis
-import yaml
 
 from synther.baselines import binning
 from synther.baselines.env import WORKER, ensure_env
-from synther.data import TransitionDataset, check_compatible, load_dataset
+from synther.data import TransitionDataset, check_compatible, load_dataset, public_action_bounds
 from synther.errors import UserError
-from synther.layout import runs_root
+from synther.layout import public_datasets_for, runs_root
 from synther.utils.io import atomic_path, atomic_write_json
 from synther.utils.locks import FolderLock
 from synther.utils.provenance import package_versions
 
 METHODS = ("mst", "aim", "dpctgan", "patectgan")
 MARGINAL = ("mst", "aim")
-PAIRS = Path(__file__).resolve().parents[2] / "config" / "diffusion" / "pairs.yaml"
 
 
 @dataclass
@@ -102,21 +100,7 @@ def public_names(cfg: BaselineConfig) -> list[str]:
     names = [s.strip() for s in cfg.public_datasets.split(",") if s.strip()]
     if names:
         return names
-    pairs = yaml.safe_load(PAIRS.read_text()) or {}
-    key = cfg.dataset if cfg.dataset in pairs else Path(cfg.dataset).stem
-    if key not in pairs:
-        raise UserError(f"no public datasets for '{cfg.dataset}' in {PAIRS.name}: pass --public_datasets a,b "
-                        "(bin edges and bounds must come from public data)")
-    return list(pairs[key])
-
-
-def action_bounds(public: list[TransitionDataset]) -> tuple[np.ndarray, np.ndarray, str]:
-    """The env's declared action bounds recorded in the public data, else the public actions' range."""
-    for ds in public:
-        if ds.action_low is not None and ds.action_high is not None:
-            return ds.action_low, ds.action_high, f"env action space recorded in public dataset {ds.name or ds.source}"
-    acts = np.concatenate([ds.actions for ds in public])
-    return acts.min(0), acts.max(0), "range of the public datasets' actions"
+    return public_datasets_for(cfg.dataset, or_else="pass --public_datasets a,b")
 
 
 @dataclass
@@ -148,7 +132,7 @@ def prepare(cfg: BaselineConfig) -> Prepared:
     train, heldout = sensitive.split(cfg.train_fraction, seed=cfg.seed)
     layout = sensitive.layout
     public_x = np.concatenate([ds.to_vectors() for ds in public])
-    low, high, act_source = action_bounds(public)
+    low, high, act_source = public_action_bounds(public)
     if cfg.method == "aim" and 0 < cfg.marginal.aim_rounds < layout.dim:
         raise UserError(f"--marginal.aim_rounds must be 0 or at least the {layout.dim} columns (AIM spends one round "
                         f"on each 1-way marginal first), got {cfg.marginal.aim_rounds}")

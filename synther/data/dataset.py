@@ -315,3 +315,13 @@ def _mix64(h: np.ndarray) -> np.ndarray:
     h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return h ^ (h >> np.uint64(31))
+
+
+def public_action_bounds(public: list[TransitionDataset]) -> tuple[np.ndarray, np.ndarray, str]:
+    """Action bounds for synthetic data, from PUBLIC datasets only: the env's declared action space recorded in one
+    of them, else the range of their actions; with a description of which."""
+    for ds in public:
+        if ds.action_low is not None and ds.action_high is not None:
+            return ds.action_low, ds.action_high, f"env action space recorded in public dataset {ds.name or ds.source}"
+    acts = np.concatenate([ds.actions for ds in public])
+    return acts.min(0), acts.max(0), "range of the public datasets' actions"

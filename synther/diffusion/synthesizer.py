@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from synther.data import TransitionDataset, TransitionLayout, check_compatible, load_dataset
+from synther.data import TransitionDataset, TransitionLayout, check_compatible, load_dataset, public_action_bounds
 from synther.diffusion.curiosity import Curiosity, CuriosityConfig
 from synther.diffusion.denoiser import PROFILES, DenoiserConfig
 from synther.diffusion.edm import EDM, EDMConfig, SamplerConfig, network_evaluations
@@ -100,15 +100,6 @@ def _denoiser_config(cfg: DiffusionConfig) -> DenoiserConfig:
     return dataclasses.replace(base, width=cfg.width or base.width, depth=cfg.depth or base.depth)
 
 
-def _action_bounds(datasets: list[TransitionDataset]) -> tuple[list[float], list[float], str]:
-    """Action bounds from the public datasets' env metadata, else from the public actions' range."""
-    for ds in datasets:
-        if ds.action_low is not None and ds.action_high is not None:
-            return ds.action_low.tolist(), ds.action_high.tolist(), f"env action space recorded in {ds.name}"
-    acts = np.concatenate([ds.actions for ds in datasets])
-    return acts.min(0).tolist(), acts.max(0).tolist(), "range of the public datasets' actions"
-
-
 # --- pre-training ------------------------------------------------------------------------------------------
 def pretrain(cfg: DiffusionConfig) -> Path:
     names = _names(cfg.public_datasets)
@@ -123,11 +114,11 @@ def pretrain(cfg: DiffusionConfig) -> Path:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     normalizer = Normalizer.from_public(x, layout, ds_names)
-    low, high, bounds_source = _action_bounds(public)
+    low, high, bounds_source = public_action_bounds(public)
     model = EDM(layout.dim, normalizer, _denoiser_config(cfg), cfg.edm).to(device)
     meta = {"phase": "pretrain", "obs_dim": layout.obs_dim, "action_dim": layout.action_dim,
             "denoiser": asdict(_denoiser_config(cfg)), "edm": asdict(cfg.edm), "normalizer_source": normalizer.source,
-            "action_low": low, "action_high": high, "action_bounds_source": bounds_source,
+            "action_low": low.tolist(), "action_high": high.tolist(), "action_bounds_source": bounds_source,
             "public_min": x.min(0).tolist(), "public_max": x.max(0).tolist(), "public_datasets": ds_names,
             "env_dataset": public[0].name, "curiosity": asdict(cfg.curiosity), "versions": package_versions()}
     identities = [ds.identity() for ds in public]
