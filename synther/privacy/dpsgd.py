@@ -22,7 +22,6 @@ from synther.errors import UserError
 from synther.privacy.clipping import LinearGhostClipper
 from synther.privacy.philox import GENERATOR_NAME as PHILOX_NAME, Z_MAX as PHILOX_Z_MAX, PhiloxNormal, load_kernel
 
-CLIPPING_MODES = ("ghost", "opacus_hooks", "opacus_ghost")  # the backends at the end of this file
 NOISE_GENERATORS = ("auto", "philox", "torch")
 # torch's own normal_ stops at 5.77σ in float32 (24-bit uniforms) and 8.57σ in float64 (53-bit ones). The torch
 # path below runs Box–Muller itself on a radius uniform made of two float64 uniforms a, b (53-bit grids):
@@ -268,6 +267,7 @@ class OpacusGhostClipping:
 
 CLIPPING_BACKENDS: dict[str, type] = {"ghost": GhostClipping, "opacus_hooks": OpacusHooksClipping,
                                       "opacus_ghost": OpacusGhostClipping}
+CLIPPING_MODES = tuple(CLIPPING_BACKENDS)
 
 
 def clipping_backend(model: nn.Module, clip_norm: float, mode: str = "ghost",
