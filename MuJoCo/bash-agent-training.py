@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from synther.agents import ALGORITHMS  # noqa: E402
 from synther.cli import comma_list, parse, run  # noqa: E402
 from synther.errors import UserError  # noqa: E402
-from synther.layout import repo_path, runs_root  # noqa: E402
+from synther.layout import eps_tag, repo_path, runs_root  # noqa: E402
 from synther.sweep import SUCCESS, Job, agent_job, execute  # noqa: E402
 from synther.utils.io import atomic_write_json  # noqa: E402
 
@@ -103,7 +103,7 @@ def plan(cfg: AgentSweepConfig) -> tuple[list[Job], list[tuple[Job, Path]]]:
 
 def label(job: Job) -> str:
     eps = job.labels["epsilon"]
-    data = "real" if eps is None else f"eps{eps:g}"
+    data = "real" if eps is None else eps_tag(eps)
     return f"{job.labels['agent']:<7} {job.labels['dataset']} {data:<8} seed{job.labels['seed']}"
 
 
@@ -132,7 +132,7 @@ def main() -> None:
     if results:
         print(f"\n{'algorithm':<8} {'dataset':<34} {'data':<9} {'seed':>4} {'final':>7} {'last-k':>7} {'best':>7}")
         for r in results:
-            data = "real" if r["dp_epsilon"] is None else f"eps{r['dp_epsilon']:g}"
+            data = "real" if r["dp_epsilon"] is None else eps_tag(r["dp_epsilon"])
             print(f"{r['algorithm']:<8} {r['dataset']:<34} {data:<9} {r['seed']:>4} {r['final']:>7.1f} "
                   f"{r['last_k_mean']:>7.1f} {r['best']:>7.1f}")
         atomic_write_json(root / "results.json", results)

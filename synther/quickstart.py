@@ -18,7 +18,8 @@ from synther.data.pointmaze import MazeCollectConfig, collect_maze2d
 from synther.errors import UserError
 from synther.report import (collect, fidelity_rows, ladder_markdown, ladder_rows, ledger_rows, markdown_table, mia_rows,
                             utility_rows, write_report)
-from synther.sweep import ROOT, SweepConfig, public_sets, run_sweep
+from synther.layout import ROOT
+from synther.sweep import SweepConfig, public_sets, run_sweep
 
 # preset -> (sweep YAML, rows generated per maze; 0 = D4RL's sizes)
 PRESETS = {

@@ -4,10 +4,12 @@
                                        and ledger.json under runs_dir, labelled with dataset, method, ε, seed, agent
     write_report(results, out_dir)     utility / fidelity / mia / ledger .md and .csv, report.md, and PNG plots
 
-Labels come from the JSON files where they say it (summary.json: algorithm, dataset, dp_epsilon, evaluation seed;
-ledger.json: mechanism, sensitive dataset, target ε) and otherwise from the folder names synther.sweep writes:
-agents/<algo>-<dataset>-{eps<ε>|<method>-eps<ε>|real}-seed<s> and
-evaluation/{fidelity|mia}-<method>-<dataset>-eps<ε>-seed<s>.
+Labels (dataset, method, ε, seed) come from each run folder's run.json, where the sweep records every job's labels
+(synther.layout.write_run_labels). Folders without one (a script run alone, or a sweep from before run.json) are
+labelled from their JSON files where they say it (summary.json: algorithm, dataset, dp_epsilon, evaluation seed;
+ledger.json: mechanism, sensitive dataset, target ε) and otherwise from the folder names of synther.layout:
+agents/<algo>-<dataset>-{eps<ε>|<method>-eps<ε>|<rung>|real}-seed<s> and
+evaluation/{fidelity|mia}-<method>-<dataset>[-eps<ε>]-seed<s>.
 
 Utility: per dataset × agent × method × ε, the mean and sample standard deviation (n − 1; blank for one seed) over
 seeds of each run's score (by default the mean normalized score of its last k evaluations, summary.json's
@@ -27,7 +29,7 @@ import numpy as np
 
 from synther.errors import UserError
 from synther.evaluation.plots import new_figure, save_figure
-from synther.sweep import BASELINES, LADDER, dataset_tag
+from synther.layout import BASELINES, LADDER, dataset_tag, read_run_labels
 from synther.utils.io import atomic_path
 
 SCORES = {"last_k": "last_k_mean_normalized_score", "final": "final_normalized_score",
@@ -153,7 +155,11 @@ def collect(runs_dir: str | Path, score: str = "last_k") -> Results:
             if s is not None:
                 res.skipped.append(f"{path}: not an agent summary")
             continue
-        method, eps, seed = _agent_labels(path.parent.name, s)
+        recorded = read_run_labels(path.parent, "agent")
+        if recorded is not None:
+            method, eps, seed = recorded["method"], _float(recorded["epsilon"]), recorded["seed"]
+        else:
+            method, eps, seed = _agent_labels(path.parent.name, s)
         value = _float(s[SCORES[score]])
         if seed is None or value is None:
             res.skipped.append(f"{path}: no seed or score")
@@ -165,7 +171,9 @@ def collect(runs_dir: str | Path, score: str = "last_k") -> Results:
             data = _read_json(path, res.skipped)
             if data is None:
                 continue
-            labels = _eval_labels(path.parent, data)
+            recorded = read_run_labels(path.parent, kind)
+            labels = ({k: recorded[k] for k in ("dataset", "method", "epsilon", "seed")} if recorded is not None
+                      else _eval_labels(path.parent, data))
             if labels is None:
                 res.skipped.append(f"{path}: cannot tell its dataset and method (folder {path.parent.name})")
                 continue
@@ -180,10 +188,14 @@ def collect(runs_dir: str | Path, score: str = "last_k") -> Results:
         if led is None or led.get("target_epsilon") is None:
             continue  # pre-training: no sensitive data, nothing spent
         acc = led.get("accounting") if isinstance(led.get("accounting"), dict) else {}
-        seed = _SEED.search(path.parent.name)
+        recorded = read_run_labels(path.parent, "finetune") or read_run_labels(path.parent, "baseline") or {}
+        seed = recorded.get("seed")
+        if seed is None:
+            named = _SEED.search(path.parent.name)
+            seed = int(named.group(1)) if named else None
         res.ledgers.append({
             "dataset": led.get("sensitive_dataset"), "method": led.get("mechanism") or "privtranr",
-            "epsilon": _float(led.get("target_epsilon")), "seed": int(seed.group(1)) if seed else None,
+            "epsilon": _float(led.get("target_epsilon")), "seed": seed,
             "epsilon_spent": _float(led.get("epsilon_spent")), "delta": _float(led.get("delta")),
             "epsilon_replace_one": _float(led.get("epsilon_replace_one")),
             "delta_total": _float(led.get("delta_total")),

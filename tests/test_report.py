@@ -184,3 +184,28 @@ def test_ratio_ci_brackets_the_ratio_and_needs_two_seeds_a_side():
     assert ratio_ci([10.0, 20.0, 30.0], [80.0, 100.0], level=0.5)[1] < high  # a narrower level, a narrower interval
     assert ratio_ci([10.0], [80.0, 100.0]) == (None, None) and ratio_ci([1.0, 2.0], [5.0]) == (None, None)
     assert ratio_ci([5.0, 5.0], [10.0, 10.0]) == (0.5, 0.5)  # no spread: a point
+
+
+def test_run_json_labels_win_over_folder_names(tmp_path):
+    """A folder named by hand is labelled from the run.json the sweep wrote into it; without run.json it could not
+    be told apart from a real-data run."""
+    from synther.layout import write_run_labels
+
+    r = tmp_path / "runs"
+    _agent(r, "my-agent", "td3_bc", 7, 42.0, None, "synthetic")
+    write_run_labels(r / "agents" / "my-agent", "agent", {"dataset": D, "method": "aim", "epsilon": 5.0, "seed": 7,
+                                                          "agent": "td3_bc", "data": "x/samples.npz"})
+    _write(r / "evaluation" / "scores" / "fidelity.json", {"marginal_score": 0.9, "correlation_score": 0.9})
+    write_run_labels(r / "evaluation" / "scores", "fidelity",
+                     {"dataset": D, "method": "nodp", "epsilon": None, "seed": 3, "data": "y/samples.npz"})
+    res = collect(r)
+    (run,) = res.agents
+    assert (run.method, run.epsilon, run.seed) == ("aim", 5.0, 7)
+    (fid,) = res.fidelity
+    assert (fid["method"], fid["epsilon"], fid["seed"]) == ("nodp", None, 3)
+    assert not res.skipped
+    # the same folders without run.json: the agent falls back to its summary, the fidelity folder cannot be labelled
+    (r / "agents" / "my-agent" / "run.json").unlink()
+    (r / "evaluation" / "scores" / "run.json").unlink()
+    res = collect(r)
+    assert res.agents[0].method == "synthetic" and not res.fidelity and res.skipped

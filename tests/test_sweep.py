@@ -170,6 +170,20 @@ def _run(jobs, state, workers=2):
     return result, lines
 
 
+def test_every_job_folder_gets_its_labels_in_run_json(tmp_path):
+    from synther.layout import read_run_labels
+
+    a = _job(tmp_path, "a", WRITE)
+    a.labels = {"dataset": "d", "method": "privtranr", "epsilon": 10.0, "seed": 0}
+    b = _job(tmp_path, "a", WRITE)  # a second job in the same folder (as sampling shares the fine-tune's)
+    b.id, b.kind, b.labels = "b", "sample", {"seed": 1}
+    result, _ = _run([a, b], tmp_path / "state.json")
+    assert result.ok
+    assert read_run_labels(tmp_path / "a", "command") == a.labels
+    assert read_run_labels(tmp_path / "a", "sample") == {"seed": 1}
+    assert read_run_labels(tmp_path / "a", "agent") is None
+
+
 def test_failure_blocks_only_dependents_and_finished_jobs_are_skipped(tmp_path):
     flag = tmp_path / "fixed"
     fail_unless_fixed = (f"if not Path({str(flag)!r}).exists():\n"

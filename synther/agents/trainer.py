@@ -120,19 +120,34 @@ def runs_root() -> Path:
     return layout.runs_root() / "agents"
 
 
-def data_tag(cfg: AgentConfig) -> str:
-    if not cfg.diffusion.path:
-        return "real"
-    return f"eps{cfg.dp_epsilon:g}" if cfg.dp_epsilon >= 0 else "synthetic"
-
-
 def run_name(cfg: AgentConfig, algorithm: str) -> str:
     cfg = _normalize(cfg)
     if cfg.name:
         return cfg.name
-    dataset = cfg.env or cfg.dataset
-    tag = dataset.replace("/", "_") if not Path(dataset).suffix else Path(dataset).stem
-    return f"{algorithm}-{tag}-{data_tag(cfg)}-seed{cfg.seed}"
+    method = "real" if not cfg.diffusion.path else ("privtranr" if cfg.dp_epsilon >= 0 else "synthetic")
+    return layout.agent_run_name(algorithm, cfg.env or cfg.dataset, cfg.seed, method,
+                                 cfg.dp_epsilon if cfg.dp_epsilon >= 0 else None)
+
+
+def agent_command(python: str, algorithm: str, *, dataset: str, seed: int, checkpoints_path: str | Path, name: str,
+                  device: str, threads: int, progress: bool, config_path: str | Path | None = None,
+                  max_timesteps: int = 0, eval_freq: int = 0, n_episodes: int = 0, samples: str | Path | None = None,
+                  sample_limit: int = -1, dp_epsilon: float | None = None) -> list[str]:
+    """The command line of MuJoCo/<algorithm>.py (AgentConfig): real data unless `samples`; 0 keeps a budget's
+    value from the YAML at `config_path` (or the algorithm's default)."""
+    cmd = [python, layout.script(f"{algorithm}.py")]
+    if config_path is not None:
+        cmd += ["--config_path", str(config_path)]
+    cmd += ["--dataset", dataset, "--seed", str(seed), "--checkpoints_path", str(checkpoints_path), "--name", name,
+            "--device", device, "--threads", str(threads), "--progress", str(progress).lower()]
+    for flag, value in (("--max_timesteps", max_timesteps), ("--eval_freq", eval_freq), ("--n_episodes", n_episodes)):
+        if value:
+            cmd += [flag, str(value)]
+    if samples is not None:
+        cmd += ["--diffusion.path", str(samples), "--diffusion.sample_limit", str(sample_limit)]
+        if dp_epsilon is not None:
+            cmd += ["--dp_epsilon", f"{dp_epsilon:g}"]
+    return cmd
 
 
 def run_dir(cfg: AgentConfig, algorithm: str) -> Path:

@@ -25,7 +25,7 @@ from synther.baselines import binning
 from synther.baselines.env import WORKER, ensure_env
 from synther.data import TransitionDataset, check_compatible, load_dataset, public_action_bounds
 from synther.errors import UserError
-from synther.layout import public_datasets_for, runs_root
+from synther.layout import baseline_run_name, public_datasets_for, runs_root, script
 from synther.utils.io import atomic_path, atomic_write_json
 from synther.utils.locks import FolderLock
 from synther.utils.provenance import package_versions
@@ -77,8 +77,15 @@ class BaselineConfig:
 def run_dir(cfg: BaselineConfig) -> Path:
     if cfg.run_dir:
         return Path(cfg.run_dir)
-    root = runs_root()
-    return root / "baselines" / f"{cfg.method}-{Path(cfg.dataset).stem}-eps{cfg.epsilon:g}-seed{cfg.seed}"
+    return runs_root() / "baselines" / baseline_run_name(cfg.method, cfg.dataset, cfg.epsilon, cfg.seed)
+
+
+def baseline_command(python: str, method: str, dataset: str, epsilon: float, delta: float, num_samples: int,
+                     seed: int, run_dir: str | Path, public_datasets: list[str]) -> list[str]:
+    """The command line of MuJoCo/baselines.py (BaselineConfig)."""
+    return [python, script("baselines.py"), "--method", method, "--dataset", dataset, "--epsilon", f"{epsilon:g}",
+            "--delta", f"{delta:g}", "--num_samples", str(num_samples), "--seed", str(seed), "--run_dir",
+            str(run_dir), "--public_datasets", ",".join(public_datasets)]
 
 
 def validate(cfg: BaselineConfig) -> None:

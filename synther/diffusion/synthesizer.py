@@ -25,7 +25,7 @@ from synther.diffusion.lora import add_adapters, merge_adapters
 from synther.diffusion.normalizer import Normalizer
 from synther.diffusion.trainer import CHECKPOINT, DiffusionTrainer, TrainConfig
 from synther.errors import UserError
-from synther.layout import runs_root
+from synther.layout import dataset_tag, diffusion_run_name, runs_root, script
 from synther.privacy.accounting import ACCOUNTANTS, calibrate_noise_multiplier, validate_target
 from synther.privacy.dpsgd import CLIPPING_MODES, NOISE_GENERATORS
 from synther.privacy.engine import DPSettings
@@ -88,9 +88,20 @@ def default_run_dir(cfg: DiffusionConfig) -> Path:
         return Path(cfg.run_dir)
     if cfg.mode == "sample":
         return Path(cfg.load_checkpoint).parent
-    tag = "+".join(Path(n).stem for n in _names(cfg.public_datasets)) if cfg.mode == "pretrain" else Path(cfg.dataset).stem
-    eps = (f"-eps{cfg.dp.epsilon:g}" if cfg.dp.enabled else "-nodp") if cfg.mode == "finetune" else ""
-    return runs_root() / "diffusion" / f"{cfg.mode}-{tag}{eps}-seed{cfg.seed}"
+    data = public_tag(_names(cfg.public_datasets)) if cfg.mode == "pretrain" else dataset_tag(cfg.dataset)
+    return runs_root() / "diffusion" / diffusion_run_name(cfg.mode, data, cfg.seed, cfg.dp.epsilon, cfg.dp.enabled)
+
+
+def public_tag(public_datasets: list[str]) -> str:
+    """The public sets' part of a pre-training folder name: their stems joined by '+'."""
+    return "+".join(Path(n).stem for n in public_datasets)
+
+
+def diffusion_command(python: str, mode: str, config_path: str | Path, device: str, progress: bool,
+                      options: list[str]) -> list[str]:
+    """The command line of MuJoCo/train_diffuser.py (DiffusionConfig) in `mode` with further `options`."""
+    return [python, script("train_diffuser.py"), "--config_path", str(config_path), "--device", device,
+            "--progress", str(progress).lower(), "--mode", mode, *options]
 
 
 def _denoiser_config(cfg: DiffusionConfig) -> DenoiserConfig:

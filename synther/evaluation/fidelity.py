@@ -21,6 +21,7 @@ import numpy as np
 
 from synther.data.dataset import TransitionDataset, TransitionLayout, check_compatible
 from synther.evaluation.outputs import default_evaluation_dir
+from synther.layout import script
 from synther.utils.locks import FolderLock
 
 # sdmetrics' KSComplement rounds to sys.float_info.dig - 1 decimals before the test
@@ -269,6 +270,12 @@ def evaluate_fidelity(
         report["dynamics_note"] = "dynamics error not requested"
     report["seconds"]["total"] = time.perf_counter() - t_start
     return report
+
+
+def fidelity_command(python: str, real: str, synthetic: str | Path, out_dir: str | Path, dynamics: bool) -> list[str]:
+    """The command line of MuJoCo/marginal.py (its MarginalConfig): score `synthetic` against `real`."""
+    return [python, script("marginal.py"), "--real", real, "--synthetic", str(synthetic), "--out_dir", str(out_dir),
+            "--dynamics", str(dynamics).lower()]
 
 
 def default_out_dir(synthetic_path: str | Path) -> Path:

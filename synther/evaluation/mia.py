@@ -26,6 +26,7 @@ from synther.diffusion.edm import EDM
 from synther.diffusion.synthesizer import DiffusionConfig, finetune, load_model, sensitive_split
 from synther.errors import UserError
 from synther.evaluation.plots import new_figure, save_figure
+from synther.layout import eps_tag, script
 from synther.privacy.audit import audit_from_scores, make_canaries
 from synther.utils.device import resolve_device
 from synther.utils.io import atomic_path, atomic_write_json
@@ -192,6 +193,12 @@ def run_audit(cfg: DiffusionConfig, out_dir: str | Path, canaries: int = 1000, r
     return out
 
 
+def mia_command(python: str, checkpoint: str | Path, out_dir: str | Path, audit: bool) -> list[str]:
+    """The command line of MuJoCo/mia.py (its MIAConfig) attacking a fine-tuned checkpoint."""
+    return [python, script("mia.py"), "--checkpoint", str(checkpoint), "--out_dir", str(out_dir), "--audit",
+            str(audit).lower()]
+
+
 def write_result(result: dict[str, Any], out_dir: Path, name: str = "mia") -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_roc({Path(result["checkpoint"]).parent.name: result}, out_dir / f"{name}_roc.png")
@@ -228,7 +235,7 @@ def run_experiment(base: DiffusionConfig, pretrained: str, dataset: str, out_dir
     variants = [("no DP", None)] + [(f"DP ε={e:g}", float(e)) for e in epsilons]
     rows = []
     for label, eps in variants:
-        tag = "nodp" if eps is None else f"eps{eps:g}"
+        tag = "nodp" if eps is None else eps_tag(eps)
         dp = dataclasses.replace(base.dp, enabled=eps is not None, epsilon=eps or base.dp.epsilon, train_fraction=0.5)
         train = base.train if eps is not None else dataclasses.replace(base.train, epochs=nodp_epochs, max_steps=0)
         cfg = dataclasses.replace(base, mode="finetune", dataset=dataset, load_checkpoint=str(pretrained),

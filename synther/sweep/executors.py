@@ -1,0 +1,205 @@
+"""Where jobs run: a local pool of CPU slots or a Ray cluster, behind one protocol."""
+import os
+import socket
+import subprocess
+import threading
+import time
+from typing import Any, Protocol
+
+from synther.errors import UserError
+from synther.sweep.config import blank
+from synther.sweep.jobs import Job
+from synther.sweep.process import (Outcome, start_process, stop_process, forwarded_env, job_env, log_tail,
+                                   run_subprocess)
+
+
+class Executor(Protocol):
+    """Everything the scheduler calls. `check` sees every job to run before any starts (refuse what can never
+    fit); `fits` says whether a job can start now; `wait` returns the jobs that ended within `timeout` seconds."""
+
+    name: str
+
+    def check(self, jobs: list[Job]) -> None: ...
+    def fits(self, job: Job) -> bool: ...
+    def start(self, job: Job) -> None: ...
+    def wait(self, timeout: float) -> list[tuple[Job, Outcome]]: ...
+    def running(self) -> list[Job]: ...
+    def stop_all(self) -> list[Job]: ...
+    def close(self) -> None: ...
+
+
+def _visible_gpus() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:
+        return 0
+
+
+class LocalExecutor:
+    """A pool of CPU slots on this machine; a job takes its cpus (at most all slots) until it exits."""
+
+    name = "local"
+
+    def __init__(self, workers: int = 0) -> None:
+        self.slots = workers or os.cpu_count() or 1
+        self.used_cpus = 0
+        self.used_gpus = 0.0
+        self.gpus: float | None = None  # counted on the first GPU job
+        self._running: dict[str, tuple[Job, subprocess.Popen, Any, float]] = {}
+
+    def check(self, jobs: list[Job]) -> None:
+        """Nothing to refuse: a job asking for more cores than the pool has gets the whole pool."""
+
+    def _cpus(self, job: Job) -> int:
+        return max(1, min(job.cpus, self.slots))
+
+    def _gpus(self, job: Job) -> float:
+        if job.gpus <= 0:
+            return 0.0
+        if self.gpus is None:
+            self.gpus = float(_visible_gpus())
+            if self.gpus == 0:
+                print("sweep: jobs ask for GPUs but none is visible; they run without GPU accounting", flush=True)
+        return min(job.gpus, self.gpus)
+
+    def fits(self, job: Job) -> bool:
+        gpus = self._gpus(job)
+        return (self.used_cpus + self._cpus(job) <= self.slots
+                and (gpus == 0 or self.used_gpus + gpus <= (self.gpus or 0) + 1e-9))
+
+    def start(self, job: Job) -> None:
+        cpus = self._cpus(job)
+        proc, f = start_process(job.command, job.log, job_env(cpus))
+        self.used_cpus += cpus
+        self.used_gpus += self._gpus(job)
+        self._running[job.id] = (job, proc, f, time.time())
+
+    def _release(self, job_id: str) -> tuple[Job, float]:
+        job, proc, f, start = self._running.pop(job_id)
+        f.close()
+        self.used_cpus -= self._cpus(job)
+        self.used_gpus -= self._gpus(job)
+        return job, start
+
+    def wait(self, timeout: float) -> list[tuple[Job, Outcome]]:
+        deadline = time.time() + timeout
+        while True:
+            finished = [(jid, proc.returncode) for jid, (_, proc, _, _) in self._running.items()
+                        if proc.poll() is not None]
+            if finished or time.time() >= deadline or not self._running:
+                break
+            time.sleep(0.05)
+        out = []
+        for jid, rc in finished:
+            job, start = self._release(jid)
+            out.append((job, Outcome(rc, time.time() - start, log_tail(job.log), socket.gethostname())))
+        return out
+
+    def running(self) -> list[Job]:
+        return [job for job, *_ in self._running.values()]
+
+    def stop_all(self) -> list[Job]:
+        stopped = []
+        threads = [threading.Thread(target=stop_process, args=(proc,)) for _, proc, _, _ in self._running.values()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for jid in list(self._running):
+            stopped.append(self._release(jid)[0])
+        return stopped
+
+    def close(self) -> None:
+        if self._running:
+            self.stop_all()
+
+
+class RayExecutor:
+    """One Ray task per job, reserving its cpus/gpus; Ray places it on any node with room."""
+
+    name = "ray"
+
+    def __init__(self, address: str = "", workers: int = 0) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise UserError("--executor ray needs Ray: pip install ray") from None
+        self.ray = ray
+        import logging
+
+        try:
+            if address:
+                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+            else:  # a private local Ray for this sweep, kept small: tasks exchange only a few small values
+                ray.init(num_cpus=workers or None, object_store_memory=100_000_000, include_dashboard=False,
+                         logging_level=logging.WARNING, log_to_driver=False)
+        except ConnectionError as e:
+            raise UserError(f"could not connect to the Ray cluster at {address}: {e}") from None
+        resources = ray.cluster_resources()
+        self.total_cpus = int(resources.get("CPU", 0))
+        self.total_gpus = float(resources.get("GPU", 0))
+        self._task = ray.remote(run_subprocess)
+        self._running: dict[Any, tuple[Job, float]] = {}
+        print(f"sweep: Ray cluster with {self.total_cpus} CPUs, {self.total_gpus:g} GPUs "
+              f"({len(ray.nodes())} node(s))", flush=True)
+
+    def check(self, jobs: list[Job]) -> None:
+        """Before anything runs: a request no node can ever satisfy would wait forever in Ray's queue."""
+        for job in jobs:
+            if job.cpus > self.total_cpus or job.gpus > self.total_gpus:
+                raise UserError(f"{job.id} asks for {job.cpus} CPUs / {job.gpus:g} GPUs but the Ray cluster has "
+                                f"{self.total_cpus} / {self.total_gpus:g}: lower resources.{job.kind}")
+
+    def fits(self, job: Job) -> bool:
+        return True  # Ray queues each task until a node has room for it
+
+    def start(self, job: Job) -> None:
+        ref = self._task.options(num_cpus=job.cpus, num_gpus=job.gpus, name=job.id, max_retries=0).remote(
+            job.command, str(job.log), forwarded_env(), job.cpus)
+        self._running[ref] = (job, time.time())
+
+    def wait(self, timeout: float) -> list[tuple[Job, Outcome]]:
+        if not self._running:
+            return []
+        ready, _ = self.ray.wait(list(self._running), num_returns=len(self._running), timeout=timeout)
+        out = []
+        for ref in ready:
+            job, start = self._running.pop(ref)
+            try:
+                out.append((job, Outcome(**self.ray.get(ref))))
+            except Exception as e:  # the task itself died (node lost, worker killed): a failed job
+                lines = [ln for ln in str(e).splitlines() if ln.strip()][-5:]
+                out.append((job, Outcome(-1, time.time() - start, log_tail(job.log) + lines)))
+        return out
+
+    def running(self) -> list[Job]:
+        return [job for job, _ in self._running.values()]
+
+    def stop_all(self) -> list[Job]:
+        refs = list(self._running)
+        for ref in refs:
+            self.ray.cancel(ref)  # KeyboardInterrupt inside the task, which stops its subprocess
+        try:
+            self.ray.wait(refs, num_returns=len(refs), timeout=20)
+        except Exception:
+            pass
+        stopped = [job for job, _ in self._running.values()]
+        self._running.clear()
+        return stopped
+
+    def close(self) -> None:
+        if self._running:
+            self.stop_all()
+        self.ray.shutdown()
+
+
+def make_executor(executor: str, ray_address: str = "", workers: int = 0) -> Executor:
+    if executor == "local":
+        if blank(ray_address):
+            raise UserError("--ray_address needs --executor ray")
+        return LocalExecutor(workers)
+    if executor == "ray":
+        return RayExecutor(blank(ray_address), workers)
+    raise UserError(f"executor must be 'local' or 'ray', got '{executor}'")

@@ -1,0 +1,68 @@
+"""A job: one subprocess of a MuJoCo/ script, its run folder, dependencies and what marks it finished."""
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+
+@dataclass
+class Job:
+    id: str  # unique, '<kind>/<run folder name>'
+    kind: str  # one of KINDS (tests and tools may use others, with `outputs` saying what marks them finished)
+    run_dir: Path
+    command: list[str]
+    deps: list[str] = field(default_factory=list)
+    cpus: int = 1
+    gpus: float = 0.0
+    outputs: tuple[str, ...] = ()  # files in run_dir whose presence marks the job finished
+    labels: dict[str, Any] = field(default_factory=dict)  # dataset, method, epsilon, seed, agent
+    finished: Callable[[Path], bool] | None = None  # a further test on run_dir once the outputs exist
+
+    @property
+    def log(self) -> Path:
+        return self.run_dir / f"job-{self.kind}.log"
+
+    def is_done(self) -> bool:
+        if not self.outputs or not all((self.run_dir / f).exists() for f in self.outputs):
+            return False
+        return self.finished is None or self.finished(self.run_dir)
+
+
+def training_finished(run_dir: Path) -> bool:
+    """A diffusion run whose checkpoint reached its last step (the trainer writes checkpoints mid-run too)."""
+    import torch  # only here: planning and dry runs do not need it
+
+    try:
+        state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False, mmap=True)
+        return int(state["step"]) >= int(state["total_steps"])
+    except Exception:  # unreadable or foreign file: not finished, the job re-runs and its script reports it
+        return False
+
+
+def topological_order(jobs: list[Job]) -> list[Job]:
+    """Jobs with each after its dependencies, otherwise in the given order; rejects unknown deps and cycles."""
+    by_id: dict[str, Job] = {}
+    for job in jobs:
+        if job.id in by_id:
+            raise ValueError(f"duplicate job id {job.id}")
+        by_id[job.id] = job
+    for job in jobs:
+        for d in job.deps:
+            if d not in by_id:
+                raise ValueError(f"job {job.id} depends on unknown job {d}")
+    order: list[Job] = []
+    state: dict[str, int] = {}  # 1 visiting, 2 placed
+
+    def visit(job: Job, path: tuple[str, ...]) -> None:
+        if state.get(job.id) == 2:
+            return
+        if state.get(job.id) == 1:
+            raise ValueError(f"dependency cycle: {' -> '.join(path + (job.id,))}")
+        state[job.id] = 1
+        for d in job.deps:
+            visit(by_id[d], path + (job.id,))
+        state[job.id] = 2
+        order.append(job)
+
+    for job in jobs:
+        visit(job, ())
+    return order

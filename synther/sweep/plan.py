@@ -1,0 +1,166 @@
+"""Planning: the sweep's grid (datasets × methods × ε × seeds × agents) as jobs with dependencies.
+
+Folder names come from synther.layout, each command line from the builder beside its script's config.
+"""
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from synther import layout
+from synther.agents import ALGORITHMS
+from synther.agents.trainer import agent_command
+from synther.baselines.synthesize import baseline_command
+from synther.diffusion.synthesizer import diffusion_command, public_tag
+from synther.errors import UserError
+from synther.evaluation.fidelity import fidelity_command
+from synther.evaluation.mia import mia_command
+from synther.layout import BASELINES, LADDER, agent_run_name, dataset_tag
+from synther.sweep.config import Resources, SweepConfig, blank, layout_dirs, validate
+from synther.sweep.jobs import Job, topological_order, training_finished
+
+
+def _dataset_arg(dataset: str) -> str:
+    """Jobs run from the repository root: a dataset given as an existing relative path is made absolute."""
+    p = Path(dataset).expanduser()
+    return str(p.resolve()) if Path(dataset).suffix and p.exists() else dataset
+
+
+def _extra(cfg: SweepConfig, kind: str) -> list[str]:
+    return shlex.split(blank(getattr(cfg.extra_args, kind)))
+
+
+def _res(cfg: SweepConfig, kind: str) -> dict[str, Any]:
+    r: Resources = getattr(cfg.resources, kind)
+    if r.cpus < 1 or r.gpus < 0:
+        raise UserError(f"resources.{kind}: cpus must be ≥ 1 and gpus ≥ 0, got cpus={r.cpus}, gpus={r.gpus}")
+    return {"cpus": r.cpus, "gpus": r.gpus}
+
+
+def agent_job(*, algorithm: str, dataset: str, seed: int, agents_dir: Path, python: str, config_dir: Path,
+              samples: Path | None = None, epsilon: float | None = None, method: str = "privtranr",
+              deps: list[str] | None = None, max_timesteps: int = 0, eval_freq: int = 0, n_episodes: int = 0,
+              sample_limit: int = -1, device: str = "auto", cpus: int = 1, gpus: float = 0.0,
+              threads: int | None = None, progress: bool = False, extra: list[str] | None = None) -> Job:
+    """One agent run: real data when `samples` is None, else ONLY the samples (ε recorded in its summary)."""
+    if algorithm not in ALGORITHMS:
+        raise UserError(f"unknown agent '{algorithm}' (choose from: {', '.join(ALGORITHMS)})")
+    method = method if samples is not None else "real"
+    name = agent_run_name(algorithm, dataset, seed, method, epsilon)
+    yaml_path = config_dir / algorithm / f"{dataset_tag(dataset)}.yaml"
+    cmd = agent_command(python, algorithm, dataset=_dataset_arg(dataset), seed=seed, checkpoints_path=agents_dir,
+                        name=name, device=device, threads=cpus if threads is None else threads, progress=progress,
+                        config_path=yaml_path if yaml_path.exists() else None, max_timesteps=max_timesteps,
+                        eval_freq=eval_freq, n_episodes=n_episodes, samples=samples, sample_limit=sample_limit,
+                        dp_epsilon=epsilon)
+    labels = {"dataset": dataset, "method": method, "epsilon": epsilon, "seed": seed, "agent": algorithm,
+              "data": "real" if samples is None else str(samples)}
+    return Job(f"agent/{name}", "agent", agents_dir / name, cmd + list(extra or []), list(deps or []), cpus, gpus,
+               ("summary.json",), labels)
+
+
+def public_sets(cfg: SweepConfig) -> dict[str, list[str]]:
+    return {ds: [_dataset_arg(p) for p in (cfg.public.get(ds) or layout.public_datasets_for(
+        ds, cfg.pairs, or_else="to the sweep's 'public' mapping"))] for ds in cfg.datasets}
+
+
+def plan(cfg: SweepConfig) -> list[Job]:
+    """Every job of the grid, each after its dependencies. A pre-training shared by several datasets (same public
+    sets and seed) appears once."""
+    validate(cfg)
+    dirs = layout_dirs(cfg)
+    py = blank(cfg.python) or sys.executable
+    budgets = cfg.budgets
+    jobs: dict[str, Job] = {}
+
+    def add(job: Job) -> Job:
+        return jobs.setdefault(job.id, job)
+
+    diffusion_config = layout.repo_path(cfg.diffusion_config)
+    privtranr = "privtranr" in cfg.methods
+    if {"privtranr", *LADDER} & set(cfg.methods) and not diffusion_config.exists():
+        raise UserError(f"diffusion_config: {cfg.diffusion_config} not found")
+    # baselines take their bin edges and bounds from the same public sets PrivTranR pre-trains on
+    public = public_sets(cfg) if cfg.methods else {}
+    num_samples = ["--num_samples", str(budgets.num_samples)] if budgets.num_samples > 0 else []
+    if num_samples == [] and any(m in BASELINES for m in cfg.methods):
+        raise UserError("budgets.num_samples: the baselines need an explicit number of samples")
+    config_dir = layout.repo_path(cfg.agent_config_dir)
+    agent_opts = dict(agents_dir=dirs["agents"], python=py, config_dir=config_dir,
+                      max_timesteps=budgets.agent_max_timesteps, eval_freq=budgets.agent_eval_freq,
+                      n_episodes=budgets.agent_n_episodes, sample_limit=budgets.agent_sample_limit, device=cfg.device,
+                      progress=cfg.progress, extra=_extra(cfg, "agent"), **_res(cfg, "agent"))
+
+    def diffusion(mode: str, options: list[str]) -> list[str]:
+        return diffusion_command(py, mode, diffusion_config, cfg.device, cfg.progress, [*options, *_extra(cfg, mode)])
+
+    def pretrain_job(ds: str, seed: int, curiosity: bool) -> Job:
+        pre_dir = dirs["diffusion"] / layout.diffusion_run_name("pretrain", public_tag(public[ds]), seed,
+                                                                curiosity=curiosity)
+        flags = ["--curiosity.mode", "reweight"] if curiosity else []
+        return Job(f"pretrain/{pre_dir.name}", "pretrain", pre_dir, diffusion("pretrain", [
+            "--public_datasets", ",".join(public[ds]), "--seed", str(seed), "--run_dir", str(pre_dir),
+            "--train.epochs", f"{budgets.pretrain_epochs:g}", *flags]),
+            [], outputs=("checkpoint.pt",), labels={"public": public[ds], "seed": seed, "curiosity": curiosity},
+            finished=training_finished, **_res(cfg, "pretrain"))
+
+    def sample_job(model_dir: Path, out_dir: Path, dep: str, labels: dict[str, Any]) -> Job:
+        return Job(f"sample/{out_dir.name}", "sample", out_dir, diffusion("sample", [
+            "--load_checkpoint", str(model_dir / "checkpoint.pt"), *num_samples, "--seed", str(labels["seed"]),
+            "--run_dir", str(out_dir)]), [dep], outputs=("samples.npz",), labels=labels, **_res(cfg, "sample"))
+
+    for seed in cfg.seeds:
+        for ds in cfg.datasets:
+            sources = []  # (method, ε, samples path, id of the job that writes them)
+            if privtranr or {"nodp", "public"} & set(cfg.methods):
+                pre = add(pretrain_job(ds, seed, curiosity=False))
+            if "public_curiosity" in cfg.methods:
+                cur = add(pretrain_job(ds, seed, curiosity=True))
+            for method in (m for m in ("public", "public_curiosity") if m in cfg.methods):
+                src = pre if method == "public" else cur
+                sm = add(sample_job(src.run_dir, src.run_dir, src.id, {"dataset": ds, "method": method,
+                                                                       "epsilon": None, "seed": seed}))
+                sources.append((method, None, src.run_dir / "samples.npz", sm.id))
+            for method, eps in ([("nodp", None)] if "nodp" in cfg.methods else []) + \
+                    ([("privtranr", e) for e in cfg.epsilons] if privtranr else []):
+                private = method == "privtranr"
+                ft_dir = dirs["diffusion"] / layout.diffusion_run_name("finetune", dataset_tag(ds), seed, eps, private)
+                labels = {"dataset": ds, "method": method, "epsilon": eps, "seed": seed}
+                privacy = ["--dp.epsilon", f"{eps:g}", "--dp.delta", f"{cfg.delta:g}"] if private else \
+                    ["--dp.enabled", "false"]
+                ft = add(Job(f"finetune/{ft_dir.name}", "finetune", ft_dir, diffusion("finetune", [
+                    "--dataset", _dataset_arg(ds), *privacy, "--load_checkpoint", str(pre.run_dir / "checkpoint.pt"),
+                    "--seed", str(seed), "--run_dir", str(ft_dir), "--train.epochs", f"{budgets.finetune_epochs:g}"]),
+                    [pre.id], outputs=("checkpoint.pt",), labels=labels, finished=training_finished,
+                    **_res(cfg, "finetune")))
+                sm = add(sample_job(ft_dir, ft_dir, ft.id, labels))
+                sources.append((method, eps, ft_dir / "samples.npz", sm.id))
+                if "mia" in cfg.evaluations and private:
+                    mia_dir = dirs["evaluation"] / layout.evaluation_run_name("mia", method, ds, seed, eps)
+                    add(Job(f"mia/{mia_dir.name}", "mia", mia_dir, [
+                        *mia_command(py, ft_dir / "checkpoint.pt", mia_dir, cfg.mia_audit), *_extra(cfg, "mia")],
+                        [ft.id], outputs=("mia.json",), labels=labels, **_res(cfg, "mia")))
+            for method in (m for m in cfg.methods if m in BASELINES):
+                for eps in cfg.epsilons:
+                    b_dir = dirs["baselines"] / layout.baseline_run_name(method, ds, eps, seed)
+                    b = add(Job(f"baseline/{b_dir.name}", "baseline", b_dir, [
+                        *baseline_command(py, method, _dataset_arg(ds), eps, cfg.delta, budgets.num_samples, seed,
+                                          b_dir, public[ds]), *_extra(cfg, "baseline")], [], outputs=("samples.npz",),
+                        labels={"dataset": ds, "method": method, "epsilon": eps, "seed": seed},
+                        **_res(cfg, "baseline")))
+                    sources.append((method, eps, b_dir / "samples.npz", b.id))
+            for method, eps, samples, source_id in sources:
+                labels = {"dataset": ds, "method": method, "epsilon": eps, "seed": seed, "data": str(samples)}
+                if "fidelity" in cfg.evaluations:
+                    f_dir = dirs["evaluation"] / layout.evaluation_run_name("fidelity", method, ds, seed, eps)
+                    add(Job(f"fidelity/{f_dir.name}", "fidelity", f_dir, [
+                        *fidelity_command(py, _dataset_arg(ds), samples, f_dir, cfg.fidelity_dynamics),
+                        *_extra(cfg, "fidelity")], [source_id], outputs=("fidelity.json",), labels=labels,
+                        **_res(cfg, "fidelity")))
+                for algorithm in cfg.agents:
+                    add(agent_job(algorithm=algorithm, dataset=ds, seed=seed, samples=samples, epsilon=eps,
+                                  method=method, deps=[source_id], **agent_opts))
+            if cfg.real_reference:
+                for algorithm in cfg.agents:
+                    add(agent_job(algorithm=algorithm, dataset=ds, seed=seed, **agent_opts))
+    return topological_order(list(jobs.values()))
