@@ -25,12 +25,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from synther.cli import parse, run  # noqa: E402
+from synther.cli import OUT_ALIASES, parse, run  # noqa: E402
 from synther.quickstart import QuickstartConfig, quickstart  # noqa: E402
 
 
 def main() -> None:
-    result = quickstart(parse(QuickstartConfig, description=__doc__))
+    result = quickstart(parse(QuickstartConfig, description=__doc__, aliases=OUT_ALIASES))
     if not result["ok"]:
         print("some jobs failed: see the table above and their job-*.log files", file=sys.stderr)
         sys.exit(1)

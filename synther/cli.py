@@ -27,6 +27,7 @@ class _HelpFormatter(SimpleHelpFormatter, argparse.RawDescriptionHelpFormatter):
 
 PAPER_ALIASES = {"--config": "--config_path"}  # the paper repo's flag for pyrallis' YAML option, in every script
 AGENT_ALIASES = {"--env": "--dataset"}  # the paper repo's (and CORL's) flag for the agents' dataset
+OUT_ALIASES = {"--out": "--out_dir"}  # the results folder is --out_dir in every script; --out is kept
 
 
 def parse(config_class: type[T], description: str, args: list[str] | None = None,

@@ -37,7 +37,7 @@ class QuickstartConfig:
     preset: str = "default"  # default (minutes on a laptop CPU), tiny (a plumbing check), ladder (the utility ladder, 3 seeds) or paper (PrivORL's scale, for a GPU)
     seed: int = -1  # run this seed instead of the preset's seeds (-1: the preset's); runs of several seeds in one runs folder are reported together
     runs_dir: str = ""  # where the runs (and the generated data, in <runs_dir>/data) go (empty: runs/quickstart[-<preset>])
-    out: str = ""  # where the report and plots go (empty: results/quickstart[-<preset>])
+    out_dir: str = ""  # where the report and plots go (alias --out; empty: results/quickstart[-<preset>])
     executor: str = "local"  # local (process pool on this machine) or ray
     ray_address: str = ""  # Ray cluster to join, host:port (executor ray)
     workers: int = 0  # local CPU slots (0: all cores)
@@ -105,7 +105,7 @@ def quickstart(cfg: QuickstartConfig, echo: Callable[[str], None] = lambda s: pr
     start = time.time()
     sweep_yaml, rows = PRESETS[cfg.preset]
     runs_dir = Path(cfg.runs_dir or f"runs/quickstart{_suffix(cfg.preset)}").resolve()
-    out = Path(cfg.out or f"results/quickstart{_suffix(cfg.preset)}")
+    out = Path(cfg.out_dir or f"results/quickstart{_suffix(cfg.preset)}")
     sweep = pyrallis.parse(config_class=SweepConfig, config_path=str(ROOT / sweep_yaml), args=[])
     sweep.runs_dir, sweep.executor, sweep.ray_address = str(runs_dir), cfg.executor, cfg.ray_address
     sweep.workers, sweep.device = cfg.workers, cfg.device

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.slow  # the whole pipeline end to end
 
 def test_quickstart_tiny_runs_the_whole_pipeline_and_resumes(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "results"
-    args = ("--preset", "tiny", "--runs_dir", str(runs), "--out", str(out), "--device", "cpu")
+    args = ("--preset", "tiny", "--runs_dir", str(runs), "--out_dir", str(out), "--device", "cpu")
     proc = run_script("quickstart.py", *args, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # its own data folder: sensitive umaze + the three public mazes

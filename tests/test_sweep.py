@@ -314,7 +314,7 @@ def test_tiny_privtranr_sweep_end_to_end_on_the_local_pool(tiny_sweep):
     assert again.returncode == 0 and again.stdout.count("done, skipped") == 5 and "started" not in again.stdout
 
     out = runs.parent / "results"
-    rep = run_script("report.py", "--runs_dir", str(runs), "--out", str(out))
+    rep = run_script("report.py", "--runs_dir", str(runs), "--out_dir", str(out))
     assert rep.returncode == 0, rep.stderr
     utility = (out / "utility.csv").read_text().splitlines()
     assert len(utility) == 3 and utility[1].startswith(f"{MEDIUM},td3_bc,real,,1,")
