@@ -5,7 +5,7 @@ runs/diffusion/finetune-<dataset>-eps<ε>-seed<s>/samples.npz. Each gets fidelit
 the folder a sweep would use, <runs root>/evaluation/fidelity-<samples' folder name> (finetune-<x> read as
 privtranr-<x>; the runs root is $PRIVTRANR_RUNS_DIR, else runs/), never in the samples' folder, which is the
 release. Sample files whose fidelity.json already exists are skipped (their scores are read back), missing sample
-files are listed and skipped. A table is printed at the end and written to --out_dir (default:
+files are listed and skipped. A table is printed at the end and written to --out (default:
 <runs root>/evaluation/fidelity_results.json).
 
 The real reference is the sensitive dataset: run this as the data holder; the reports are not private.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from synther.cli import OUT_ALIASES, comma_list, parse, run  # noqa: E402
+from synther.cli import comma_list, parse, run  # noqa: E402
 from synther.data import load_dataset  # noqa: E402
 from synther.errors import UserError  # noqa: E402
 from synther.evaluation.fidelity import default_out_dir, write_fidelity_report  # noqa: E402
@@ -38,12 +38,12 @@ class FidelitySweepConfig:
     max_rows: int = 0  # subsample each table to at most this many rows for the scores (0: all)
     seed: int = 0  # seed of the row subsamples
     overwrite: bool = False  # recompute even where fidelity.json exists (--force: the same option)
-    out_dir: str = ""  # results table (JSON; alias --out); default: <runs root>/evaluation/fidelity_results.json
+    out: str = ""  # results table (JSON); default: <runs root>/evaluation/fidelity_results.json
     dry_run: bool = False  # list what would be evaluated, done or missing, and stop
 
 
 def main() -> None:
-    cfg = parse(FidelitySweepConfig, description=__doc__, aliases={"--force": "--overwrite", **OUT_ALIASES})
+    cfg = parse(FidelitySweepConfig, description=__doc__, aliases={"--force": "--overwrite"})
     try:
         epsilons = [float(e) for e in comma_list(cfg.epsilons)]
         seeds = [int(s) for s in comma_list(cfg.seeds)]
@@ -90,7 +90,7 @@ def main() -> None:
               f"{_fmt(r['correlation_score'], '.4f'):>7} {_fmt(r['dynamics_next_obs_nmse'], '.3g'):>8} "
               f"{_fmt(r['dynamics_reward_nmse'], '.3g'):>8}")
     print("dyn: normalized MSE of the simulator's s′ / r vs the synthetic ones (0 = consistent, ~2 = unrelated)")
-    out = Path(cfg.out_dir) if cfg.out_dir else Path(rows[0]["report"]).parent.parent / "fidelity_results.json"
+    out = Path(cfg.out) if cfg.out else Path(rows[0]["report"]).parent.parent / "fidelity_results.json"
     atomic_write_json(out, rows)
     print(f"wrote {out}")
 
