@@ -197,7 +197,7 @@ def test_non_finite_rows_are_dropped_and_counted(pretrained, monkeypatch):
     syn = Synthesizer.load(pretrained, device="cpu")
     real_sample = syn.model.sample
 
-    def with_nan(n, sampler, generator=None):
+    def with_nan(n, sampler, generator=None, guide=None):
         x = real_sample(n, sampler, generator=generator)
         x[::10, 0] = float("nan")
         return x
@@ -212,7 +212,7 @@ def test_rewards_are_clipped_to_the_public_range_and_the_release_says_so(pretrai
     syn = Synthesizer.load(pretrained, device="cpu")
     real_sample = syn.model.sample
 
-    def wild_rewards(n, sampler, generator=None):
+    def wild_rewards(n, sampler, generator=None, guide=None):
         x = real_sample(n, sampler, generator=generator)
         x[:, syn.layout.reward] = torch.linspace(-3, 3, n)
         return x
@@ -230,6 +230,37 @@ def test_rewards_are_clipped_to_the_public_range_and_the_release_says_so(pretrai
                         sampler=SamplerConfig(name="euler", steps=4)))
     side = json.loads(out.with_suffix(".json").read_text())
     assert "rewards clipped" in side["privacy_ledger"]["statistics"]["sample_postprocessing"]
+
+
+def test_guidance_by_the_public_model_only_and_said_in_the_release(pretrained, tmp_path):
+    from synther.diffusion.edm import _Guided
+
+    ft = finetune(config(tmp_path, "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained), steps=20,
+                         dp=DPConfig(epsilon=5.0)))
+    syn = Synthesizer.load(ft, device="cpu")
+    plain = syn.sample(300, SamplerConfig(name="dpm2m", steps=6), seed=1)
+    guided = syn.sample(300, SamplerConfig(name="dpm2m", steps=6, guidance=0.5), seed=1)
+    assert not np.allclose(plain.to_vectors(), guided.to_vectors())
+    assert "autoguidance w=0.5 by the public checkpoint" in guided.provenance["postprocessing"]
+    assert guided.provenance["network_evaluations_per_sample"] == 12
+    # each step: D + w (D - D_public), the guide being the model the fine-tune started from
+    guide = load_model(pretrained)[0]
+    x, sigma = torch.randn(5, syn.model.dim, dtype=torch.float64), 0.7
+    expected = 1.5 * syn.model._d(x, sigma) - 0.5 * guide._d(x, sigma)
+    torch.testing.assert_close(_Guided(syn.model, guide, 0.5)._d(x, sigma), expected)
+    # a model guided by itself samples as without guidance
+    pub = Synthesizer.load(pretrained, device="cpu")
+    itself = SamplerConfig(name="dpm2m", steps=6, guidance=1.0, guide_checkpoint=str(pretrained))
+    np.testing.assert_allclose(pub.sample(200, itself, seed=2).to_vectors(),
+                               pub.sample(200, SamplerConfig(name="dpm2m", steps=6), seed=2).to_vectors(), atol=1e-5)
+    # only a model that never saw sensitive data may guide (then guidance is post-processing)
+    with pytest.raises(UserError, match="shows sensitive data"):
+        syn.sample(10, SamplerConfig(name="dpm2m", steps=6, guidance=0.5, guide_checkpoint=str(ft)))
+    syn.meta = {**syn.meta, "identity": {**syn.meta["identity"], "base_checkpoint_sha256": "0" * 64}}
+    with pytest.raises(UserError, match="not the checkpoint"):
+        syn.sample(10, SamplerConfig(name="dpm2m", steps=6, guidance=0.5))
+    with pytest.raises(UserError, match="needs a fine-tuned checkpoint"):
+        pub.sample(10, SamplerConfig(name="dpm2m", steps=6, guidance=0.5))
 
 
 def test_noise_multiplicity_fine_tunes_under_the_same_guarantee(pretrained, tmp_path):

@@ -32,6 +32,8 @@ class SamplerConfig:
     s_tmin: float = 0.05  # stochastic_heun only: churn applies for σ in [s_tmin, s_tmax]
     s_tmax: float = 50.0  # stochastic_heun only: upper end of that range
     s_noise: float = 1.003  # stochastic_heun only: scale of the re-injected noise
+    guidance: float = 0.0  # autoguidance weight w (fine-tuned checkpoints): denoise with D + w·(D − D_public), the public pre-trained model as the weak guide, pushing samples toward what fine-tuning learned; post-processing with a public model, no privacy cost (0: off)
+    guide_checkpoint: str = ""  # guidance > 0: the public checkpoint to guide with (empty: the one the model was fine-tuned from, checked by its SHA-256); it must never have seen sensitive data
 
 
 PAPER_SAMPLER = SamplerConfig(name="stochastic_heun", steps=128)
@@ -81,9 +83,10 @@ class EDM(nn.Module):
         return torch.cat([s, s.new_zeros(1)])
 
     @torch.no_grad()
-    def sample(self, n: int, sampler: SamplerConfig = SamplerConfig(), generator: torch.Generator | None = None
-               ) -> torch.Tensor:
-        """n raw transition vectors (unnormalized; terminal column still continuous)."""
+    def sample(self, n: int, sampler: SamplerConfig = SamplerConfig(), generator: torch.Generator | None = None,
+               guide: "EDM | None" = None) -> torch.Tensor:
+        """n raw transition vectors (unnormalized; terminal column still continuous). With `guide` (a model of the
+        same space) and sampler.guidance = w, every denoising step uses D + w·(D − D_guide) (autoguidance)."""
         if sampler.name not in SAMPLERS:
             raise UserError(f"unknown sampler '{sampler.name}' (choose from: {', '.join(SAMPLERS)})")
         if sampler.steps < 2:
@@ -91,12 +94,26 @@ class EDM(nn.Module):
         device = next(self.parameters()).device
         sigmas = self.sigmas(sampler.steps, device)
         x = torch.randn(n, self.dim, generator=generator, device="cpu").to(device, torch.float64) * sigmas[0]
-        x = _SOLVERS[sampler.name](self, x, sigmas, sampler, generator)
+        denoiser = self if not sampler.guidance else _Guided(self, guide, sampler.guidance)
+        x = _SOLVERS[sampler.name](denoiser, x, sigmas, sampler, generator)
         return self.normalizer.unnormalize(x.float())
 
     def _d(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         s = torch.full((len(x),), float(sigma), device=x.device)
         return self.denoise(x.float(), s).double()
+
+
+class _Guided:
+    """Autoguidance (Karras et al. 2024): extrapolate the model's denoised estimate away from a weaker model's."""
+
+    def __init__(self, model: EDM, guide: EDM | None, weight: float) -> None:
+        if guide is None:
+            raise UserError("sampler.guidance needs a guide model")
+        self.model, self.guide, self.weight = model, guide, weight
+
+    def _d(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        d = self.model._d(x, sigma)
+        return d + self.weight * (d - self.guide._d(x, sigma))
 
 
 def _heun(model: EDM, x, sigmas, cfg: SamplerConfig, generator, stochastic: bool = False):
@@ -155,4 +172,6 @@ _SOLVERS = {
 
 
 def network_evaluations(sampler: SamplerConfig) -> int:
-    return 2 * sampler.steps - 1 if sampler.name in ("heun", "stochastic_heun") else sampler.steps
+    """Denoiser evaluations per sample (guidance adds the guide's)."""
+    calls = 2 * sampler.steps - 1 if sampler.name in ("heun", "stochastic_heun") else sampler.steps
+    return calls * (2 if sampler.guidance else 1)

@@ -369,12 +369,13 @@ class Synthesizer:
             raise UserError(f"number of samples must be positive, got {n}")
         if reward_range not in REWARD_RANGES:
             raise UserError(f"unknown reward_range '{reward_range}' (choose from: {', '.join(REWARD_RANGES)})")
+        guide, guide_note = self._guide(sampler) if sampler.guidance else (None, "")
         gen = torch.Generator().manual_seed(seed)
         chunks = []
         with tqdm(total=n, desc="sampling", unit="row", disable=not progress, mininterval=1.0) as bar:
             for start in range(0, n, batch_size):
                 k = min(batch_size, n - start)
-                chunks.append(self.model.sample(k, sampler, generator=gen).cpu().numpy())
+                chunks.append(self.model.sample(k, sampler, generator=gen, guide=guide).cpu().numpy())
                 bar.update(k)
         x = np.concatenate(chunks)
         finite = np.isfinite(x).all(axis=1)
@@ -383,7 +384,7 @@ class Synthesizer:
             raise UserError(f"{self.source}: every sampled row was NaN/Inf; the model is not usable")
         low, high = np.asarray(self.meta["action_low"]), np.asarray(self.meta["action_high"])
         x[:, self.layout.action] = np.clip(x[:, self.layout.action], low, high)
-        steps = [f"actions clipped to {self.meta['action_bounds_source']}"]
+        steps = ([guide_note] if guide_note else []) + [f"actions clipped to {self.meta['action_bounds_source']}"]
         if reward_range == "public":
             r_low, r_high = (float(self.meta[k][self.layout.reward]) for k in ("public_min", "public_max"))
             x[:, self.layout.reward] = np.clip(x[:, self.layout.reward], r_low, r_high)
@@ -397,6 +398,30 @@ class Synthesizer:
                         "postprocessing": "; ".join(["terminals thresholded at 0.5", *steps]),
                         "env_dataset": self.meta.get("env_dataset")})
         return ds
+
+
+    def _guide(self, sampler: SamplerConfig) -> tuple[EDM, str]:
+        """The public model that guides sampling, and the line saying so in the samples' provenance. Only a model
+        that never saw sensitive data may guide: then guidance is post-processing and costs no privacy."""
+        path = sampler.guide_checkpoint or self.meta.get("pretrained_from")
+        if not path:
+            raise UserError(f"{self.source}: sampler.guidance needs a fine-tuned checkpoint (or "
+                            "--sampler.guide_checkpoint, a public pre-trained one)")
+        sha = file_sha256(path) if Path(path).exists() else None
+        expected = (self.meta.get("identity") or {}).get("base_checkpoint_sha256")
+        if not sampler.guide_checkpoint and sha != expected:
+            raise UserError(f"{path}: not the checkpoint {self.source} was fine-tuned from (missing or changed); "
+                            "give --sampler.guide_checkpoint")
+        guide, meta, ledger = load_model(path, next(self.model.parameters()).device)
+        if ledger.sensitive_dataset or ledger.target_epsilon is not None or \
+                any(u.get("use") != "public" for u in ledger.data_uses):
+            raise UserError(f"{path}: its ledger shows sensitive data; only a public pre-trained model may guide")
+        if (meta["obs_dim"], meta["action_dim"]) != (self.meta["obs_dim"], self.meta["action_dim"]) or \
+                meta["normalizer_source"] != self.meta["normalizer_source"]:
+            raise UserError(f"{path}: another data space (dimensions or normalizer) than {self.source}; guidance "
+                            "needs the public model the fine-tune started from")
+        return guide, (f"autoguidance w={sampler.guidance:g} by the public checkpoint {path} (sha256 {sha[:12]}…, "
+                       f"public data only: {', '.join(ledger.public_datasets)})")
 
 
 def sample(cfg: DiffusionConfig) -> Path:
