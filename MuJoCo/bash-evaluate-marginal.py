@@ -4,9 +4,10 @@ Samples are found with --samples, by default the layout MuJoCo/bash-train-diffus
 runs/diffusion/finetune-<dataset>-eps<ε>-seed<s>/samples.npz. Each gets fidelity.json and fidelity_pairs.png in
 the folder a sweep would use, <runs root>/evaluation/fidelity-<samples' folder name> (finetune-<x> read as
 privtranr-<x>; the runs root is $PRIVTRANR_RUNS_DIR, else runs/), never in the samples' folder, which is the
-release. Sample files whose fidelity.json already exists are skipped (their scores are read back), missing sample
-files are listed and skipped. A table is printed at the end and written to --out (default:
-<runs root>/evaluation/fidelity_results.json).
+release. Each evaluation is a job of the sweep engine (MuJoCo/marginal.py in its own process, on a local pool of
+cores or a Ray cluster; state in <runs root>/evaluation/fidelity_sweep_state.json). Sample files whose fidelity.json
+already exists are skipped (their scores are read back), missing sample files are listed and skipped. A table is
+printed at the end and written to --out (default: <runs root>/evaluation/fidelity_results.json).
 
 The real reference is the sensitive dataset: run this as the data holder; the reports are not private.
 
@@ -14,16 +15,17 @@ The real reference is the sensitive dataset: run this as the data holder; the re
 """
 import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from synther.cli import comma_list, parse, run  # noqa: E402
-from synther.data import load_dataset  # noqa: E402
 from synther.errors import UserError  # noqa: E402
-from synther.evaluation.fidelity import default_out_dir, write_fidelity_report  # noqa: E402
-from synther.layout import runs_path  # noqa: E402
+from synther.evaluation.fidelity import default_out_dir, fidelity_command  # noqa: E402
+from synther.layout import dataset_arg, runs_path, runs_root  # noqa: E402
+from synther.sweep import SUCCESS, Job, execute  # noqa: E402
 from synther.utils.io import atomic_write_json  # noqa: E402
 
 
@@ -39,11 +41,14 @@ class FidelitySweepConfig:
     seed: int = 0  # seed of the row subsamples
     overwrite: bool = False  # recompute even where fidelity.json exists (--force: the same option)
     out: str = ""  # results table (JSON); default: <runs root>/evaluation/fidelity_results.json
+    executor: str = "local"  # local (process pool on this machine) or ray
+    ray_address: str = ""  # Ray cluster to join, host:port (empty with --executor ray: start a local Ray)
+    workers: int = 0  # local: evaluations in parallel, one core each (0: all cores)
     dry_run: bool = False  # list what would be evaluated, done or missing, and stop
 
 
-def main() -> None:
-    cfg = parse(FidelitySweepConfig, description=__doc__, aliases={"--force": "--overwrite"})
+def plan(cfg: FidelitySweepConfig) -> tuple[list[Job], list[str]]:
+    """(one marginal.py job per sample file that exists, a line per sample file that does not)."""
     try:
         epsilons = [float(e) for e in comma_list(cfg.epsilons)]
         seeds = [int(s) for s in comma_list(cfg.seeds)]
@@ -52,38 +57,49 @@ def main() -> None:
     datasets = comma_list(cfg.datasets)
     if not datasets or not epsilons or not seeds:
         raise UserError("--datasets, --epsilons and --seeds must each name at least one value")
-    jobs = [(d, e, s, runs_path(cfg.samples.format(dataset=d, eps=f"{e:g}", seed=s)))
-            for d in datasets for e in epsilons for s in seeds]
-    rows, missing = [], 0
-    for i, (dataset, eps, seed, path) in enumerate(jobs, 1):
-        label = f"[{i}/{len(jobs)}] {dataset} eps{eps:g} seed{seed}"
-        report_path = default_out_dir(path) / "fidelity.json"
-        if not path.exists():
-            print(f"{label}: samples missing ({path}), skipped")
-            missing += 1
+    started = time.time()
+    jobs, missing = [], []
+    for dataset in datasets:
+        for eps in epsilons:
+            for seed in seeds:
+                path = runs_path(cfg.samples.format(dataset=dataset, eps=f"{eps:g}", seed=seed))
+                if not path.exists():
+                    missing.append(f"{dataset} eps{eps:g} seed{seed}: samples missing ({path}), skipped")
+                    continue
+                out = default_out_dir(path)
+                command = fidelity_command(sys.executable, dataset_arg(dataset), path, out, cfg.dynamics) + [
+                    "--dynamics_rows", str(cfg.dynamics_rows), "--max_rows", str(cfg.max_rows), "--seed", str(cfg.seed)]
+                # --overwrite: an existing fidelity.json counts only once this run has rewritten it
+                rewritten = (lambda d, t=started: (d / "fidelity.json").stat().st_mtime >= t) if cfg.overwrite else None
+                jobs.append(Job(f"fidelity/{out.name}", "fidelity", out, command, outputs=("fidelity.json",),
+                                labels={"dataset": dataset, "method": "privtranr", "epsilon": eps, "seed": seed,
+                                        "data": str(path)}, finished=rewritten))
+    return jobs, missing
+
+
+def main() -> None:
+    cfg = parse(FidelitySweepConfig, description=__doc__, aliases={"--force": "--overwrite"})
+    jobs, missing = plan(cfg)
+    for line in missing:
+        print(line)
+    state = runs_root().expanduser().resolve() / "evaluation" / "fidelity_sweep_state.json"
+    result = execute(jobs, cfg.executor, cfg.ray_address, cfg.workers, state, "bash-evaluate-marginal", cfg.dry_run)
+    if result is None:  # dry run
+        return
+    rows = []
+    for job in jobs:
+        if result.status.get(job.id) not in SUCCESS:
             continue
-        done = report_path.exists() and not cfg.overwrite
-        if cfg.dry_run:
-            print(f"{label}: {'done' if done else 'to evaluate'} -> {report_path}")
-            continue
-        if done:
-            print(f"{label}: done, skipped")
-            report = json.loads(report_path.read_text())
-        else:
-            print(f"{label} -> {report_path}", flush=True)
-            real = _cached_real(dataset)
-            report = write_fidelity_report(dataset, path, report_path.parent, real=real, max_rows=cfg.max_rows or None,
-                                           seed=cfg.seed, dynamics=cfg.dynamics, dynamics_rows=cfg.dynamics_rows)
+        report = json.loads((job.run_dir / "fidelity.json").read_text())
         dyn = report.get("dynamics") or {}
-        rows.append({"dataset": dataset, "dp_epsilon": eps, "seed": seed, "samples": str(path),
-                     "report": str(report_path),
+        rows.append({"dataset": job.labels["dataset"], "dp_epsilon": job.labels["epsilon"], "seed": job.labels["seed"],
+                     "samples": job.labels["data"], "report": str(job.run_dir / "fidelity.json"),
                      "marginal_score": report["marginal_score"], "correlation_score": report["correlation_score"],
                      "dynamics_next_obs_nmse": dyn.get("next_obs_nmse"), "dynamics_reward_nmse": dyn.get("reward_nmse"),
                      "seconds": report["seconds"].get("total")})
     if not rows:
-        if not cfg.dry_run:
-            print(f"nothing evaluated ({missing} sample files missing)")
-        return
+        print(f"nothing evaluated ({len(missing)} sample files missing)")
+        sys.exit(0 if result.ok else 1)
     print(f"\n{'dataset':<34} {'eps':>5} {'seed':>4} {'marginal':>9} {'corr':>7} {'dyn s′':>8} {'dyn r':>8}")
     for r in rows:
         print(f"{r['dataset']:<34} {r['dp_epsilon']:>5g} {r['seed']:>4} {r['marginal_score']:>9.4f} "
@@ -93,16 +109,8 @@ def main() -> None:
     out = Path(cfg.out) if cfg.out else Path(rows[0]["report"]).parent.parent / "fidelity_results.json"
     atomic_write_json(out, rows)
     print(f"wrote {out}")
-
-
-_REAL: dict = {}
-
-
-def _cached_real(spec: str):
-    # one load per real dataset across all ε and seeds
-    if spec not in _REAL:
-        _REAL[spec] = load_dataset(spec)
-    return _REAL[spec]
+    if not result.ok:
+        sys.exit(1)
 
 
 def _fmt(v, spec: str) -> str:

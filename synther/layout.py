@@ -120,6 +120,13 @@ def _read_run_file(run_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def dataset_arg(dataset: str) -> str:
+    """A dataset as a job's command line names it: jobs run from the repository root, so a dataset given as an
+    existing relative path is made absolute; a registry name stays as it is."""
+    p = Path(dataset).expanduser()
+    return str(p.resolve()) if Path(dataset).suffix and p.exists() else dataset
+
+
 def script(name: str) -> str:
     """The path of a MuJoCo/ script, for command lines that run it as a job."""
     return str(ROOT / "MuJoCo" / name)

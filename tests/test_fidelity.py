@@ -244,8 +244,13 @@ def test_sweep_script_evaluates_then_skips(maze, tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "runs" / "diffusion" / "finetune-real-eps10-seed0").iterdir()) == [
         "samples.json", "samples.npz"]
     second = run_script("bash-evaluate-marginal.py", *args, timeout=120)
-    assert "eps10 seed0: done, skipped" in second.stdout
+    assert "fidelity-privtranr-real-eps10-seed0: done, skipped" in second.stdout
     assert json.loads((evaluation / "fidelity_results.json").read_text())[0]["dp_epsilon"] == 10
+    report = evaluation / "fidelity-privtranr-real-eps10-seed0" / "fidelity.json"
+    before = report.stat().st_mtime
+    third = run_script("bash-evaluate-marginal.py", *args, "--force", "true", timeout=120)
+    assert third.returncode == 0 and "fidelity-privtranr-real-eps10-seed0: done (" in third.stdout  # recomputed
+    assert report.stat().st_mtime > before
 
 
 def test_block_wise_scores_equal_whole_table_ones_and_read_datasets_in_place(monkeypatch, make_dataset):

@@ -15,15 +15,9 @@ from synther.diffusion.synthesizer import diffusion_command, public_tag
 from synther.errors import UserError
 from synther.evaluation.fidelity import fidelity_command
 from synther.evaluation.mia import mia_command
-from synther.layout import BASELINES, LADDER, agent_run_name, dataset_tag
+from synther.layout import BASELINES, LADDER, agent_run_name, dataset_arg, dataset_tag
 from synther.sweep.config import Resources, SweepConfig, blank, layout_dirs, validate
 from synther.sweep.jobs import Job, topological_order, training_finished
-
-
-def _dataset_arg(dataset: str) -> str:
-    """Jobs run from the repository root: a dataset given as an existing relative path is made absolute."""
-    p = Path(dataset).expanduser()
-    return str(p.resolve()) if Path(dataset).suffix and p.exists() else dataset
 
 
 def _extra(cfg: SweepConfig, kind: str) -> list[str]:
@@ -48,7 +42,7 @@ def agent_job(*, algorithm: str, dataset: str, seed: int, agents_dir: Path, pyth
     method = method if samples is not None else "real"
     name = agent_run_name(algorithm, dataset, seed, method, epsilon)
     yaml_path = config_dir / algorithm / f"{dataset_tag(dataset)}.yaml"
-    cmd = agent_command(python, algorithm, dataset=_dataset_arg(dataset), seed=seed, checkpoints_path=agents_dir,
+    cmd = agent_command(python, algorithm, dataset=dataset_arg(dataset), seed=seed, checkpoints_path=agents_dir,
                         name=name, device=device, threads=cpus if threads is None else threads, progress=progress,
                         config_path=yaml_path if yaml_path.exists() else None, max_timesteps=max_timesteps,
                         eval_freq=eval_freq, n_episodes=n_episodes, samples=samples, sample_limit=sample_limit,
@@ -60,7 +54,7 @@ def agent_job(*, algorithm: str, dataset: str, seed: int, agents_dir: Path, pyth
 
 
 def public_sets(cfg: SweepConfig) -> dict[str, list[str]]:
-    return {ds: [_dataset_arg(p) for p in (cfg.public.get(ds) or layout.public_datasets_for(
+    return {ds: [dataset_arg(p) for p in (cfg.public.get(ds) or layout.public_datasets_for(
         ds, cfg.pairs, or_else="to the sweep's 'public' mapping"))] for ds in cfg.datasets}
 
 
@@ -129,7 +123,7 @@ def plan(cfg: SweepConfig) -> list[Job]:
                 privacy = ["--dp.epsilon", f"{eps:g}", "--dp.delta", f"{cfg.delta:g}"] if private else \
                     ["--dp.enabled", "false"]
                 ft = add(Job(f"finetune/{ft_dir.name}", "finetune", ft_dir, diffusion("finetune", [
-                    "--dataset", _dataset_arg(ds), *privacy, "--load_checkpoint", str(pre.run_dir / "checkpoint.pt"),
+                    "--dataset", dataset_arg(ds), *privacy, "--load_checkpoint", str(pre.run_dir / "checkpoint.pt"),
                     "--seed", str(seed), "--run_dir", str(ft_dir), "--train.epochs", f"{budgets.finetune_epochs:g}"]),
                     [pre.id], outputs=("checkpoint.pt",), labels=labels, finished=training_finished,
                     **_res(cfg, "finetune")))
@@ -144,7 +138,7 @@ def plan(cfg: SweepConfig) -> list[Job]:
                 for eps in cfg.epsilons:
                     b_dir = dirs["baselines"] / layout.baseline_run_name(method, ds, eps, seed)
                     b = add(Job(f"baseline/{b_dir.name}", "baseline", b_dir, [
-                        *baseline_command(py, method, _dataset_arg(ds), eps, cfg.delta, budgets.num_samples, seed,
+                        *baseline_command(py, method, dataset_arg(ds), eps, cfg.delta, budgets.num_samples, seed,
                                           b_dir, public[ds]), *_extra(cfg, "baseline")], [], outputs=("samples.npz",),
                         labels={"dataset": ds, "method": method, "epsilon": eps, "seed": seed},
                         **_res(cfg, "baseline")))
@@ -154,7 +148,7 @@ def plan(cfg: SweepConfig) -> list[Job]:
                 if "fidelity" in cfg.evaluations:
                     f_dir = dirs["evaluation"] / layout.evaluation_run_name("fidelity", method, ds, seed, eps)
                     add(Job(f"fidelity/{f_dir.name}", "fidelity", f_dir, [
-                        *fidelity_command(py, _dataset_arg(ds), samples, f_dir, cfg.fidelity_dynamics),
+                        *fidelity_command(py, dataset_arg(ds), samples, f_dir, cfg.fidelity_dynamics),
                         *_extra(cfg, "fidelity")], [source_id], outputs=("fidelity.json",), labels=labels,
                         **_res(cfg, "fidelity")))
                 for algorithm in cfg.agents:
