@@ -22,11 +22,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from synther.agents import ALGORITHMS  # noqa: E402
-from synther.cli import comma_list, parse, run  # noqa: E402
+from synther.cli import parse, run  # noqa: E402
 from synther.errors import UserError  # noqa: E402
 from synther.layout import eps_tag, repo_path, runs_root  # noqa: E402
 from synther.sweep import SUCCESS, Job, agent_job, execute  # noqa: E402
 from synther.utils.io import atomic_write_json  # noqa: E402
+from synther.utils.options import comma_list  # noqa: E402
 
 
 @dataclass

@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from synther.baselines import METHODS, GANConfig, MarginalConfig  # noqa: E402
-from synther.cli import comma_list, parse, run  # noqa: E402
+from synther.cli import parse, run  # noqa: E402
 from synther.errors import UserError  # noqa: E402
 from synther.report import (  # noqa: E402
     collect,
@@ -46,6 +46,7 @@ from synther.sweep import (  # noqa: E402
     plan,
     runs_root,
 )
+from synther.utils.options import comma_list  # noqa: E402
 
 
 @dataclass

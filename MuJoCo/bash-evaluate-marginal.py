@@ -21,12 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from synther.cli import comma_list, parse, run  # noqa: E402
+from synther.cli import parse, run  # noqa: E402
 from synther.errors import UserError  # noqa: E402
 from synther.evaluation.fidelity import default_out_dir, fidelity_command  # noqa: E402
 from synther.layout import dataset_arg, runs_path, runs_root  # noqa: E402
 from synther.sweep import SUCCESS, Job, execute  # noqa: E402
 from synther.utils.io import atomic_write_json  # noqa: E402
+from synther.utils.options import comma_list  # noqa: E402
 
 
 @dataclass

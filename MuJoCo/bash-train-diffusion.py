@@ -17,9 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from synther.cli import comma_list, parse, run  # noqa: E402
+from synther.cli import parse, run  # noqa: E402
 from synther.errors import UserError  # noqa: E402
 from synther.sweep import Budgets, KindResources, Layout, Resources, SweepConfig, execute, plan  # noqa: E402
+from synther.utils.options import comma_list  # noqa: E402
 
 
 @dataclass

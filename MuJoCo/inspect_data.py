@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from synther.cli import parse, run  # noqa: E402
 from synther.data import check_compatible, dataset_info, load_dataset  # noqa: E402
 from synther.errors import UserError  # noqa: E402
+from synther.utils.options import comma_list  # noqa: E402
 
 
 @dataclass
@@ -30,7 +31,7 @@ def main() -> None:
     if not cfg.dataset:
         raise UserError("--dataset is required (a path or a registry name)")
     ds = load_dataset(cfg.dataset)
-    others = [s.strip() for s in cfg.compare_with.split(",") if s.strip()]
+    others = comma_list(cfg.compare_with)
     for other in others:
         check_compatible(ds, load_dataset(other))
     info = dataset_info(ds.name)

@@ -42,6 +42,7 @@ from synther.utils.locks import FolderLock  # noqa: E402
 from synther.evaluation.mia import (AttackSettings, attack_checkpoint, finetune_config, format_table,  # noqa: E402
                                     run_audit, run_experiment, write_result)
 from synther.evaluation.outputs import default_evaluation_dir  # noqa: E402
+from synther.utils.options import comma_list  # noqa: E402
 
 
 @dataclass
@@ -70,7 +71,7 @@ class MIAConfig:
 
 def _floats(spec: str, flag: str) -> tuple[float, ...]:
     try:
-        return tuple(float(s) for s in spec.split(",") if s.strip())
+        return tuple(float(s) for s in comma_list(spec))
     except ValueError:
         raise UserError(f"--{flag} must be comma-separated numbers, got '{spec}'") from None
 

@@ -36,6 +36,7 @@ def parse(config_class: type[T], description: str, args: list[str] | None = None
     `config_class`; `aliases` maps more alternative flag names to options. Every numeric option is then checked
     against NUMERIC_RANGES, so a bad number stops the script before it writes anything."""
     args = apply_aliases(list(sys.argv[1:] if args is None else args), {**PAPER_ALIASES, **(aliases or {})})
+    args = bracket_lists(args, config_class)
     parser = ArgumentParser(config_class=config_class, formatter_class=_HelpFormatter, description=description)
     try:
         cfg = parser.parse_args(args)
@@ -64,6 +65,36 @@ def apply_aliases(args: list[str], aliases: dict[str, str]) -> list[str]:
                             "option, give one")
         given.setdefault(target, (value, name in aliases))
         out.append(target + eq + value if eq else target)
+    return out
+
+
+def _list_options(config_class: type, prefix: str = "") -> set[str]:
+    """--options of `config_class` (nested dataclasses included) whose type is a list."""
+    out: set[str] = set()
+    hints = typing.get_type_hints(config_class)
+    for f in dataclasses.fields(config_class):
+        hint = hints.get(f.name)
+        if dataclasses.is_dataclass(hint):
+            out |= _list_options(hint, f"{prefix}{f.name}.")
+        elif typing.get_origin(hint) is list:
+            out.add(f"--{prefix}{f.name}")
+    return out
+
+
+def bracket_lists(args: list[str], config_class: type) -> list[str]:
+    """A list option given as a comma string (`--epsilons 1,10`, as the bash-* drivers take it) becomes the YAML
+    list pyrallis reads (`[1,10]`): lists are spelled the same way in every script."""
+    lists = _list_options(config_class)
+    out = list(args)
+    for i, a in enumerate(out):
+        name, eq, value = a.partition("=")
+        if name not in lists:
+            continue
+        if eq and not value.lstrip().startswith("["):
+            out[i] = f"{name}=[{value}]"
+        elif not eq and i + 1 < len(out) and not out[i + 1].startswith("--") and \
+                not out[i + 1].lstrip().startswith("["):
+            out[i + 1] = f"[{out[i + 1]}]"
     return out
 
 
@@ -132,14 +163,6 @@ def _interval(low: float | None, high: float | None, low_open: bool, high_open: 
     left = "(-∞" if low is None else ("(" if low_open else "[") + f"{low:g}"
     right = "∞)" if high is None else f"{high:g}" + (")" if high_open else "]")
     return f"{left}, {right}"
-
-
-def comma_list(value: str | None) -> list[str]:
-    """A comma-separated option as a list. An empty option (`--algorithms ""`) or `none` is the empty list:
-    pyrallis hands an empty string on as None or 'None'."""
-    if value is None or value.strip().lower() in ("", "none"):
-        return []
-    return [x.strip() for x in value.split(",") if x.strip()]
 
 
 def run(main: Callable[[], object]) -> None:

@@ -99,10 +99,24 @@ def test_inspect_missing_registered_dataset_tells_how_to_make_it(tmp_path):
 
 
 def test_comma_list_reads_empty_and_none_as_no_items():
-    from synther.cli import comma_list
+    from synther.utils.options import comma_list
 
     assert comma_list("td3_bc, iql,") == ["td3_bc", "iql"]
-    assert comma_list("") == comma_list(None) == comma_list("None") == comma_list(" none ") == []
+    assert comma_list("") == comma_list(None) == comma_list("None") == comma_list(" none ") == comma_list("[]") == []
+
+
+def test_lists_are_spelled_alike_in_every_script():
+    """`--epsilons 1,10` and `--epsilons [1,10]` mean the same list in the sweep (YAML lists) and in the bash-*
+    drivers (comma strings)."""
+    from synther.cli import parse
+    from synther.sweep import SweepConfig
+    from synther.utils.options import comma_list
+
+    for spelling in (["--epsilons", "1,10", "--seeds=0,2"], ["--epsilons", "[1, 10]", "--seeds=[0,2]"]):
+        cfg = parse(SweepConfig, "", spelling + ["--datasets", "a,b"])
+        assert cfg.epsilons == [1.0, 10.0] and cfg.seeds == [0, 2] and cfg.datasets == ["a", "b"]
+    assert comma_list("[1, 10]") == comma_list("1,10") == ["1", "10"]
+    assert comma_list("['td3_bc', \"iql\"]") == ["td3_bc", "iql"]
 
 
 def test_an_alias_and_its_option_must_agree_even_at_the_default_value():

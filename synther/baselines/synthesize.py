@@ -28,6 +28,7 @@ from synther.errors import UserError
 from synther.layout import baseline_run_name, public_datasets_for, runs_root, script
 from synther.utils.io import atomic_path, atomic_write_json
 from synther.utils.locks import FolderLock
+from synther.utils.options import comma_list
 from synther.utils.provenance import package_versions
 
 METHODS = ("mst", "aim", "dpctgan", "patectgan")
@@ -104,7 +105,7 @@ def validate(cfg: BaselineConfig) -> None:
 
 
 def public_names(cfg: BaselineConfig) -> list[str]:
-    names = [s.strip() for s in cfg.public_datasets.split(",") if s.strip()]
+    names = comma_list(cfg.public_datasets)
     if names:
         return names
     return public_datasets_for(cfg.dataset, or_else="pass --public_datasets a,b")

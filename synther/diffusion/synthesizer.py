@@ -34,6 +34,7 @@ from synther.privacy.randomness import secret_numpy_rng
 from synther.utils.device import resolve_device
 from synther.utils.io import file_sha256
 from synther.utils.locks import FolderLock
+from synther.utils.options import comma_list
 from synther.utils.provenance import package_versions
 from synther.utils.tracking import WandbConfig
 
@@ -80,7 +81,7 @@ class DiffusionConfig:
 
 
 def _names(spec: str) -> list[str]:
-    return [s.strip() for s in spec.split(",") if s.strip()]
+    return comma_list(spec)
 
 
 def default_run_dir(cfg: DiffusionConfig) -> Path:
