@@ -1,8 +1,8 @@
 """One DP tabular-synthesis baseline run: fit smartnoise-synth's MST, AIM, DP-CTGAN or PATE-CTGAN on the sensitive
-dataset's flat transition table at (--epsilon, --delta) and write samples.npz + samples.json (privacy ledger), the
+dataset's flat transition table at (--dp.epsilon, --dp.delta) and write samples.npz + samples.json (privacy ledger), the
 same files the diffusion path writes, so agents, fidelity and MIA code read both the same way.
 
-  python MuJoCo/baselines.py --method mst --dataset ptr-maze2d-umaze-dense-v0 --epsilon 1 --num_samples 100000
+  python MuJoCo/baselines.py --method mst --dataset ptr-maze2d-umaze-dense-v0 --dp.epsilon 1 --num_samples 100000
 
 - Sensitive data: the train part of TransitionDataset.split(0.8, --seed), like the DP fine-tune.
 - Public data (--public_datasets, default config/diffusion/pairs.yaml) gives every preprocessing statistic: MST/AIM
@@ -25,12 +25,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from synther.baselines import BaselineConfig, synthesize  # noqa: E402
+from synther.baselines import TARGET_ALIASES, BaselineConfig, synthesize  # noqa: E402
 from synther.cli import parse, run  # noqa: E402
 
 
 def main() -> None:
-    cfg = parse(BaselineConfig, description=__doc__)
+    cfg = parse(BaselineConfig, description=__doc__, aliases=TARGET_ALIASES)
     out = synthesize(cfg)
     print(f"wrote {out}")
 

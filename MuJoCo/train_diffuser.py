@@ -19,12 +19,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from synther.cli import parse, run  # noqa: E402
-from synther.diffusion.synthesizer import DiffusionConfig, finetune, pretrain, sample  # noqa: E402
+from synther.diffusion.synthesizer import DIFFUSION_ALIASES, DiffusionConfig, finetune, pretrain, sample  # noqa: E402
 from synther.errors import UserError  # noqa: E402
 
 
 def main() -> None:
-    cfg = parse(DiffusionConfig, description=__doc__)
+    cfg = parse(DiffusionConfig, description=__doc__, aliases=DIFFUSION_ALIASES)
     modes = {"pretrain": pretrain, "finetune": finetune, "sample": sample}
     if cfg.mode not in modes:
         raise UserError(f"unknown --mode '{cfg.mode}' (choose from: {', '.join(modes)})")

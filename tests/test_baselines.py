@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from script_helpers import assert_user_error, run_script
-from synther.baselines import BaselineConfig, GANConfig, MarginalConfig, binning, synthesize
+from synther.baselines import BaselineConfig, GANConfig, MarginalConfig, PrivacyTarget, binning, synthesize
 from synther.baselines.synthesize import prepare
 from synther.baselines import env
 from synther.baselines import worker
@@ -85,8 +85,8 @@ def tiny_pair(tmp_path):
 
 def _config(tmp_path, tiny_pair, method, **kw):
     sensitive, public = tiny_pair
-    return BaselineConfig(method=method, dataset=sensitive, public_datasets=public, epsilon=1.0, num_samples=200,
-                          run_dir=str(tmp_path / f"run-{method}"),
+    return BaselineConfig(method=method, dataset=sensitive, public_datasets=public, dp=PrivacyTarget(epsilon=1.0),
+                          num_samples=200, run_dir=str(tmp_path / f"run-{method}"),
                           marginal=MarginalConfig(bins=4, aim_rounds=0),
                           gan=GANConfig(epochs=2, batch_size=60, hidden=[32, 32], embedding_dim=16, pate_iterations=3,
                                         pate_teacher_iters=1, pate_student_iters=1, pate_rows_per_teacher=100), **kw)
@@ -97,7 +97,7 @@ def test_bad_method_epsilon_delta_are_user_errors(tmp_path, tiny_pair):
                     ({"epsilon": -1.0}, "positive"), ({"epsilon": float("inf")}, "finite"), ({"delta": 1.0}, "delta")]:
         cfg = _config(tmp_path, tiny_pair, "mst")
         for k, v in kw.items():
-            setattr(cfg, k, v)
+            setattr(cfg.dp if k in ("epsilon", "delta") else cfg, k, v)
         with pytest.raises(UserError, match=msg):
             synthesize(cfg, progress=False)
 
@@ -112,8 +112,9 @@ def test_missing_public_pair_is_a_user_error(tmp_path, tiny_pair):
 def test_script_reports_bad_method_in_one_line(tmp_path, tiny_pair):
     proc = run_script("baselines.py", "--method", "foo", "--dataset", tiny_pair[0], timeout=120)
     assert_user_error(proc, "unknown baseline method 'foo'")
-    proc = run_script("baselines.py", "--method", "mst", "--dataset", tiny_pair[0], "--epsilon", "0", timeout=120)
-    assert_user_error(proc, "--epsilon")
+    for spelling in ("--dp.epsilon", "--epsilon"):  # the fine-tune's spelling, and the old one as an alias
+        proc = run_script("baselines.py", "--method", "mst", "--dataset", tiny_pair[0], spelling, "0", timeout=120)
+        assert_user_error(proc, "--dp.epsilon 0")
 
 
 @pytest.fixture(scope="session")

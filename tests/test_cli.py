@@ -234,3 +234,17 @@ def test_a_bad_number_is_one_error_line_before_anything_is_written(tmp_path, scr
                       if script == "sweep.py" else "--checkpoints_path", str(tmp_path / "out"))
     assert_user_error(proc, f"invalid option {option}", fragment)
     assert not (tmp_path / "out").exists()
+
+
+def test_every_dp_release_takes_its_target_as_dp_epsilon_with_the_old_names_as_aliases():
+    from synther.baselines import TARGET_ALIASES, BaselineConfig
+    from synther.cli import parse
+    from synther.diffusion.synthesizer import DIFFUSION_ALIASES, DiffusionConfig
+
+    for config, aliases in ((DiffusionConfig, DIFFUSION_ALIASES), (BaselineConfig, TARGET_ALIASES)):
+        for flag in ("--dp.epsilon", "--epsilon"):
+            cfg = parse(config, "", [flag, "3", "--delta", "1e-7"], aliases)
+            assert (cfg.dp.epsilon, cfg.dp.delta) == (3.0, 1e-7)
+    paper = parse(DiffusionConfig, "", ["--dp_epsilon", "2", "--dp_max_grad_norm", "0.5", "--save_num_samples", "7",
+                                        "--datasets_name", "a,b"], DIFFUSION_ALIASES)
+    assert (paper.dp.epsilon, paper.dp.clip_norm, paper.num_samples, paper.public_datasets) == (2.0, 0.5, 7, "a,b")

@@ -67,8 +67,8 @@ def test_grid_expansion_counts_dependencies_and_commands(tmp_path):
             ) in cmd(f"finetune/{ft.name}")
     assert f"--mode sample --load_checkpoint {ft}/checkpoint.pt --num_samples 5000" in cmd(f"sample/{ft.name}")
     b = d / "baselines" / f"mst-{UMAZE}-eps1-seed0"
-    assert cmd(f"baseline/{b.name}").endswith(f"MuJoCo/baselines.py --method mst --dataset {UMAZE} --epsilon 1 "
-                                              f"--delta 1e-06 --num_samples 5000 --seed 0 --run_dir {b} "
+    assert cmd(f"baseline/{b.name}").endswith(f"MuJoCo/baselines.py --method mst --dataset {UMAZE} --dp.epsilon 1 "
+                                              f"--dp.delta 1e-06 --num_samples 5000 --seed 0 --run_dir {b} "
                                               f"--public_datasets pub-a,pub-b")  # bins and bounds from public data
     f = d / "evaluation" / f"fidelity-mst-{UMAZE}-eps1-seed0"
     assert cmd(f"fidelity/{f.name}").endswith(f"MuJoCo/marginal.py --real {UMAZE} --synthetic {b}/samples.npz "

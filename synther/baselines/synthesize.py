@@ -58,12 +58,21 @@ class GANConfig:
 
 
 @dataclass
+class PrivacyTarget:
+    epsilon: float = 10.0  # target ε (the whole release; the row count is treated as public); alias --epsilon
+    delta: float = 1e-6  # target δ (the DP fine-tune's default); alias --delta
+
+
+# every DP release is asked for its target as --dp.epsilon / --dp.delta (the diffusion fine-tune's spelling)
+TARGET_ALIASES = {"--epsilon": "--dp.epsilon", "--delta": "--dp.delta"}
+
+
+@dataclass
 class BaselineConfig:
     method: str = "mst"  # mst | aim | dpctgan | patectgan (smartnoise-synth)
     dataset: str = "ptr-maze2d-umaze-dense-v0"  # sensitive dataset: a registry name or a path
     public_datasets: str = ""  # comma-separated public datasets for bin edges and bounds; empty: config/diffusion/pairs.yaml's entry for --dataset
-    epsilon: float = 10.0  # target ε (the whole release; the row count is treated as public)
-    delta: float = 1e-6  # target δ (the DP fine-tune's default)
+    dp: PrivacyTarget = field(default_factory=PrivacyTarget)  # the release's (ε, δ) target
     num_samples: int = 100_000  # synthetic transitions to write
     seed: int = 0  # seeds the train/held-out split, sampling rows from the fitted model and the in-bin values; never the DP mechanisms (OS entropy, never saved)
     train_fraction: float = 0.8  # share of the sensitive set synthesized from; the rest is held out (as in the DP fine-tune)
@@ -78,24 +87,24 @@ class BaselineConfig:
 def run_dir(cfg: BaselineConfig) -> Path:
     if cfg.run_dir:
         return Path(cfg.run_dir)
-    return runs_root() / "baselines" / baseline_run_name(cfg.method, cfg.dataset, cfg.epsilon, cfg.seed)
+    return runs_root() / "baselines" / baseline_run_name(cfg.method, cfg.dataset, cfg.dp.epsilon, cfg.seed)
 
 
 def baseline_command(python: str, method: str, dataset: str, epsilon: float, delta: float, num_samples: int,
                      seed: int, run_dir: str | Path, public_datasets: list[str]) -> list[str]:
     """The command line of MuJoCo/baselines.py (BaselineConfig)."""
-    return [python, script("baselines.py"), "--method", method, "--dataset", dataset, "--epsilon", f"{epsilon:g}",
-            "--delta", f"{delta:g}", "--num_samples", str(num_samples), "--seed", str(seed), "--run_dir",
+    return [python, script("baselines.py"), "--method", method, "--dataset", dataset, "--dp.epsilon",
+            f"{epsilon:g}", "--dp.delta", f"{delta:g}", "--num_samples", str(num_samples), "--seed", str(seed), "--run_dir",
             str(run_dir), "--public_datasets", ",".join(public_datasets)]
 
 
 def validate(cfg: BaselineConfig) -> None:
     if cfg.method not in METHODS:
         raise UserError(f"unknown baseline method '{cfg.method}' (choose from: {', '.join(METHODS)})")
-    if not (math.isfinite(cfg.epsilon) and cfg.epsilon > 0):
-        raise UserError(f"--epsilon must be a positive finite number, got {cfg.epsilon}")
-    if not 0 < cfg.delta < 1:
-        raise UserError(f"--delta must be in (0, 1), got {cfg.delta}")
+    if not (math.isfinite(cfg.dp.epsilon) and cfg.dp.epsilon > 0):
+        raise UserError(f"--dp.epsilon must be a positive finite number, got {cfg.dp.epsilon}")
+    if not 0 < cfg.dp.delta < 1:
+        raise UserError(f"--dp.delta must be in (0, 1), got {cfg.dp.delta}")
     if cfg.num_samples <= 0:
         raise UserError(f"--num_samples must be positive, got {cfg.num_samples}")
     if not cfg.dataset:
@@ -198,13 +207,13 @@ def _fit_and_write(cfg: BaselineConfig, out_dir: Path, progress: bool) -> Path:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     np.savez(work / "input.npz", data=table)
-    spec = {"method": cfg.method, "epsilon": cfg.epsilon, "delta": cfg.delta, "seed": cfg.seed,
+    spec = {"method": cfg.method, "epsilon": cfg.dp.epsilon, "delta": cfg.dp.delta, "seed": cfg.seed,
             "num_samples": cfg.num_samples, "threads": cfg.threads, "params": prep.params,
             "input": str(work / "input.npz"), "output": str(work / "output.npz"), "info": str(work / "info.json"),
             **prep.column_spec}
     (work / "spec.json").write_text(json.dumps(spec))
     say(f"fitting in {python.parent.parent.name} ({table.shape[0]} rows x {table.shape[1]} columns, "
-        f"ε={cfg.epsilon:g}, δ={cfg.delta:g})")
+        f"ε={cfg.dp.epsilon:g}, δ={cfg.dp.delta:g})")
     start = time.time()
     _run_worker(python, work, progress)
     wall = time.time() - start
@@ -275,13 +284,13 @@ def _ledger(cfg: BaselineConfig, sensitive: TransitionDataset, train: Transition
         "split": f"sensitive.split(train_fraction={cfg.train_fraction}, seed={cfg.seed}) (the DP fine-tune's split)",
     }
     return {
-        "mechanism": cfg.method, "library": "smartnoise-synth", "target_epsilon": cfg.epsilon, "delta": cfg.delta,
+        "mechanism": cfg.method, "library": "smartnoise-synth", "target_epsilon": cfg.dp.epsilon, "delta": cfg.dp.delta,
         "epsilon_spent": acc["epsilon_spent"], "accountant": acc["accountant"], "accounting": acc,
         "neighbouring": "add/remove one transition of the sensitive train split",
         "sensitive_dataset": sensitive.name or cfg.dataset, "sensitive_train_rows": len(train),
         "sensitive_heldout_rows": len(heldout), "public_datasets": public, "statistics": statistics,
         "preprocessing_privacy_cost": 0.0, "randomness": _randomness(cfg, acc), "caveats": caveats,
-        "guarantee": f"({acc['epsilon_spent']:.4g}, {cfg.delta:g})-DP for each transition of "
+        "guarantee": f"({acc['epsilon_spent']:.4g}, {cfg.dp.delta:g})-DP for each transition of "
                      f"{sensitive.name or cfg.dataset} ({cfg.method}, {acc['accountant'].split(':')[0]})",
     }
 

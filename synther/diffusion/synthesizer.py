@@ -41,10 +41,10 @@ from synther.utils.tracking import WandbConfig
 
 @dataclass
 class DPConfig:
-    epsilon: float = 10.0  # target ε for the sensitive dataset (paper flag --dp_epsilon)
-    delta: float = 1e-6  # target δ (--dp_delta)
-    clip_norm: float = 1.0  # per-sample gradient clip norm C (--dp_max_grad_norm)
-    accountant: str = "rdp"  # privacy accountant: rdp or prv (--accountant)
+    epsilon: float = 10.0  # target ε for the sensitive dataset (aliases: --epsilon, the paper's --dp_epsilon)
+    delta: float = 1e-6  # target δ (aliases: --delta, --dp_delta)
+    clip_norm: float = 1.0  # per-sample gradient clip norm C (alias: the paper's --dp_max_grad_norm)
+    accountant: str = "rdp"  # privacy accountant: rdp or prv (alias: the paper's --accountant)
     clipping: str = "ghost"  # per-sample clipping backend: ghost (fast, ours), opacus_hooks or opacus_ghost
     noise_generator: str = "auto"  # Gaussian noise source: philox (our vectorized CPU kernel; torch's Philox on CUDA), torch, or auto (philox where the kernel builds)
     lora_rank: int = 0  # fine-tune low-rank adapters of this rank on every weight matrix instead of the weights themselves (0: all weights); fewer noisy coordinates per step
@@ -58,7 +58,7 @@ class DPConfig:
 @dataclass
 class DiffusionConfig:
     mode: str = "pretrain"  # pretrain | finetune | sample
-    public_datasets: str = ""  # pretrain: comma-separated public datasets, names or paths (paper: --datasets_name)
+    public_datasets: str = ""  # pretrain: comma-separated public datasets, names or paths (alias: the paper's --datasets_name)
     dataset: str = ""  # finetune: the sensitive dataset, a name or path (paper: --dataset)
     max_sensitive_rows: int = 0  # finetune: keep only this many sensitive rows (those with the smallest per-record coins, seeded by --seed) before the split; the guarantee is then stated for that subset (0: all)
     load_checkpoint: str = ""  # finetune: the pre-trained checkpoint; sample: the checkpoint to sample from
@@ -73,11 +73,18 @@ class DiffusionConfig:
     dp: DPConfig = field(default_factory=DPConfig)  # DP fine-tuning
     curiosity: CuriosityConfig = field(default_factory=CuriosityConfig)  # curiosity-driven pre-training (RND)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)  # sampler for mode=sample
-    num_samples: int = 100_000  # transitions to generate in mode=sample (paper: --save_num_samples)
+    num_samples: int = 100_000  # transitions to generate in mode=sample (alias: the paper's --save_num_samples)
     sample_batch: int = 10_000  # transitions per sampling batch
     reward_range: str = "public"  # sample: 'public' clips synthetic rewards to the public datasets' reward range (post-processing of public facts: no privacy cost), 'none' keeps them
     progress: bool = True  # show progress bars
     wandb: WandbConfig = field(default_factory=WandbConfig)  # opt-in copy of the training metrics to Weights & Biases
+
+
+# the paper repo's flags, and the (ε, δ) spelling every DP release also accepts (baselines.py's TARGET_ALIASES)
+DIFFUSION_ALIASES = {"--epsilon": "--dp.epsilon", "--delta": "--dp.delta", "--dp_epsilon": "--dp.epsilon",
+                     "--dp_delta": "--dp.delta", "--dp_max_grad_norm": "--dp.clip_norm",
+                     "--accountant": "--dp.accountant", "--datasets_name": "--public_datasets",
+                     "--save_num_samples": "--num_samples"}
 
 
 def _names(spec: str) -> list[str]:
