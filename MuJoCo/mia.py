@@ -6,7 +6,7 @@ experiment.
                      intervals, accountant ε) and mia_roc.png. --audit true also repeats that fine-tuning with
                      canaries inserted and writes audit.json: an empirical lower bound on ε beside the accountant's
                      and the largest bound --canaries allow (≈4.6 for 1000).
-  --mode experiment  PrivORL's setup: from a pre-trained --load_checkpoint, fine-tune on --members records of
+  --mode experiment  PrivORL's setup: from a --pretrained checkpoint, fine-tune on --members records of
                      --dataset (as many held out) without DP (long) and with DP at each --epsilons, attack all,
                      print one table (and audit each with --audit true). Finished runs are reused.
   --mode audit_dpsgd white-box audit of the DP-SGD step itself (no data, no checkpoint): gradient canaries, every
@@ -21,7 +21,7 @@ default they go under <runs root>/evaluation/, never into the checkpoint's folde
 
   python MuJoCo/mia.py --checkpoint runs/diffusion/finetune-ptr-maze2d-medium-dense-v0-eps10-seed0/checkpoint.pt
   python MuJoCo/mia.py --mode experiment --dataset ptr-maze2d-medium-dense-v0 --epsilons 1,10 \\
-      --load_checkpoint runs/diffusion/pretrain-...-seed0/checkpoint.pt --out_dir runs/mia/maze2d-medium
+      --pretrained runs/diffusion/pretrain-...-seed0/checkpoint.pt --out_dir runs/mia/maze2d-medium
   python MuJoCo/mia.py --mode audit_dpsgd --epsilons 1,2,4 --dpsgd.sample_rate 0.5 --dpsgd.steps 10
 """
 import sys
@@ -59,7 +59,7 @@ class MIAConfig:
     canaries: int = 1000  # audit (attack and experiment): canaries, each inserted with probability 1/2
     canary_radius: float = 2.0  # audit: canary distance from the public mean, in public standard deviations per dimension
     confidence: float = 0.95  # audit and audit_dpsgd: confidence of the ε lower bound
-    load_checkpoint: str = ""  # experiment: the pre-trained (public) checkpoint to fine-tune from
+    pretrained: str = ""  # experiment: the pre-trained (public) checkpoint to fine-tune from (alias --load_checkpoint)
     base_config: str = "config/diffusion/maze2d-quickstart.yaml"  # experiment: DiffusionConfig YAML for the fine-tuning runs
     epsilons: str = ""  # experiment: ε of the DP runs (default 1,10); audit_dpsgd: ε the audited DP-SGD is calibrated to (default 1,2,4)
     nodp_epochs: float = 1000.0  # experiment: epochs of the non-private run (long, so it over-fits as in the paper)
@@ -77,7 +77,7 @@ def _floats(spec: str, flag: str) -> tuple[float, ...]:
 
 
 def main() -> None:
-    cfg = parse(MIAConfig, description=__doc__)
+    cfg = parse(MIAConfig, description=__doc__, aliases={"--load_checkpoint": "--pretrained"})
     sigmas = _floats(cfg.sigmas, "sigmas")
     if not sigmas or min(sigmas) <= 0:
         raise UserError(f"--sigmas must be positive noise levels, got '{cfg.sigmas}'")
@@ -103,8 +103,8 @@ def main() -> None:
         print(format_table([result]))
         print(f"wrote {path}")
     elif cfg.mode == "experiment":
-        if not cfg.dataset or not cfg.load_checkpoint:
-            raise UserError("--mode experiment needs --dataset (sensitive) and --load_checkpoint (pre-trained)")
+        if not cfg.dataset or not cfg.pretrained:
+            raise UserError("--mode experiment needs --dataset (sensitive) and --pretrained (a public pre-trained checkpoint)")
         base_path = repo_path(cfg.base_config)
         if not base_path.exists():
             raise UserError(f"{cfg.base_config}: base config not found")
@@ -113,7 +113,7 @@ def main() -> None:
         out_dir = Path(cfg.out_dir) if cfg.out_dir else Path("runs/mia") / f"{Path(cfg.dataset).stem}-seed{cfg.seed}"
         epsilons = _floats(cfg.epsilons or "1,10", "epsilons")
         with FolderLock(out_dir, what="output folder"):  # its fine-tunes lock their own sub-folders too
-            rows = run_experiment(base, cfg.load_checkpoint, cfg.dataset, out_dir, cfg.members, epsilons,
+            rows = run_experiment(base, cfg.pretrained, cfg.dataset, out_dir, cfg.members, epsilons,
                                   cfg.nodp_epochs, settings, cfg.bootstrap, cfg.audit, cfg.canaries,
                                   cfg.canary_radius, cfg.confidence, cfg.progress)
         print(format_table(rows))

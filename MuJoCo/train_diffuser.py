@@ -1,8 +1,8 @@
 """Train the diffusion synthesizer and sample from it.
 
   --mode pretrain   EDM on the union of public datasets (no privacy needed; normalizer from public data)
-  --mode finetune   DP-SGD on the sensitive dataset to (--dp.epsilon, --dp.delta), from --load_checkpoint
-  --mode sample     --num_samples transitions from --load_checkpoint to samples.npz (+ samples.json ledger)
+  --mode finetune   DP-SGD on the sensitive dataset to (--dp.epsilon, --dp.delta), from --checkpoint
+  --mode sample     --num_samples transitions from --checkpoint to samples.npz (+ samples.json ledger)
 
 Each run writes checkpoint.pt, ledger.json and metrics.jsonl into its run folder and resumes if restarted.
 Options can also come from YAML: --config_path config/diffusion/maze2d-quickstart.yaml.
@@ -10,8 +10,8 @@ Options can also come from YAML: --config_path config/diffusion/maze2d-quickstar
 Example (maze2d-like, CPU, minutes):
   python MuJoCo/train_diffuser.py --mode pretrain --public_datasets ptr-maze2d-open-dense-v0,ptr-maze2d-umaze-dense-v0
   python MuJoCo/train_diffuser.py --mode finetune --dataset ptr-maze2d-medium-dense-v0 --dp.epsilon 10 \\
-      --load_checkpoint runs/diffusion/pretrain-ptr-maze2d-open-dense-v0+ptr-maze2d-umaze-dense-v0-seed0/checkpoint.pt
-  python MuJoCo/train_diffuser.py --mode sample --load_checkpoint runs/diffusion/finetune-...-eps10-seed0/checkpoint.pt
+      --checkpoint runs/diffusion/pretrain-ptr-maze2d-open-dense-v0+ptr-maze2d-umaze-dense-v0-seed0/checkpoint.pt
+  python MuJoCo/train_diffuser.py --mode sample --checkpoint runs/diffusion/finetune-...-eps10-seed0/checkpoint.pt
 """
 import sys
 from pathlib import Path

@@ -69,7 +69,7 @@ def test_pretraining_lowers_the_loss(pretrained, tmp_path):
 @pytest.mark.slow
 def test_finetune_meets_target_and_never_reads_sensitive_statistics(pretrained, tmp_path, data_dir):
     base, _, _ = load_model(pretrained)
-    out = finetune(config(tmp_path, "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained),
+    out = finetune(config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained),
                           dp=DPConfig(epsilon=5.0, delta=1e-5)))
     model, meta, ledger = load_model(out)
     # the normalizer is the public one, bit for bit
@@ -91,12 +91,12 @@ def test_finetune_meets_target_and_never_reads_sensitive_statistics(pretrained, 
                                   next_observations=shifted.next_observations * 100 + 1000)
     shifted.save(data_dir / "shifted.npz")
     out2 = finetune(config(tmp_path / "b", "finetune", dataset=str(data_dir / "shifted.npz"),
-                           load_checkpoint=str(pretrained)))
+                           checkpoint=str(pretrained)))
     torch.testing.assert_close(load_model(out2)[0].normalizer.mean, base.normalizer.mean, rtol=0, atol=0)
 
 
 def test_dp_normalizer_is_charged_to_the_budget(pretrained, tmp_path):
-    out = finetune(config(tmp_path, "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained),
+    out = finetune(config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained),
                           dp=DPConfig(epsilon=8.0, delta=1e-5, normalizer="dp", normalizer_noise_multiplier=20.0)))
     model, meta, ledger = load_model(out)
     assert meta["normalizer_source"]["kind"] == "dp" and len(ledger.prior_mechanisms) == 1
@@ -117,7 +117,7 @@ def test_dp_normalizer_is_charged_to_the_budget(pretrained, tmp_path):
 
 @pytest.mark.slow
 def test_resume_after_kill_continues_the_privacy_ledger(pretrained, tmp_path, monkeypatch):
-    cfg = config(tmp_path, "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained), dp=DPConfig(epsilon=3.0))
+    cfg = config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), dp=DPConfig(epsilon=3.0))
     reference = finetune(dataclasses.replace(cfg, run_dir=str(tmp_path / "uninterrupted")))
     original = DiffusionTrainer._train_step
     calls = {"n": 0}
@@ -161,7 +161,7 @@ def test_cosine_learning_rate_is_a_function_of_the_step_and_resumes_with_it(pret
         return out
 
     monkeypatch.setattr(DiffusionTrainer, "_train_step", recording_step)
-    cfg = config(tmp_path, "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained), dp=DPConfig(epsilon=3.0))
+    cfg = config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), dp=DPConfig(epsilon=3.0))
     cfg.train = dataclasses.replace(cfg.train, lr=1e-3, lr_decay="cosine")
     finetune(dataclasses.replace(cfg, run_dir=str(tmp_path / "whole")))
     expected = [0.5 * 1e-3 * (1 + math.cos(math.pi * t / 40)) for t in range(40)]
@@ -178,7 +178,7 @@ def test_cosine_learning_rate_is_a_function_of_the_step_and_resumes_with_it(pret
 
 
 def test_samples_npz_has_d4rl_keys_bounds_and_ledger(pretrained, tmp_path):
-    cfg = config(tmp_path, "sample", load_checkpoint=str(pretrained), num_samples=500, sample_batch=200,
+    cfg = config(tmp_path, "sample", checkpoint=str(pretrained), num_samples=500, sample_batch=200,
                  sampler=SamplerConfig(name="dpm2m", steps=8))
     out = sample(cfg)
     with np.load(out) as f:
@@ -226,7 +226,7 @@ def test_rewards_are_clipped_to_the_public_range_and_the_release_says_so(pretrai
     with pytest.raises(UserError, match="reward_range"):
         syn.sample(4, SamplerConfig(name="euler", steps=4), reward_range="sensitive")
     monkeypatch.setattr(Synthesizer, "load", classmethod(lambda cls, path, device="auto": syn))
-    out = sample(config(tmp_path, "sample", load_checkpoint=str(pretrained), num_samples=50,
+    out = sample(config(tmp_path, "sample", checkpoint=str(pretrained), num_samples=50,
                         sampler=SamplerConfig(name="euler", steps=4)))
     side = json.loads(out.with_suffix(".json").read_text())
     assert "rewards clipped" in side["privacy_ledger"]["statistics"]["sample_postprocessing"]
@@ -235,7 +235,7 @@ def test_rewards_are_clipped_to_the_public_range_and_the_release_says_so(pretrai
 def test_guidance_by_the_public_model_only_and_said_in_the_release(pretrained, tmp_path):
     from synther.diffusion.edm import _Guided
 
-    ft = finetune(config(tmp_path, "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained), steps=20,
+    ft = finetune(config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=20,
                          dp=DPConfig(epsilon=5.0)))
     syn = Synthesizer.load(ft, device="cpu")
     plain = syn.sample(300, SamplerConfig(name="dpm2m", steps=6), seed=1)
@@ -264,16 +264,16 @@ def test_guidance_by_the_public_model_only_and_said_in_the_release(pretrained, t
 
 
 def test_noise_multiplicity_fine_tunes_under_the_same_guarantee(pretrained, tmp_path):
-    out = finetune(config(tmp_path, "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained), steps=20,
+    out = finetune(config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=20,
                           dp=DPConfig(epsilon=5.0, draws_per_record=3)))
-    one = finetune(config(tmp_path / "k1", "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained), steps=20,
+    one = finetune(config(tmp_path / "k1", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=20,
                           dp=DPConfig(epsilon=5.0)))
     ledger, ref = (json.loads((p.parent / "ledger.json").read_text()) for p in (out, one))
     # K draws per record change the variance of each record's gradient, not its sensitivity: the same σ and ε
     assert ledger["noise_multiplier"] == ref["noise_multiplier"] and ledger["steps_taken"] == 20
     assert "3 diffusion draws" in ledger["statistics"]["noise_multiplicity"]
     with pytest.raises(UserError, match="draws_per_record"):
-        finetune(config(tmp_path / "k0", "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained),
+        finetune(config(tmp_path / "k0", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained),
                         dp=DPConfig(draws_per_record=0)))
 
 
@@ -298,7 +298,7 @@ def test_adapters_start_from_the_pretrained_model_and_merge_back_exactly(pretrai
 
 
 def test_dp_fine_tuning_of_adapters_only_noises_them_and_loads_as_the_plain_model(pretrained, tmp_path):
-    out = finetune(config(tmp_path, "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained), steps=20,
+    out = finetune(config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=20,
                           dp=DPConfig(epsilon=5.0, lora_rank=4)))
     ledger = json.loads((out.parent / "ledger.json").read_text())
     assert "rank-4 adapters" in ledger["statistics"]["trained_parameters"]
@@ -351,20 +351,20 @@ def test_pipeline_errors_are_user_errors(pretrained, tmp_path):
     with pytest.raises(UserError, match="public_datasets"):
         pretrain(config(tmp_path, "pretrain"))
     with pytest.raises(UserError, match="ε"):
-        finetune(config(tmp_path, "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained),
+        finetune(config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained),
                         dp=DPConfig(epsilon=0.0)))
     with pytest.raises(UserError, match="unknown noise generator"):
-        finetune(config(tmp_path, "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained),
+        finetune(config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained),
                         dp=DPConfig(noise_generator="mt19937")))
     with pytest.raises(UserError, match="checkpoint not found"):
-        finetune(config(tmp_path, "finetune", dataset=SENSITIVE, load_checkpoint=str(tmp_path / "none.pt")))
+        finetune(config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(tmp_path / "none.pt")))
     with pytest.raises(UserError, match="unknown sampler"):
         Synthesizer.load(pretrained, device="cpu").sample(4, SamplerConfig(name="ddim"))
 
 
 @pytest.mark.slow
 def test_dp_randomness_is_secret_and_metrics_hold_no_private_statistics(pretrained, tmp_path):
-    cfg = config(tmp_path, "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained), dp=DPConfig(epsilon=5.0))
+    cfg = config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), dp=DPConfig(epsilon=5.0))
     a = finetune(dataclasses.replace(cfg, run_dir=str(tmp_path / "a")))
     b = finetune(dataclasses.replace(cfg, run_dir=str(tmp_path / "b")))
     # same --seed, yet different noise and batches: the DP randomness cannot be replayed from the seed

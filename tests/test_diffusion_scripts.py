@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow  # subprocess pipelines of train_diffuser.py and i
 def test_help_maps_the_paper_flags():
     out = run_script("train_diffuser.py", "--help").stdout
     for option in ("--mode", "--dataset", "--public_datasets", "--dp.epsilon", "--dp.delta", "--dp.clip_norm",
-                   "--dp.accountant", "--curiosity.rate", "--num_samples", "--load_checkpoint", "--sampler.name",
+                   "--dp.accountant", "--curiosity.rate", "--num_samples", "--checkpoint", "--sampler.name",
                    "--profile", "--device", "--train.epochs", "--dp.clipping", "--dp.normalizer"):
         assert option in out, option
     assert "--dp_epsilon" in out and "--curiosity_driven_rate" in out  # the paper's names appear in the help
@@ -20,10 +20,10 @@ def test_help_maps_the_paper_flags():
 
 @pytest.mark.parametrize("args, fragment", [
     (("--mode", "train"), "unknown --mode"),
-    (("--mode", "finetune", "--dataset", "x.npz", "--load_checkpoint", "nope.pt"), "checkpoint not found"),
-    (("--mode", "finetune", "--dp.epsilon", "-1", "--dataset", "x", "--load_checkpoint", "y"), "invalid option --dp.epsilon"),
+    (("--mode", "finetune", "--dataset", "x.npz", "--checkpoint", "nope.pt"), "checkpoint not found"),
+    (("--mode", "finetune", "--dp.epsilon", "-1", "--dataset", "x", "--checkpoint", "y"), "invalid option --dp.epsilon"),
     (("--mode", "pretrain"), "--public_datasets"),
-    (("--mode", "sample", "--load_checkpoint", "README.md"), "not a readable checkpoint"),
+    (("--mode", "sample", "--checkpoint", "README.md"), "not a readable checkpoint"),
 ])
 def test_bad_input_exits_2_with_one_line(args, fragment):
     assert_user_error(run_script("train_diffuser.py", *args), fragment)

@@ -214,7 +214,7 @@ def test_every_output_folder_refuses_a_second_writer(data, tmp_path):
     assert made.returncode == 0, made.stderr
     out = tmp_path / "out"
     commands = {
-        "sample": ("train_diffuser.py", "--mode", "sample", "--load_checkpoint", str(pre / "checkpoint.pt"),
+        "sample": ("train_diffuser.py", "--mode", "sample", "--checkpoint", str(pre / "checkpoint.pt"),
                    "--run_dir", str(out), "--num_samples", "100", "--progress", "false"),
         "fidelity": ("marginal.py", "--real", UMAZE, "--synthetic", str(data["samples"]["a"]), "--out_dir", str(out),
                      "--plot", "false"),
@@ -238,6 +238,6 @@ def test_every_output_folder_refuses_a_second_writer(data, tmp_path):
     junk = tmp_path / "junk" / "checkpoint.pt"  # a bad checkpoint is refused before its folder is locked or written
     junk.parent.mkdir()
     junk.write_bytes(b"junk")
-    assert_user_error(run_script("train_diffuser.py", "--mode", "sample", "--load_checkpoint", str(junk)),
+    assert_user_error(run_script("train_diffuser.py", "--mode", "sample", "--checkpoint", str(junk)),
                       "not a readable checkpoint")
     assert [p.name for p in junk.parent.iterdir()] == ["checkpoint.pt"]

@@ -55,18 +55,18 @@ def pretrained(data_dir, tmp_path_factory):
 
 # --- §0: the ledger carries the whole history -------------------------------------------------------------------
 def test_a_non_private_fine_tune_can_never_be_laundered_into_a_private_one(pretrained, tmp_path):
-    leaked = finetune(config(tmp_path / "nodp", "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained),
+    leaked = finetune(config(tmp_path / "nodp", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained),
                              dp=DPConfig(enabled=False)))
     with pytest.raises(UserError, match="without DP"):
-        finetune(config(tmp_path / "again", "finetune", dataset=SENSITIVE, load_checkpoint=str(leaked),
+        finetune(config(tmp_path / "again", "finetune", dataset=SENSITIVE, checkpoint=str(leaked),
                         dp=DPConfig(epsilon=1.0)))
     # even on another sensitive set: the model still carries the first one's records
     with pytest.raises(UserError, match="without DP"):
         finetune(config(tmp_path / "other", "finetune", dataset="ptr-maze2d-large-dense-v0",
-                        load_checkpoint=str(leaked), dp=DPConfig(epsilon=1.0)))
+                        checkpoint=str(leaked), dp=DPConfig(epsilon=1.0)))
     # a labelled non-private run from it stays labelled, naming the data it leaks
     ref = finetune(config(tmp_path / "ref", "finetune", dataset="ptr-maze2d-large-dense-v0",
-                          load_checkpoint=str(leaked), dp=DPConfig(enabled=False)))
+                          checkpoint=str(leaked), dp=DPConfig(enabled=False)))
     ledger = load_model(ref)[2]
     assert not ledger.private and ledger.epsilon_spent() == math.inf
     assert SENSITIVE in ledger.describe() and [u["use"] for u in ledger.data_uses] == ["public", "non-private",
@@ -75,10 +75,10 @@ def test_a_non_private_fine_tune_can_never_be_laundered_into_a_private_one(pretr
 
 @pytest.mark.slow
 def test_fine_tuning_a_dp_fine_tune_composes_its_ledger(pretrained, tmp_path):
-    first = finetune(config(tmp_path / "first", "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained),
+    first = finetune(config(tmp_path / "first", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained),
                             dp=DPConfig(epsilon=2.0, delta=1e-5)))
     first_ledger = load_model(first)[2]
-    second = finetune(config(tmp_path / "second", "finetune", dataset=SENSITIVE, load_checkpoint=str(first),
+    second = finetune(config(tmp_path / "second", "finetune", dataset=SENSITIVE, checkpoint=str(first),
                              dp=DPConfig(epsilon=3.0, delta=1e-5)))
     ledger = load_model(second)[2]
     assert len(ledger.prior_mechanisms) == 1 and len(ledger.history()) == 2
@@ -93,10 +93,10 @@ def test_fine_tuning_a_dp_fine_tune_composes_its_ledger(pretrained, tmp_path):
     assert ledger.data_uses[2]["datasets"][0]["sha256"] == sha
     # a target the history has already spent is refused
     with pytest.raises(UserError, match="already spent"):
-        finetune(config(tmp_path / "third", "finetune", dataset=SENSITIVE, load_checkpoint=str(second),
+        finetune(config(tmp_path / "third", "finetune", dataset=SENSITIVE, checkpoint=str(second),
                         dp=DPConfig(epsilon=2.0, delta=1e-5)))
     # samples.json shows the whole history
-    out = sample(dataclasses.replace(config(tmp_path / "second", "sample", load_checkpoint=str(second)),
+    out = sample(dataclasses.replace(config(tmp_path / "second", "sample", checkpoint=str(second)),
                                      num_samples=50))
     side = json.loads(out.with_suffix(".json").read_text())["privacy_ledger"]
     assert [u["use"] for u in side["data_uses"]] == ["public", "dp", "dp"]
@@ -106,7 +106,7 @@ def test_fine_tuning_a_dp_fine_tune_composes_its_ledger(pretrained, tmp_path):
 
 def test_a_public_pretraining_set_cannot_be_fine_tuned_on_as_sensitive(pretrained, tmp_path):
     with pytest.raises(UserError, match="PUBLIC"):
-        finetune(config(tmp_path, "finetune", dataset="ptr-maze2d-open-dense-v0", load_checkpoint=str(pretrained)))
+        finetune(config(tmp_path, "finetune", dataset="ptr-maze2d-open-dense-v0", checkpoint=str(pretrained)))
 
 
 def _kill_after_first_checkpoint(cmd: list[str], run_dir: Path) -> None:
@@ -129,7 +129,7 @@ def test_a_killed_fine_tune_does_not_resume_on_another_dataset(pretrained, tmp_p
     other.save(data_dir / "same-size.npz")
     run_dir = tmp_path / "ft"
     cmd = [sys.executable, "MuJoCo/train_diffuser.py", "--mode", "finetune", "--dataset", SENSITIVE,
-           "--load_checkpoint", str(pretrained), "--run_dir", str(run_dir), "--width", "32", "--depth", "2",
+           "--checkpoint", str(pretrained), "--run_dir", str(run_dir), "--width", "32", "--depth", "2",
            "--train.max_steps", "400", "--train.batch_size", "64", "--train.checkpoint_every", "20",
            "--progress", "false", "--dp.epsilon", "5"]
     _kill_after_first_checkpoint(cmd, run_dir)
@@ -170,10 +170,10 @@ def test_the_ledger_adds_the_noise_tail_to_delta():
 def test_a_run_whose_noise_tail_is_not_negligible_is_refused(pretrained, tmp_path):
     # ε = 1e5 needs σ so small that the capped tail would dominate δ
     with pytest.raises(UserError, match="tail"):
-        finetune(config(tmp_path, "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained),
+        finetune(config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained),
                         dp=DPConfig(epsilon=1e5)))
     assert not (tmp_path / "checkpoint.pt").exists()
-    out = finetune(config(tmp_path / "ok", "finetune", dataset=SENSITIVE, load_checkpoint=str(pretrained),
+    out = finetune(config(tmp_path / "ok", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained),
                           dp=DPConfig(epsilon=10.0)))
     ledger = load_model(out)[2]
     assert ledger.noise_z_max >= 8.5 and 0 < ledger.delta_tail() < 1e-3 * ledger.delta
@@ -184,9 +184,9 @@ def test_a_run_whose_noise_tail_is_not_negligible_is_refused(pretrained, tmp_pat
 @pytest.mark.slow
 def test_the_dp_normalizer_noise_is_not_derivable_from_the_seed(pretrained, tmp_path):
     dp = DPConfig(epsilon=8.0, delta=1e-5, normalizer="dp", normalizer_noise_multiplier=20.0)
-    a = finetune(config(tmp_path / "a", "finetune", steps=10, dataset=SENSITIVE, load_checkpoint=str(pretrained),
+    a = finetune(config(tmp_path / "a", "finetune", steps=10, dataset=SENSITIVE, checkpoint=str(pretrained),
                         dp=dp))
-    b = finetune(config(tmp_path / "b", "finetune", steps=10, dataset=SENSITIVE, load_checkpoint=str(pretrained),
+    b = finetune(config(tmp_path / "b", "finetune", steps=10, dataset=SENSITIVE, checkpoint=str(pretrained),
                         dp=dp))
     mean_a, mean_b = load_model(a)[0].normalizer.mean, load_model(b)[0].normalizer.mean
     assert not np.allclose(mean_a.numpy(), mean_b.numpy())  # same --seed, different noise

@@ -110,7 +110,7 @@ def overfit(pretrained, tmp_path_factory, data_dir):
     with pytest.MonkeyPatch.context() as env:  # set for this fixture only, restored after
         env.setenv("PRIVTRANR_DATA_DIR", str(data_dir))
         cfg = tiny(tmp_path_factory.mktemp("nodp"), "finetune", 5000, dataset=SENSITIVE,
-                   load_checkpoint=str(pretrained), max_sensitive_rows=128,
+                   checkpoint=str(pretrained), max_sensitive_rows=128,
                    dp=DPConfig(enabled=False, train_fraction=0.5))
         return cfg, finetune(cfg)
 

@@ -62,10 +62,10 @@ def test_grid_expansion_counts_dependencies_and_commands(tmp_path):
     d = tmp_path
     ft = d / "diffusion" / f"finetune-{UMAZE}-eps10-seed1"
     assert by_id[f"finetune/{ft.name}"].deps == ["pretrain/pretrain-pub-a+pub-b-seed1"]
-    assert (f"--mode finetune --dataset {UMAZE} --dp.epsilon 10 --dp.delta 1e-06 --load_checkpoint "
+    assert (f"--mode finetune --dataset {UMAZE} --dp.epsilon 10 --dp.delta 1e-06 --checkpoint "
             f"{d}/diffusion/pretrain-pub-a+pub-b-seed1/checkpoint.pt --seed 1 --run_dir {ft}"
             ) in cmd(f"finetune/{ft.name}")
-    assert f"--mode sample --load_checkpoint {ft}/checkpoint.pt --num_samples 5000" in cmd(f"sample/{ft.name}")
+    assert f"--mode sample --checkpoint {ft}/checkpoint.pt --num_samples 5000" in cmd(f"sample/{ft.name}")
     b = d / "baselines" / f"mst-{UMAZE}-eps1-seed0"
     assert cmd(f"baseline/{b.name}").endswith(f"MuJoCo/baselines.py --method mst --dataset {UMAZE} --dp.epsilon 1 "
                                               f"--dp.delta 1e-06 --num_samples 5000 --seed 0 --run_dir {b} "

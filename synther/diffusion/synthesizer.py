@@ -61,7 +61,7 @@ class DiffusionConfig:
     public_datasets: str = ""  # pretrain: comma-separated public datasets, names or paths (alias: the paper's --datasets_name)
     dataset: str = ""  # finetune: the sensitive dataset, a name or path (paper: --dataset)
     max_sensitive_rows: int = 0  # finetune: keep only this many sensitive rows (those with the smallest per-record coins, seeded by --seed) before the split; the guarantee is then stated for that subset (0: all)
-    load_checkpoint: str = ""  # finetune: the pre-trained checkpoint; sample: the checkpoint to sample from
+    checkpoint: str = ""  # finetune: the pre-trained checkpoint; sample: the checkpoint to sample from (alias: the paper's --load_checkpoint)
     run_dir: str = ""  # output folder; default runs/diffusion/<mode>-<dataset>[-eps<ε>]-seed<seed> ($PRIVTRANR_RUNS_DIR replaces runs/); sample: the checkpoint's folder
     seed: int = 0  # seeds torch, numpy and the data split (never the DP mechanisms' randomness, which comes from OS entropy)
     device: str = "auto"  # auto (CUDA when available), cpu or cuda
@@ -84,7 +84,7 @@ class DiffusionConfig:
 DIFFUSION_ALIASES = {"--epsilon": "--dp.epsilon", "--delta": "--dp.delta", "--dp_epsilon": "--dp.epsilon",
                      "--dp_delta": "--dp.delta", "--dp_max_grad_norm": "--dp.clip_norm",
                      "--accountant": "--dp.accountant", "--datasets_name": "--public_datasets",
-                     "--save_num_samples": "--num_samples"}
+                     "--save_num_samples": "--num_samples", "--load_checkpoint": "--checkpoint"}
 
 
 def _names(spec: str) -> list[str]:
@@ -95,7 +95,7 @@ def default_run_dir(cfg: DiffusionConfig) -> Path:
     if cfg.run_dir:
         return Path(cfg.run_dir)
     if cfg.mode == "sample":
-        return Path(cfg.load_checkpoint).parent
+        return Path(cfg.checkpoint).parent
     data = public_tag(_names(cfg.public_datasets)) if cfg.mode == "pretrain" else dataset_tag(cfg.dataset)
     return runs_root() / "diffusion" / diffusion_run_name(cfg.mode, data, cfg.seed, cfg.dp.epsilon, cfg.dp.enabled)
 
@@ -192,10 +192,10 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
         raise UserError(f"dp.normalizer must be 'public' or 'dp', got '{dp.normalizer}'")
     if not cfg.dataset:
         raise UserError("finetune needs --dataset (the sensitive dataset)")
-    if not cfg.load_checkpoint:
-        raise UserError("finetune needs --load_checkpoint (a model pre-trained on public data)")
+    if not cfg.checkpoint:
+        raise UserError("finetune needs --checkpoint (a model pre-trained on public data)")
     device = resolve_device(cfg.device)
-    model, meta, base_ledger = load_model(cfg.load_checkpoint, device)
+    model, meta, base_ledger = load_model(cfg.checkpoint, device)
     if dp.lora_rank:
         add_adapters(model.net, dp.lora_rank)
     sensitive = load_dataset(cfg.dataset)
@@ -209,7 +209,7 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
     if extra_train_rows is not None:
         x = np.concatenate([x, np.asarray(extra_train_rows, dtype=x.dtype)])
     layout = TransitionLayout(meta["obs_dim"], meta["action_dim"])
-    prior = _earlier_mechanisms(base_ledger, cfg.load_checkpoint)
+    prior = _earlier_mechanisms(base_ledger, cfg.checkpoint)
     statistics = dict(base_ledger.statistics)
     if dp.normalizer == "dp" and dp.enabled:
         pad = 0.1 * (np.asarray(meta["public_max"]) - np.asarray(meta["public_min"]))
@@ -236,10 +236,10 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
     if 0 < cfg.max_sensitive_rows < identity["rows"]:
         name += f" (its {sensitive.size}-row subset selected by per-record coins, seed {cfg.seed})"
     run_dir = default_run_dir(cfg)
-    base_sha = file_sha256(cfg.load_checkpoint)
-    uses = _inherited_uses(base_ledger, cfg.load_checkpoint) + [{
+    base_sha = file_sha256(cfg.checkpoint)
+    uses = _inherited_uses(base_ledger, cfg.checkpoint) + [{
         "phase": "finetune", "use": "dp" if dp.enabled else "non-private", "datasets": [identity],
-        "rows_trained": len(x), "run": str(run_dir), "started_from": {"checkpoint": str(cfg.load_checkpoint),
+        "rows_trained": len(x), "run": str(run_dir), "started_from": {"checkpoint": str(cfg.checkpoint),
                                                                       "sha256": base_sha}}]
     common = dict(sensitive_dataset=name, sensitive_train_rows=len(x), sensitive_heldout_rows=len(heldout),
                   public_datasets=base_ledger.public_datasets, data_uses=uses, prior_mechanisms=prior)
@@ -268,7 +268,7 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
         settings = None
     meta = {**meta, "phase": "finetune", "normalizer_source": model.normalizer.source,
             "sensitive_dataset": ledger.sensitive_dataset, "sensitive_spec": str(cfg.dataset), "split_seed": cfg.seed,
-            "train_fraction": dp.train_fraction, "pretrained_from": str(cfg.load_checkpoint),
+            "train_fraction": dp.train_fraction, "pretrained_from": str(cfg.checkpoint),
             "extra_train_rows": 0 if extra_train_rows is None else len(extra_train_rows),
             "config": asdict(cfg), "versions": package_versions(), "lora_rank": dp.lora_rank,
             # what a resumed run must match: the data trained on and the checkpoint started from
@@ -283,12 +283,12 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
 def _check_history(base: PrivacyLedger, identity: dict[str, Any], cfg: DiffusionConfig) -> None:
     """Refuse fine-tunes whose guarantee could not hold given what the starting checkpoint has already seen."""
     if cfg.dp.enabled and not base.private:
-        raise UserError(f"{cfg.load_checkpoint} was trained on sensitive data without DP ({base.describe()}); "
+        raise UserError(f"{cfg.checkpoint} was trained on sensitive data without DP ({base.describe()}); "
                         "nothing trained from it is private. Start from a checkpoint that never saw sensitive data "
                         "without DP, or pass --dp.enabled false for a run labelled non-private")
     for use in base.data_uses:
         if use.get("use") == "public" and any(d.get("sha256") == identity["sha256"] for d in use.get("datasets", [])):
-            raise UserError(f"{cfg.dataset} was used as PUBLIC data when {cfg.load_checkpoint} was pre-trained: "
+            raise UserError(f"{cfg.dataset} was used as PUBLIC data when {cfg.checkpoint} was pre-trained: "
                             "it cannot be fine-tuned on as sensitive data; pre-train without it")
 
 
@@ -433,9 +433,9 @@ class Synthesizer:
 
 
 def sample(cfg: DiffusionConfig) -> Path:
-    if not cfg.load_checkpoint:
-        raise UserError("sample needs --load_checkpoint")
-    syn = Synthesizer.load(cfg.load_checkpoint, cfg.device)  # a bad checkpoint is refused before any folder is touched
+    if not cfg.checkpoint:
+        raise UserError("sample needs --checkpoint")
+    syn = Synthesizer.load(cfg.checkpoint, cfg.device)  # a bad checkpoint is refused before any folder is touched
     out = default_run_dir(cfg) / "samples.npz"
     # the folder's lock: no sampling from a run still training there, no two samplers writing one file
     with FolderLock(out.parent):

@@ -136,7 +136,10 @@ def finetune_config(checkpoint: str | Path) -> DiffusionConfig:
     if meta.get("phase") != "finetune" or "config" not in meta:
         raise UserError(f"{checkpoint}: not a fine-tuned checkpoint with a recorded configuration (attack a model "
                         "fine-tuned on sensitive data; checkpoints from before this version lack the record)")
-    return pyrallis.decode(DiffusionConfig, meta["config"])
+    config = dict(meta["config"])
+    if "load_checkpoint" in config:  # recorded before the option became --checkpoint
+        config["checkpoint"] = config.pop("load_checkpoint")
+    return pyrallis.decode(DiffusionConfig, config)
 
 
 def member_split(cfg: DiffusionConfig, count: int, seed: int, dataset: str = "") -> tuple[np.ndarray, np.ndarray]:
@@ -174,7 +177,7 @@ def run_audit(cfg: DiffusionConfig, out_dir: str | Path, canaries: int = 1000, r
     and return the one-run ε lower bound beside the audit run's accountant ε. Writes <out_dir>/audit.json."""
     start = time.time()
     out_dir = Path(out_dir)
-    pretrained, _, _ = load_model(cfg.load_checkpoint, "cpu")  # its public normalizer places the canaries
+    pretrained, _, _ = load_model(cfg.checkpoint, "cpu")  # its public normalizer places the canaries
     rng = np.random.default_rng([cfg.seed, 0xA0D17])
     x = make_canaries(pretrained.normalizer.mean.numpy(), pretrained.normalizer.std.numpy(), canaries, radius, rng)
     inserted = rng.random(canaries) < 0.5
@@ -238,7 +241,7 @@ def run_experiment(base: DiffusionConfig, pretrained: str, dataset: str, out_dir
         tag = "nodp" if eps is None else eps_tag(eps)
         dp = dataclasses.replace(base.dp, enabled=eps is not None, epsilon=eps or base.dp.epsilon, train_fraction=0.5)
         train = base.train if eps is not None else dataclasses.replace(base.train, epochs=nodp_epochs, max_steps=0)
-        cfg = dataclasses.replace(base, mode="finetune", dataset=dataset, load_checkpoint=str(pretrained),
+        cfg = dataclasses.replace(base, mode="finetune", dataset=dataset, checkpoint=str(pretrained),
                                   max_sensitive_rows=2 * members, dp=dp, train=train,
                                   run_dir=str(out_dir / f"finetune-{tag}"), progress=progress)
         start = time.time()

@@ -100,7 +100,7 @@ def plan(cfg: SweepConfig) -> list[Job]:
 
     def sample_job(model_dir: Path, out_dir: Path, dep: str, labels: dict[str, Any]) -> Job:
         return Job(f"sample/{out_dir.name}", "sample", out_dir, diffusion("sample", [
-            "--load_checkpoint", str(model_dir / "checkpoint.pt"), *num_samples, "--seed", str(labels["seed"]),
+            "--checkpoint", str(model_dir / "checkpoint.pt"), *num_samples, "--seed", str(labels["seed"]),
             "--run_dir", str(out_dir)]), [dep], outputs=("samples.npz",), labels=labels, **_res(cfg, "sample"))
 
     for seed in cfg.seeds:
@@ -123,7 +123,7 @@ def plan(cfg: SweepConfig) -> list[Job]:
                 privacy = ["--dp.epsilon", f"{eps:g}", "--dp.delta", f"{cfg.delta:g}"] if private else \
                     ["--dp.enabled", "false"]
                 ft = add(Job(f"finetune/{ft_dir.name}", "finetune", ft_dir, diffusion("finetune", [
-                    "--dataset", dataset_arg(ds), *privacy, "--load_checkpoint", str(pre.run_dir / "checkpoint.pt"),
+                    "--dataset", dataset_arg(ds), *privacy, "--checkpoint", str(pre.run_dir / "checkpoint.pt"),
                     "--seed", str(seed), "--run_dir", str(ft_dir), "--train.epochs", f"{budgets.finetune_epochs:g}"]),
                     [pre.id], outputs=("checkpoint.pt",), labels=labels, finished=training_finished,
                     **_res(cfg, "finetune")))
