@@ -38,6 +38,9 @@ script resumes from its own checkpoint) and the same under any executor. Its std
     evaluation/mia-privtranr-<dataset>-eps<ε>-seed<s>/mia.json (+ audit.json)
     sweep_state.json                                       every job's last status, exit code, log tail, attempts
 
+Every job's folder also gets run.json: per job kind, its labels (dataset, method, ε, seed, agent, the data it read),
+which synther.report reads (synther.layout names the folders and writes and reads these files).
+
 Executors: `LocalExecutor` (a pool of CPU slots, default the number of cores; each job gets OMP_NUM_THREADS = its
 cpus) and `RayExecutor` (one remote task per job with num_cpus/num_gpus; the driver launches a job once its
 dependencies have succeeded). Under Ray, every node must have the repository and the Python environment at the same
