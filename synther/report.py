@@ -40,6 +40,7 @@ _EVAL_NAME = re.compile(
     r"^(?P<kind>fidelity|mia)-(?P<method>[^-]+)-(?P<dataset>.+?)(?:-eps(?P<eps>[^-]+))?-seed(?P<seed>\d+)$")
 _RUNG = "|".join(LADDER)
 _SEED = re.compile(r"-seed(\d+)$")
+_LABELS = ("dataset", "method", "epsilon", "seed")  # what a run.json entry must give to label a run
 
 
 @dataclass
@@ -156,7 +157,7 @@ def collect(runs_dir: str | Path, score: str = "last_k") -> Results:
                 res.skipped.append(f"{path}: not an agent summary")
             continue
         recorded = read_run_labels(path.parent, "agent")
-        if recorded is not None:
+        if recorded is not None and {"method", "epsilon", "seed"} <= recorded.keys():
             method, eps, seed = recorded["method"], _float(recorded["epsilon"]), recorded["seed"]
         else:
             method, eps, seed = _agent_labels(path.parent.name, s)
@@ -172,7 +173,7 @@ def collect(runs_dir: str | Path, score: str = "last_k") -> Results:
             if data is None:
                 continue
             recorded = read_run_labels(path.parent, kind)
-            labels = ({k: recorded[k] for k in ("dataset", "method", "epsilon", "seed")} if recorded is not None
+            labels = ({k: recorded[k] for k in _LABELS} if recorded is not None and set(_LABELS) <= recorded.keys()
                       else _eval_labels(path.parent, data))
             if labels is None:
                 res.skipped.append(f"{path}: cannot tell its dataset and method (folder {path.parent.name})")

@@ -209,3 +209,8 @@ def test_run_json_labels_win_over_folder_names(tmp_path):
     (r / "evaluation" / "scores" / "run.json").unlink()
     res = collect(r)
     assert res.agents[0].method == "synthetic" and not res.fidelity and res.skipped
+    # an entry that lacks labels (hand-edited, foreign) is not trusted: the folder name labels the run
+    _agent(r, f"td3_bc-{D}-eps10-seed2", "td3_bc", 2, 30.0, 10.0, "synthetic")
+    write_run_labels(r / "agents" / f"td3_bc-{D}-eps10-seed2", "agent", {"seed": 9})
+    run = next(a for a in collect(r).agents if a.score == 30.0)
+    assert (run.method, run.epsilon, run.seed) == ("privtranr", 10.0, 2)
