@@ -25,13 +25,13 @@ from synther.baselines import binning
 from synther.baselines.env import WORKER, ensure_env
 from synther.data import TransitionDataset, check_compatible, load_dataset, public_action_bounds
 from synther.errors import UserError
-from synther.layout import baseline_run_name, public_datasets_for, runs_root, script
+from synther.layout import BASELINES, baseline_run_name, public_datasets_for, runs_root, script
 from synther.utils.io import atomic_path, atomic_write_json
 from synther.utils.locks import FolderLock
 from synther.utils.options import comma_list
 from synther.utils.provenance import package_versions
 
-METHODS = ("mst", "aim", "dpctgan", "patectgan")
+METHODS = BASELINES  # the baseline names every run folder and report uses (synther.layout)
 MARGINAL = ("mst", "aim")
 
 
