@@ -66,3 +66,29 @@ def test_a_small_mlp_learns_through_the_engine_with_an_optimizer():
         engine.step(engine.sample(), lambda rows: (model(x[rows]).squeeze(1) - y[rows]).pow(2))
     assert engine.steps_taken == 300
     assert loss() < 0.2 * before
+
+
+def test_clip_bias_diagnostic_sees_the_norms_the_engine_clips():
+    """benchmarks/clip_bias.py reports per-record gradient norms of the EDM loss; they must be the norms DP-SGD's
+    clipping acts on (the engine's ghost norms), or its re-weighting table says nothing about fine-tuning."""
+    import importlib.util
+    from pathlib import Path
+
+    from synther.diffusion.denoiser import DenoiserConfig
+    from synther.diffusion.edm import EDM
+    from synther.diffusion.normalizer import Normalizer
+    from synther.privacy.dpsgd import clipping_backend
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "clip_bias.py"
+    spec = importlib.util.spec_from_file_location("clip_bias", path)
+    clip_bias = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(clip_bias)
+    torch.manual_seed(0)
+    model = EDM(7, Normalizer.identity(7), DenoiserConfig(width=32, depth=2, cond_dim=16, fourier_dim=8))
+    g = torch.Generator().manual_seed(1)
+    x, noise = torch.randn(12, 7, generator=g), torch.randn(12, 7, generator=g)
+    sigma = torch.tensor([0.005, 0.05, 0.3, 1.0, 4.0, 20.0] * 2)
+    ours = clip_bias.per_record_norms(clip_bias.EDMLoss(model), x, sigma, noise, chunk=5)
+    _, engine_norms = clipping_backend(model, 1.0, "ghost")(lambda: model.per_sample_loss(x, sigma, noise))
+    torch.testing.assert_close(ours, engine_norms, rtol=1e-4, atol=1e-6)
+    assert ours.std() > 0.1 * ours.mean()  # the rows really differ, so the comparison is not vacuous
