@@ -47,7 +47,7 @@ class DPConfig:
     accountant: str = "rdp"  # privacy accountant: rdp or prv (alias: the paper's --accountant)
     clipping: str = "ghost"  # per-sample clipping backend: ghost (fast, ours), opacus_hooks or opacus_ghost
     noise_generator: str = "auto"  # Gaussian noise source: philox (our vectorized CPU kernel; torch's Philox on CUDA), torch, or auto (philox where the kernel builds)
-    lora_rank: int = 0  # fine-tune low-rank adapters of this rank on every weight matrix instead of the weights themselves (0: all weights); fewer noisy coordinates per step, but on the umaze proxy its agents scored far below full fine-tuning's (README)
+    lora_rank: int = 0  # fine-tune low-rank adapters of this rank on every weight matrix instead of the weights themselves (0: all weights); fewer noisy coordinates per step, but on the umaze proxy at ε = 10 its agents scored far below full fine-tuning's (README)
     draws_per_record: int = 1  # noise multiplicity K: each record's loss averages K diffusion draws (σ, n) before clipping; less gradient variance at the same ε, K× the compute
     normalizer: str = "public"  # 'public': keep the pre-trained model's public statistics; 'dp': re-estimate them on the sensitive data with the Gaussian mechanism, charged to the same budget
     normalizer_noise_multiplier: float = 50.0  # noise multiplier of that Gaussian mechanism (normalizer 'dp' only)
