@@ -70,8 +70,8 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="a PUBLIC dataset name or npz file, in the checkpoint's space")
     ap.add_argument("--rows", type=int, default=4096, help="rows drawn at random (default 4096)")
     ap.add_argument("--clip_norm", type=float, default=1.0, help="C to evaluate (default 1, the configs')")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0, help="seeds the rows and the (σ, noise) draws (public data only)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(args.seed)
@@ -86,11 +86,13 @@ def main() -> None:
     rewards, s = x[:, data.layout.reward].numpy(), sigma.numpy()
     print(f"{args.checkpoint} on {args.data}: {args.rows} rows, one (σ, noise) draw each, C = {args.clip_norm}; "
           f"mean ‖g‖ {norms.mean():.2f}, clipped {(norms > args.clip_norm).mean():.2f}")
-    q = np.quantile(rewards, [0, 0.5, 0.8, 0.9, 0.95, 1])
-    table("reward quantile", [(f"r in q{lo}–q{hi} [{a:.2f}, {b:.2f}]", (rewards >= a) & (rewards <= b if hi == 100
-                                                                                       else rewards < b))
-                              for lo, hi, a, b in zip([0, 50, 80, 90, 95], [50, 80, 90, 95, 100], q[:-1], q[1:])],
-          norms, args.clip_norm)
+    percents = [0, 50, 80, 90, 95, 100]
+    q = np.quantile(rewards, np.asarray(percents) / 100)
+    reward_groups = []
+    for lo, hi, a, b in zip(percents[:-1], percents[1:], q[:-1], q[1:]):
+        upper = rewards <= b if hi == 100 else rewards < b  # the top group keeps the maximum
+        reward_groups.append((f"r in q{lo}–q{hi} [{a:.2f}, {b:.2f}]", (rewards >= a) & upper))
+    table("reward quantile", reward_groups, norms, args.clip_norm)
     edges = [0, 0.02, 0.1, 0.3, 1, 3, np.inf]
     table("noise level σ", [(f"σ in [{a}, {b})", (s >= a) & (s < b)) for a, b in zip(edges[:-1], edges[1:])],
           norms, args.clip_norm)
