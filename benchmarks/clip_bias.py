@@ -17,51 +17,40 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from torch.func import functional_call, grad, vmap  # noqa: E402
 
 from synther.data import load_dataset  # noqa: E402
 from synther.diffusion.synthesizer import load_model  # noqa: E402
+from synther.privacy.dpsgd import clipping_backend  # noqa: E402
 
 
-def per_record_norms(model, x: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor, chunk: int = 256
+def per_record_norms(model, x: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor, chunk: int = 1024
                      ) -> torch.Tensor:
-    """‖∇θ ℓ_i‖ of each row's EDM loss at the given (σ, noise) draw."""
-    params = {k: v.detach() for k, v in model.named_parameters()}
-
-    def loss(p, xi, si, ni):
-        return functional_call(model, p, (xi[None], si[None], ni[None])).sum()
-
-    per_row = vmap(grad(loss), in_dims=(None, 0, 0, 0))
+    """‖∇θ ℓ_i‖ of each row's EDM loss at the given (σ, noise) draw: the norms DP-SGD's clipping acts on, from the
+    engine's own ghost-clipping backend (its clipped sum, left in p.grad, is discarded)."""
+    norms_of = clipping_backend(model, 1.0, "ghost")
     out = []
     for i in range(0, len(x), chunk):
-        g = per_row(params, x[i:i + chunk], sigma[i:i + chunk], noise[i:i + chunk])
-        out.append(torch.sqrt(sum(v.flatten(1).pow(2).sum(1) for v in g.values())))
+        rows = slice(i, i + chunk)
+        out.append(norms_of(lambda: model.per_sample_loss(x[rows], sigma[rows], noise[rows]))[1])
+    model.zero_grad(set_to_none=True)
     return torch.cat(out)
 
 
-class EDMLoss(torch.nn.Module):
-    """The EDM model as a module of (rows, σ, noise) → per-row losses, for torch.func."""
-
-    def __init__(self, edm) -> None:
-        super().__init__()
-        self.edm = edm
-
-    def forward(self, x, sigma, noise):
-        return self.edm.per_sample_loss(x, sigma, noise)
+def weight_kept(groups: list[np.ndarray], norms: np.ndarray, clip: float) -> list[float]:
+    """Per group (a boolean mask over rows): E[min(‖g‖, C)] / E[‖g‖], the share of its summed gradient magnitude
+    that survives clipping."""
+    return [float(np.minimum(norms[m], clip).mean() / norms[m].mean()) for m in groups]
 
 
 def table(name: str, groups: list[tuple[str, np.ndarray]], norms: np.ndarray, clip: float) -> None:
     print(f"\n| {name} | rows | mean ‖g‖ | median ‖g‖ | clipped | kept after clipping | kept vs first group |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    base = None
-    for label, mask in groups:
-        if mask.sum() < 10:
-            continue
+    groups = [(label, mask) for label, mask in groups if mask.sum() >= 10]
+    kept = weight_kept([mask for _, mask in groups], norms, clip)
+    for (label, mask), k in zip(groups, kept):
         g = norms[mask]
-        kept = np.minimum(g, clip).mean() / g.mean()
-        base = kept if base is None else base
         print(f"| {label} | {mask.sum()} | {g.mean():.2f} | {np.median(g):.2f} | {(g > clip).mean():.2f} | "
-              f"{kept:.3f} | {kept / base:.2f} |")
+              f"{k:.3f} | {k / kept[0]:.2f} |")
 
 
 def main() -> None:
@@ -82,7 +71,7 @@ def main() -> None:
     cfg = model.cfg
     sigma = (torch.randn(args.rows, generator=gen) * cfg.p_std + cfg.p_mean).exp()
     noise = torch.randn(x.shape, generator=gen)
-    norms = per_record_norms(EDMLoss(model), x, sigma, noise).numpy()
+    norms = per_record_norms(model, x, sigma, noise).numpy()
     rewards, s = x[:, data.layout.reward].numpy(), sigma.numpy()
     print(f"{args.checkpoint} on {args.data}: {args.rows} rows, one (σ, noise) draw each, C = {args.clip_norm}; "
           f"mean ‖g‖ {norms.mean():.2f}, clipped {(norms > args.clip_norm).mean():.2f}")

@@ -40,7 +40,8 @@ _EVAL_NAME = re.compile(
     r"^(?P<kind>fidelity|mia)-(?P<method>[^-]+)-(?P<dataset>.+?)(?:-eps(?P<eps>[^-]+))?-seed(?P<seed>\d+)$")
 _RUNG = "|".join(LADDER)
 _SEED = re.compile(r"-seed(\d+)$")
-_LABELS = ("dataset", "method", "epsilon", "seed")  # what a run.json entry must give to label a run
+_AGENT_LABELS = ("method", "epsilon", "seed")  # what an agent's run.json entry must give (its summary names the dataset)
+_LABELS = ("dataset", *_AGENT_LABELS)  # what an evaluation's run.json entry must give to label it
 
 
 @dataclass
@@ -157,7 +158,7 @@ def collect(runs_dir: str | Path, score: str = "last_k") -> Results:
                 res.skipped.append(f"{path}: not an agent summary")
             continue
         recorded = read_run_labels(path.parent, "agent")
-        if recorded is not None and {"method", "epsilon", "seed"} <= recorded.keys():
+        if recorded is not None and set(_AGENT_LABELS) <= recorded.keys():
             method, eps, seed = recorded["method"], _float(recorded["epsilon"]), recorded["seed"]
         else:
             method, eps, seed = _agent_labels(path.parent.name, s)
