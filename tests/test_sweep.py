@@ -122,6 +122,21 @@ def test_agent_folder_names_match_the_agent_scripts():
     assert agent_run_name("iql", MEDIUM, 3, "aim", 10.0) == f"iql-{MEDIUM}-aim-eps10-seed3"
 
 
+def test_an_agent_run_with_another_budget_is_not_counted_as_done(tmp_path):
+    from synther.sweep.plan import agent_job
+
+    job = agent_job(algorithm="td3_bc", dataset=UMAZE, seed=0, agents_dir=tmp_path, python=sys.executable,
+                    config_dir=ROOT / "config" / "agents", max_timesteps=60000)
+    job.run_dir.mkdir(parents=True)
+    assert not job.is_done()
+    (job.run_dir / "summary.json").write_text(json.dumps({"steps": 40000}))  # an older sweep's 40k-update run
+    assert not job.is_done()
+    (job.run_dir / "summary.json").write_text(json.dumps({"steps": 60000}))
+    assert job.is_done()
+    (job.run_dir / "summary.json").write_text("{trunc")
+    assert not job.is_done()
+
+
 def test_topological_order_rejects_cycles_and_unknown_dependencies(tmp_path):
     a, b = _job(tmp_path, "a", "pass", deps=["b"]), _job(tmp_path, "b", "pass", deps=["a"])
     with pytest.raises(ValueError, match="cycle"):
@@ -236,7 +251,7 @@ def test_killed_job_leaves_no_marker_and_resumes_from_its_checkpoint_on_the_next
     # a job that exits 0 without its output is not finished
     liar = _job(tmp_path, "liar", "pass")
     third, _ = _run([liar], state_path)
-    assert third.status == {"liar": "failed"} and "exit 0 but no out.txt" in third.notes["liar"]
+    assert third.status == {"liar": "failed"} and "exit 0 but no finished out.txt" in third.notes["liar"]
 
 
 def test_ctrl_c_stops_running_jobs_and_records_them_interrupted(tmp_path):

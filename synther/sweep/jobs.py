@@ -1,5 +1,7 @@
 """A job: one subprocess of a MuJoCo/ script, its run folder, dependencies and what marks it finished."""
+import json
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,6 +38,21 @@ def training_finished(run_dir: Path) -> bool:
         return int(state["step"]) >= int(state["total_steps"])
     except Exception:  # unreadable or foreign file: not finished, the job re-runs and its script reports it
         return False
+
+
+def _agent_finished(max_timesteps: int, run_dir: Path) -> bool:
+    try:
+        steps = json.loads((run_dir / "summary.json").read_text()).get("steps")
+    except Exception:  # unreadable: not finished, the job re-runs and the agent script reports it
+        return False
+    return steps == max_timesteps
+
+
+def agent_finished(max_timesteps: int) -> Callable[[Path], bool] | None:
+    """An agent run whose summary reports the planned number of updates. A run a sweep made with another budget is
+    not counted as done: the job runs, and the agent script refuses the folder with a one-line error, instead of the
+    report silently mixing budgets. None (any summary counts) where the budget is the agent YAML's (0)."""
+    return partial(_agent_finished, max_timesteps) if max_timesteps > 0 else None
 
 
 def topological_order(jobs: list[Job]) -> list[Job]:

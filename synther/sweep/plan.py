@@ -17,7 +17,7 @@ from synther.evaluation.fidelity import fidelity_command
 from synther.evaluation.mia import mia_command
 from synther.layout import BASELINES, LADDER, agent_run_name, dataset_arg, dataset_tag
 from synther.sweep.config import Resources, SweepConfig, blank, layout_dirs, validate
-from synther.sweep.jobs import Job, topological_order, training_finished
+from synther.sweep.jobs import Job, agent_finished, topological_order, training_finished
 
 
 def _extra(cfg: SweepConfig, kind: str) -> list[str]:
@@ -50,7 +50,7 @@ def agent_job(*, algorithm: str, dataset: str, seed: int, agents_dir: Path, pyth
     labels = {"dataset": dataset, "method": method, "epsilon": epsilon, "seed": seed, "agent": algorithm,
               "data": "real" if samples is None else str(samples)}
     return Job(f"agent/{name}", "agent", agents_dir / name, cmd + list(extra or []), list(deps or []), cpus, gpus,
-               ("summary.json",), labels)
+               ("summary.json",), labels, finished=agent_finished(max_timesteps))
 
 
 def public_sets(cfg: SweepConfig) -> dict[str, list[str]]:

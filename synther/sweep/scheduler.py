@@ -127,7 +127,7 @@ def run_jobs(jobs: list[Job], executor: Executor, state_path: Path, name: str = 
                     last = next((ln for ln in reversed(out.tail) if ln.strip()), "")
                     why = (f"exit {out.returncode}" if out.returncode >= 0 else f"killed by signal {-out.returncode}")
                     if out.returncode == 0:
-                        why = f"exit 0 but no {', '.join(job.outputs) or 'outputs'}"
+                        why = f"exit 0 but no finished {', '.join(job.outputs) or 'outputs'}"
                     settle(job, "failed", f"{why}: {last[:160]}; log {job.log}" if last else f"{why}; log {job.log}",
                            returncode=out.returncode, seconds=out.seconds, tail=out.tail, node=out.node)
         except KeyboardInterrupt:
