@@ -232,6 +232,29 @@ def test_rewards_are_clipped_to_the_public_range_and_the_release_says_so(pretrai
     assert "rewards clipped" in side["privacy_ledger"]["statistics"]["sample_postprocessing"]
 
 
+def test_samples_keep_the_public_datas_exact_identities_and_the_release_says_so(pretrained, tmp_path):
+    syn = Synthesizer.load(pretrained, device="cpu")
+    assert len(syn.meta["public_identities"]["basis"]) == 2  # the maze step x′ = x + 0.01·v′, per coordinate
+    assert "2 exact linear identities" in syn.ledger.statistics["linear_identities"]
+
+    def euler_residual(ds):
+        return np.abs(ds.next_observations[:, :2] - ds.observations[:, :2] - 0.01 * ds.next_observations[:, 2:]).max()
+
+    sampler = SamplerConfig(name="euler", steps=4)
+    assert euler_residual(syn.sample(200, sampler, identities="none")) > 1e-3  # a 300-step model misses them
+    ds = syn.sample(200, sampler)
+    assert euler_residual(ds) < 1e-5
+    assert "projected onto the 2 exact linear identities" in ds.provenance["postprocessing"]
+    with pytest.raises(UserError, match="identities"):
+        syn.sample(4, sampler, identities="sensitive")
+    out = sample(config(tmp_path, "sample", checkpoint=str(pretrained), num_samples=50, sampler=sampler))
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert "projected onto the 2 exact" in side["privacy_ledger"]["statistics"]["sample_postprocessing"]
+    # a checkpoint from before identities were recorded samples as before, and says why nothing was projected
+    del syn.meta["public_identities"]
+    assert "pre-trained before they were recorded" in syn.sample(10, sampler).provenance["postprocessing"]
+
+
 def test_guidance_by_the_public_model_only_and_said_in_the_release(pretrained, tmp_path):
     from synther.diffusion.edm import _Guided
 

@@ -21,6 +21,7 @@ from synther.data import TransitionDataset, TransitionLayout, check_compatible, 
 from synther.diffusion.curiosity import Curiosity, CuriosityConfig
 from synther.diffusion.denoiser import PROFILES, DenoiserConfig
 from synther.diffusion.edm import EDM, EDMConfig, SamplerConfig, network_evaluations
+from synther.diffusion.identities import count, find_identities, project
 from synther.diffusion.lora import add_adapters, merge_adapters
 from synther.diffusion.normalizer import Normalizer
 from synther.diffusion.trainer import CHECKPOINT, DiffusionTrainer, TrainConfig
@@ -76,6 +77,7 @@ class DiffusionConfig:
     num_samples: int = 100_000  # transitions to generate in mode=sample (alias: the paper's --save_num_samples)
     sample_batch: int = 10_000  # transitions per sampling batch
     reward_range: str = "public"  # sample: 'public' clips synthetic rewards to the public datasets' reward range (post-processing of public facts: no privacy cost), 'none' keeps them
+    identities: str = "public"  # sample: 'public' projects each row onto the exact linear identities the public data satisfies (PointMaze: x′ = x + dt·v′), found at pre-training (post-processing of public facts: no privacy cost); 'none' keeps rows as sampled
     progress: bool = True  # show progress bars
     wandb: WandbConfig = field(default_factory=WandbConfig)  # opt-in copy of the training metrics to Weights & Biases
 
@@ -134,17 +136,20 @@ def pretrain(cfg: DiffusionConfig) -> Path:
     torch.manual_seed(cfg.seed)
     normalizer = Normalizer.from_public(x, layout, ds_names)
     low, high, bounds_source = public_action_bounds(public)
+    identities = find_identities(x, layout)
     model = EDM(layout.dim, normalizer, _denoiser_config(cfg), cfg.edm).to(device)
     meta = {"phase": "pretrain", "obs_dim": layout.obs_dim, "action_dim": layout.action_dim,
             "denoiser": asdict(_denoiser_config(cfg)), "edm": asdict(cfg.edm), "normalizer_source": normalizer.source,
             "action_low": low.tolist(), "action_high": high.tolist(), "action_bounds_source": bounds_source,
             "public_min": x.min(0).tolist(), "public_max": x.max(0).tolist(), "public_datasets": ds_names,
-            "env_dataset": public[0].name, "curiosity": asdict(cfg.curiosity), "versions": package_versions()}
-    identities = [ds.identity() for ds in public]
+            "env_dataset": public[0].name, "curiosity": asdict(cfg.curiosity), "versions": package_versions(),
+            "public_identities": identities}
+    datasets = [ds.identity() for ds in public]
     ledger = PrivacyLedger(public_datasets=ds_names, statistics={
-        "normalizer": f"public datasets {ds_names}", "action_bounds": bounds_source},
-        data_uses=[{"phase": "pretrain", "use": "public", "datasets": identities, "run": str(default_run_dir(cfg))}])
-    meta["identity"] = {"public": identities}
+        "normalizer": f"public datasets {ds_names}", "action_bounds": bounds_source,
+        "linear_identities": f"{count(identities)} exact linear identities of the public datasets {ds_names}"},
+        data_uses=[{"phase": "pretrain", "use": "public", "datasets": datasets, "run": str(default_run_dir(cfg))}])
+    meta["identity"] = {"public": datasets}
     run_dir = default_run_dir(cfg)
     data = torch.as_tensor(x, device=device)
     augment = None
@@ -322,6 +327,7 @@ def _inherited_uses(base: PrivacyLedger, checkpoint: str) -> list[dict[str, Any]
 
 
 REWARD_RANGES = ("public", "none")
+IDENTITIES = ("public", "none")
 
 
 # --- loading and sampling ----------------------------------------------------------------------------------
@@ -368,15 +374,18 @@ class Synthesizer:
         return cls(model, meta, ledger, str(path))
 
     def sample(self, n: int, sampler: SamplerConfig = SamplerConfig(), batch_size: int = 10_000, seed: int = 0,
-               progress: bool = False, reward_range: str = "public") -> TransitionDataset:
+               progress: bool = False, reward_range: str = "public", identities: str = "public") -> TransitionDataset:
         """n transitions (fewer if some rows came out NaN/Inf; the count dropped is in provenance).
 
-        reward_range 'public' clips rewards to the range seen in the public pre-training data: the model never
-        learned a reward outside it from public data, and the bounds are public, so the clip costs no privacy."""
+        identities 'public' projects each row onto the exact linear identities of the public pre-training data
+        (synther.diffusion.identities); reward_range 'public' clips rewards to the range seen in that data: the
+        model never learned a reward outside it from public data. Both use public facts only: no privacy cost."""
         if n <= 0:
             raise UserError(f"number of samples must be positive, got {n}")
         if reward_range not in REWARD_RANGES:
             raise UserError(f"unknown reward_range '{reward_range}' (choose from: {', '.join(REWARD_RANGES)})")
+        if identities not in IDENTITIES:
+            raise UserError(f"unknown identities '{identities}' (choose from: {', '.join(IDENTITIES)})")
         guide, guide_note = self._guide(sampler) if sampler.guidance else (None, "")
         gen = torch.Generator().manual_seed(seed)
         chunks = []
@@ -390,9 +399,12 @@ class Synthesizer:
         x = x[finite]
         if len(x) == 0:
             raise UserError(f"{self.source}: every sampled row was NaN/Inf; the model is not usable")
+        steps = [guide_note] if guide_note else []
+        if identities == "public":
+            steps.append(self._project(x))
         low, high = np.asarray(self.meta["action_low"]), np.asarray(self.meta["action_high"])
         x[:, self.layout.action] = np.clip(x[:, self.layout.action], low, high)
-        steps = ([guide_note] if guide_note else []) + [f"actions clipped to {self.meta['action_bounds_source']}"]
+        steps.append(f"actions clipped to {self.meta['action_bounds_source']}")
         if reward_range == "public":
             r_low, r_high = (float(self.meta[k][self.layout.reward]) for k in ("public_min", "public_max"))
             x[:, self.layout.reward] = np.clip(x[:, self.layout.reward], r_low, r_high)
@@ -407,6 +419,17 @@ class Synthesizer:
                         "env_dataset": self.meta.get("env_dataset")})
         return ds
 
+    def _project(self, x: np.ndarray) -> str:
+        """Project rows `x` in place onto the public data's exact identities; the provenance line saying so."""
+        found = self.meta.get("public_identities")
+        if found is None:
+            return "no linear identities applied (the checkpoint was pre-trained before they were recorded)"
+        if not count(found):
+            return "no linear identities applied (the public datasets satisfy none exactly)"
+        projected, worst = project(x, found)
+        x[:] = projected
+        return (f"rows projected onto the {count(found)} exact linear identities of the public datasets (largest "
+                f"violation before: {worst:.3g} standard deviations)")
 
     def _guide(self, sampler: SamplerConfig) -> tuple[EDM, str]:
         """The public model that guides sampling, and the line saying so in the samples' provenance. Only a model
@@ -439,9 +462,10 @@ def sample(cfg: DiffusionConfig) -> Path:
     out = default_run_dir(cfg) / "samples.npz"
     # the folder's lock: no sampling from a run still training there, no two samplers writing one file
     with FolderLock(out.parent):
-        ds = syn.sample(cfg.num_samples, cfg.sampler, cfg.sample_batch, cfg.seed, cfg.progress, cfg.reward_range)
+        ds = syn.sample(cfg.num_samples, cfg.sampler, cfg.sample_batch, cfg.seed, cfg.progress, cfg.reward_range,
+                        cfg.identities)
         ledger = syn.ledger.to_dict()  # the release's ledger also says what was done to the samples after the model
         ledger["statistics"] = {**ledger.get("statistics", {}),
-                                "sample_postprocessing": ds.provenance["postprocessing"] + " (public bounds only)"}
+                                "sample_postprocessing": ds.provenance["postprocessing"] + " (public facts only)"}
         ds.save(out, extra_metadata={"privacy_ledger": ledger, "diffusion_meta": syn.meta})
     return out
