@@ -168,6 +168,51 @@ def test_jobs_die_with_a_killed_sweep_driver(tmp_path):
         pytest.fail("the job outlived its killed driver")
 
 
+def test_sigint_stops_a_sweep_started_with_sigint_ignored_and_its_jobs_stop_cleanly(tmp_path):
+    """bash ignores SIGINT in commands it starts with `&`, and children inherit that: the sweep must still stop on
+    `kill -INT`, and its jobs must get the SIGINT it sends them as KeyboardInterrupt, not wait for the SIGKILL."""
+    pid_file, clean = tmp_path / "job.pid", tmp_path / "job.clean"
+    driver = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from synther.sweep import Job, LocalExecutor, run_jobs
+        prog = ("import os, time\\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\\n"
+                "try:\\n    time.sleep(120)\\nexcept KeyboardInterrupt:\\n    open({str(clean)!r}, 'w').write('x')")
+        job = Job("sleeper", "command", Path({str(tmp_path / 'job')!r}), [sys.executable, "-c", prog],
+                  outputs=("never",))
+        run_jobs([job], LocalExecutor(1), Path({str(tmp_path / 'state.json')!r}), echo=print, poll=0.05)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", driver], cwd=ROOT, env=script_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    deadline = time.time() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.time() < deadline:
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(8)  # under the 10 s grace: a job that ignored the SIGINT would still be waited for
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        pytest.fail("the sweep ignored SIGINT, or waited for its job to be killed")
+    assert clean.exists()  # the job saw KeyboardInterrupt
+    assert '"interrupted"' in (tmp_path / "state.json").read_text()
+
+
+def test_a_job_started_under_an_ignored_sigint_gets_it_back(tmp_path):
+    """Whatever starts a job (a Ray worker, a driver that ignores SIGINT), the job must stop on SIGINT."""
+    from synther.sweep.process import start_process
+
+    prog = "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        proc, log = start_process([sys.executable, "-c", prog], tmp_path / "job.log", script_env())
+        proc.wait(30)
+        log.close()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert (tmp_path / "job.log").read_text().splitlines()[-1] == "True"
+
+
 def test_an_output_path_under_a_regular_file_is_one_error_line(data, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("a regular file where a folder should be")

@@ -57,25 +57,29 @@ def start_process(command: list[str], log: Path, env: dict[str, str]) -> tuple[s
     f.flush()
     # own session: Ctrl-C in the terminal reaches the driver only, which then stops each job's process group
     proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=ROOT,
-                            start_new_session=True, preexec_fn=_die_with(os.getpid()))
+                            start_new_session=True, preexec_fn=_prepare_child(os.getpid()))
     return proc, f
 
 
-def _die_with(driver_pid: int) -> Callable[[], None] | None:
-    """For the child before exec (Linux): ask for SIGTERM when the driver dies, kill -9 included, so a job never runs
-    on as an orphan in a folder a re-run will use; if the driver is already gone, exit at once. prctl is looked up
-    here, in the parent: the child between fork and exec must not import (another thread may hold the lock)."""
+def _prepare_child(driver_pid: int) -> Callable[[], None]:
+    """For the child before exec: SIGINT back to its default, so the job stops cleanly on the SIGINT `stop_process`
+    sends even when the driver was started with SIGINT ignored (bash ignores it in commands it starts with `&`, and
+    children inherit that); and (Linux) a SIGTERM when the driver dies, kill -9 included, so a job never runs on as
+    an orphan in a folder a re-run will use; if the driver is already gone, exit at once. prctl is looked up here, in
+    the parent: the child between fork and exec must not import (another thread may hold the lock)."""
     try:
         import ctypes
 
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):  # not Linux: the run-folder locks still refuse a second writer
-        return None
+        prctl = None
 
     def arm() -> None:
-        prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-        if os.getppid() != driver_pid:
-            os._exit(1)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if prctl is not None:
+            prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+            if os.getppid() != driver_pid:
+                os._exit(1)
 
     return arm
 

@@ -103,6 +103,7 @@ def run_jobs(jobs: list[Job], executor: Executor, state_path: Path, name: str = 
         executor.check([j for j in order if j.id not in status])
         pending = [j for j in order if j.id not in status]
         previous = _sigterm_as_interrupt()
+        previous_int = _sigint_as_interrupt()
         try:
             while pending or executor.running():
                 started = False
@@ -138,7 +139,18 @@ def run_jobs(jobs: list[Job], executor: Executor, state_path: Path, name: str = 
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+            if previous_int is not None:
+                signal.signal(signal.SIGINT, previous_int)
     return SweepResult(status, order, notes)
+
+
+def _sigint_as_interrupt() -> Any:
+    """SIGINT stops the sweep even when it was started with SIGINT ignored (bash ignores it in commands it starts
+    with `&`): otherwise `kill -INT` would do nothing. Main thread only; None when nothing was changed."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        return None
+    return signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _sigterm_as_interrupt() -> Any:
