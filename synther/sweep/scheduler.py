@@ -102,8 +102,7 @@ def run_jobs(jobs: list[Job], executor: Executor, state_path: Path, name: str = 
                 settle(job, "skipped", seconds=0.0)
         executor.check([j for j in order if j.id not in status])
         pending = [j for j in order if j.id not in status]
-        previous = _sigterm_as_interrupt()
-        previous_int = _sigint_as_interrupt()
+        previous = _signals_as_interrupt()
         try:
             while pending or executor.running():
                 started = False
@@ -137,31 +136,25 @@ def run_jobs(jobs: list[Job], executor: Executor, state_path: Path, name: str = 
             state.write()
             raise
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
-            if previous_int is not None:
-                signal.signal(signal.SIGINT, previous_int)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     return SweepResult(status, order, notes)
 
 
-def _sigint_as_interrupt() -> Any:
-    """SIGINT stops the sweep even when it was started with SIGINT ignored (bash ignores it in commands it starts
-    with `&`): otherwise `kill -INT` would do nothing. Main thread only; None when nothing was changed."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        return None
-    return signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-def _sigterm_as_interrupt() -> Any:
-    """A SIGTERM (cluster scheduler, kill) stops the sweep like Ctrl-C; only possible in the main thread."""
+def _signals_as_interrupt() -> dict[int, Any]:
+    """SIGTERM (cluster scheduler, kill) stops the sweep like Ctrl-C, and so does SIGINT even when the sweep was
+    started with it ignored (bash ignores it in commands it starts with `&`). Main thread only; returns the handlers
+    it replaced, to restore."""
     if threading.current_thread() is not threading.main_thread():
-        return None
+        return {}
 
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    return signal.signal(signal.SIGTERM, handler)
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, handler)}
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
+    return previous
 
 
 def summary_table(result: SweepResult) -> str:
