@@ -232,6 +232,54 @@ def test_rewards_are_clipped_to_the_public_range_and_the_release_says_so(pretrai
     assert "rewards clipped" in side["privacy_ledger"]["statistics"]["sample_postprocessing"]
 
 
+def test_isolated_rows_are_dropped_after_oversampling_and_the_release_says_so(pretrained, monkeypatch, tmp_path):
+    syn = Synthesizer.load(pretrained, device="cpu")
+    real_sample = syn.model.sample
+    planted = []
+
+    def with_outliers(n, sampler, generator=None, guide=None):  # every 25th row's state far from all others
+        x = real_sample(n, sampler, generator=generator)
+        rows = torch.arange(0, n, 25)
+        x[rows, syn.layout.obs] = 100.0 * (1 + rows.double().unsqueeze(1)).to(x.dtype)
+        planted.append(len(rows))
+        return x
+
+    monkeypatch.setattr(syn.model, "sample", with_outliers)
+    sampler = SamplerConfig(name="euler", steps=4)
+    assert (np.abs(syn.sample(100, sampler, identities="none").observations) > 50).any()  # kept without the filter
+    ds = syn.sample(100, sampler, identities="none", drop_sparse=0.1, sparse_k=5)
+    assert ds.size == 100 and ds.provenance["drawn"] == 112 and planted[-1] == 5  # ceil(100 / 0.9) rows drawn
+    assert np.abs(ds.observations).max() < 50  # every planted row is among the 12 dropped
+    assert "12 of 112 rows dropped as the most isolated" in ds.provenance["postprocessing"]
+    for bad in ({"drop_sparse": 1.0}, {"drop_sparse": -0.1}, {"sparse_k": 0}):
+        with pytest.raises(UserError, match="drop_sparse|sparse_k"):
+            syn.sample(10, sampler, **bad)
+    monkeypatch.setattr(Synthesizer, "load", classmethod(lambda cls, path, device="auto": syn))
+    out = sample(config(tmp_path, "sample", checkpoint=str(pretrained), num_samples=50, sampler=sampler,
+                        drop_sparse=0.2))
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert "13 of 63 rows dropped as the most isolated" in side["privacy_ledger"]["statistics"]["sample_postprocessing"]
+    with pytest.raises(UserError, match="drop_sparse"):  # refused before any folder is touched
+        sample(config(tmp_path / "bad", "sample", checkpoint=str(pretrained), drop_sparse=2.0))
+    assert not (tmp_path / "bad").exists()
+
+
+def test_knn_sparsity_is_the_distance_to_the_kth_other_row_in_every_backend(monkeypatch):
+    from synther.diffusion import sparsity as sp
+
+    x = np.random.default_rng(0).normal(size=(300, 3)) * [1.0, 10.0, 0.1]  # scales differ: rows are standardised
+    z = (x - x.mean(0)) / x.std(0)
+    d = np.linalg.norm(z[:, None] - z[None], axis=2)
+    np.fill_diagonal(d, np.inf)
+    expected = np.sort(d, axis=1)[:, 6]  # the 7th nearest other row
+    np.testing.assert_allclose(sp.sparsity(x, 7), expected, rtol=1e-6)  # k-d tree
+    monkeypatch.setattr(sp, "KD_TREE_MAX_DIM", 0)
+    np.testing.assert_allclose(sp.sparsity(x, 7), expected, rtol=1e-4)  # brute force
+    assert list(sp.keep_densest(x, 290, 7)) == sorted(np.argsort(expected)[:290])
+    with pytest.raises(UserError, match="more than k"):
+        sp.sparsity(x[:5], 7)
+
+
 def test_samples_keep_the_public_datas_exact_identities_and_the_release_says_so(pretrained, tmp_path):
     syn = Synthesizer.load(pretrained, device="cpu")
     assert len(syn.meta["public_identities"]["basis"]) == 2  # the maze step x′ = x + 0.01·v′, per coordinate

@@ -24,6 +24,7 @@ from synther.diffusion.edm import EDM, EDMConfig, SamplerConfig, network_evaluat
 from synther.diffusion.identities import count, find_identities, project
 from synther.diffusion.lora import add_adapters, merge_adapters
 from synther.diffusion.normalizer import Normalizer
+from synther.diffusion.sparsity import check_settings, keep_densest, oversampled
 from synther.diffusion.trainer import CHECKPOINT, DiffusionTrainer, TrainConfig
 from synther.errors import UserError
 from synther.layout import dataset_tag, diffusion_run_name, runs_root, script
@@ -78,6 +79,8 @@ class DiffusionConfig:
     sample_batch: int = 10_000  # transitions per sampling batch
     reward_range: str = "public"  # sample: 'public' clips synthetic rewards to the public datasets' reward range (post-processing of public facts: no privacy cost), 'none' keeps them
     identities: str = "public"  # sample: 'public' projects each row onto the exact linear identities the public data satisfies (PointMaze: x′ = x + dt·v′), found at pre-training (post-processing of public facts: no privacy cost); 'none' keeps rows as sampled
+    drop_sparse: float = 0.0  # sample: draw num_samples/(1 − f) rows and drop the fraction f most isolated (largest distance to their sparse_k-th nearest synthetic neighbour): rows off the data's support that make Q-learners fall; reads only the samples (post-processing: no privacy cost)
+    sparse_k: int = 20  # sample: the neighbour whose distance measures a row's isolation (drop_sparse only)
     progress: bool = True  # show progress bars
     wandb: WandbConfig = field(default_factory=WandbConfig)  # opt-in copy of the training metrics to Weights & Biases
 
@@ -374,24 +377,29 @@ class Synthesizer:
         return cls(model, meta, ledger, str(path))
 
     def sample(self, n: int, sampler: SamplerConfig = SamplerConfig(), batch_size: int = 10_000, seed: int = 0,
-               progress: bool = False, reward_range: str = "public", identities: str = "public") -> TransitionDataset:
+               progress: bool = False, reward_range: str = "public", identities: str = "public",
+               drop_sparse: float = 0.0, sparse_k: int = 20) -> TransitionDataset:
         """n transitions (fewer if some rows came out NaN/Inf; the count dropped is in provenance).
 
         identities 'public' projects each row onto the exact linear identities of the public pre-training data
         (synther.diffusion.identities); reward_range 'public' clips rewards to the range seen in that data: the
-        model never learned a reward outside it from public data. Both use public facts only: no privacy cost."""
+        model never learned a reward outside it from public data. Both use public facts only: no privacy cost.
+        drop_sparse f > 0 draws n/(1 − f) rows and keeps the n whose observations are least isolated among them
+        (synther.diffusion.sparsity): it reads only the samples, post-processing again."""
         if n <= 0:
             raise UserError(f"number of samples must be positive, got {n}")
         if reward_range not in REWARD_RANGES:
             raise UserError(f"unknown reward_range '{reward_range}' (choose from: {', '.join(REWARD_RANGES)})")
         if identities not in IDENTITIES:
             raise UserError(f"unknown identities '{identities}' (choose from: {', '.join(IDENTITIES)})")
+        check_settings(drop_sparse, sparse_k)
+        drawn = oversampled(n, drop_sparse)
         guide, guide_note = self._guide(sampler) if sampler.guidance else (None, "")
         gen = torch.Generator().manual_seed(seed)
         chunks = []
-        with tqdm(total=n, desc="sampling", unit="row", disable=not progress, mininterval=1.0) as bar:
-            for start in range(0, n, batch_size):
-                k = min(batch_size, n - start)
+        with tqdm(total=drawn, desc="sampling", unit="row", disable=not progress, mininterval=1.0) as bar:
+            for start in range(0, drawn, batch_size):
+                k = min(batch_size, drawn - start)
                 chunks.append(self.model.sample(k, sampler, generator=gen, guide=guide).cpu().numpy())
                 bar.update(k)
         x = np.concatenate(chunks)
@@ -409,12 +417,18 @@ class Synthesizer:
             r_low, r_high = (float(self.meta[k][self.layout.reward]) for k in ("public_min", "public_max"))
             x[:, self.layout.reward] = np.clip(x[:, self.layout.reward], r_low, r_high)
             steps.append(f"rewards clipped to the public datasets' range [{r_low:.6g}, {r_high:.6g}]")
+        if drop_sparse:
+            kept = keep_densest(x[:, self.layout.obs], n, sparse_k, next(self.model.parameters()).device)
+            steps.append(f"{len(x) - len(kept)} of {len(x)} rows dropped as the most isolated (distance to the "
+                         f"farthest of the {sparse_k} nearest synthetic observations; drop_sparse={drop_sparse:g}, "
+                         "reads only the samples)")
+            x = x[kept]
         ds = TransitionDataset.from_vectors(
             x, self.layout, name=f"synthetic:{self.meta.get('sensitive_dataset') or self.meta.get('env_dataset')}",
             source=f"sampled from {self.source}", action_low=low, action_high=high,
             provenance={"checkpoint": self.source, "sampler": asdict(sampler),
                         "network_evaluations_per_sample": network_evaluations(sampler), "requested": n,
-                        "dropped_non_finite": int((~finite).sum()), "seed": seed,
+                        "drawn": drawn, "dropped_non_finite": int((~finite).sum()), "seed": seed,
                         "postprocessing": "; ".join(["terminals thresholded at 0.5", *steps]),
                         "env_dataset": self.meta.get("env_dataset")})
         return ds
@@ -458,14 +472,16 @@ class Synthesizer:
 def sample(cfg: DiffusionConfig) -> Path:
     if not cfg.checkpoint:
         raise UserError("sample needs --checkpoint")
+    check_settings(cfg.drop_sparse, cfg.sparse_k)
     syn = Synthesizer.load(cfg.checkpoint, cfg.device)  # a bad checkpoint is refused before any folder is touched
     out = default_run_dir(cfg) / "samples.npz"
     # the folder's lock: no sampling from a run still training there, no two samplers writing one file
     with FolderLock(out.parent):
         ds = syn.sample(cfg.num_samples, cfg.sampler, cfg.sample_batch, cfg.seed, cfg.progress, cfg.reward_range,
-                        cfg.identities)
+                        cfg.identities, cfg.drop_sparse, cfg.sparse_k)
         ledger = syn.ledger.to_dict()  # the release's ledger also says what was done to the samples after the model
         ledger["statistics"] = {**ledger.get("statistics", {}),
-                                "sample_postprocessing": ds.provenance["postprocessing"] + " (public facts only)"}
+                                "sample_postprocessing": ds.provenance["postprocessing"] +
+                                " (public facts and the samples themselves only)"}
         ds.save(out, extra_metadata={"privacy_ledger": ledger, "diffusion_meta": syn.meta})
     return out
