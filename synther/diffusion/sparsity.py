@@ -4,10 +4,10 @@ A diffusion model, more so one fitted with DP-SGD, puts part of its mass between
 states the real data never visits (on the umaze proxy, 15 % of the non-private samples and ~40 % of the ε = 10 ones
 lie off the real states' support). An offline Q-learner trusts those rows, and its policy falls
 (results/issue14-session10.md; dropping 10 % brings the non-private samples' TD3+BC agents to real data's level, but
-not the ε = 10 ones', results/issue14-session11.md). Such rows are isolated among the synthetic rows too, so they can be found without the real data: a row's sparsity is
-the distance from its observation to its k-th nearest synthetic neighbour (observations standardised by the samples'
-own mean and std). Sampling draws n / (1 − f) rows and keeps the n densest. It reads nothing but the model's output:
-post-processing, no privacy cost.
+not the ε = 10 ones', results/issue14-session11.md). Such rows are isolated among the synthetic rows too, so they can
+be found without the real data: a row's sparsity is the distance from its observation to its k-th nearest synthetic
+neighbour (observations standardised by the samples' own mean and std). Sampling draws n / (1 − f) rows and keeps the
+n densest. It reads nothing but the model's output: post-processing, no privacy cost.
 """
 import math
 
