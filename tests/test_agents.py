@@ -4,6 +4,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pyrallis
 import pytest
@@ -12,9 +13,9 @@ import torch
 from synther.agents import ALGORITHMS, get_algorithm
 from synther.agents.buffer import Batch, ReplayBuffer, reward_scale_from_returns
 from synther.agents.data import load_training_data
-from synther.agents.evaluation import eval_target, random_policy, run_episodes
+from synther.agents.evaluation import episode_seed, eval_target, random_policy, run_episodes
 from synther.agents.networks import EnsembleMLP, soft_update
-from synther.agents.trainer import DiffusionSource, AgentConfig, run_dir, train
+from synther.agents.trainer import EVAL_PROTOCOL, DiffusionSource, AgentConfig, run_dir, train
 from synther.data import TransitionDataset
 from synther.data.pointmaze import dataset_name
 from synther.errors import DatasetError, UserError
@@ -180,6 +181,64 @@ def test_eval_target_comes_from_the_registry_without_data():
         eval_target("maze2d-umaze-dense-v1")  # D4RL's mujoco-py maze2d: registered without an env
 
 
+class _CountingEnv(gym.Env):
+    """A 1-D env whose episode length and rewards follow from its reset seed; counts the steps it is given."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (1,))
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,))
+
+    def __init__(self) -> None:
+        self.steps_after_end = 0
+        self.calls = 0
+
+    def reset(self, *, seed=None, options=None):
+        rng = np.random.default_rng(seed)
+        self.length, self.t, self.done = int(rng.integers(1, 30)), 0, False
+        self.x = float(rng.normal())
+        return np.array([self.x]), {}
+
+    def step(self, action):
+        self.calls += 1
+        self.steps_after_end += self.done
+        self.t += 1
+        self.x += 0.1 * float(action[0])
+        self.done = self.t >= self.length
+        return np.array([self.x]), self.x ** 2, self.done and self.t % 2 == 0, self.done and self.t % 2 == 1, {}
+
+
+def test_episodes_side_by_side_give_the_same_returns_as_one_at_a_time():
+    policy_calls = []
+
+    def policy(obs):  # deterministic, row by row: batching cannot change an action
+        policy_calls.append(len(obs))
+        return np.clip(-obs, -1, 1)
+
+    one = _CountingEnv()
+    sequential = run_episodes(one, policy, 9, seed=3)
+    lengths = [np.random.default_rng(episode_seed(3, i)).integers(1, 30) for i in range(9)]
+    assert one.calls == sum(lengths) == sum(policy_calls) and set(policy_calls) == {1}
+    for width in (2, 4, 9, 20):
+        envs = [_CountingEnv() for _ in range(width)]
+        policy_calls.clear()
+        np.testing.assert_array_equal(run_episodes(envs, policy, 9, seed=3), sequential)
+        assert sum(e.calls for e in envs) == sum(lengths) == sum(policy_calls)
+        assert all(e.steps_after_end == 0 for e in envs)  # a finished episode's env is never stepped again
+        assert max(policy_calls) == min(width, 9)  # one policy call per time step for all running episodes
+    assert not np.array_equal(run_episodes(one, policy, 9, seed=4), sequential)  # the seed picks the start states
+
+
+def test_maze_returns_do_not_depend_on_how_many_episodes_run_side_by_side():
+    target = eval_target(UMAZE)
+    goal_seeking = lambda obs: np.clip(-obs[:, :2] - obs[:, 2:], -1, 1)  # noqa: E731 (a deterministic row-wise policy)
+    sequential = run_episodes(target.make_env(40), goal_seeking, 6, seed=0)
+    side_by_side = run_episodes([target.make_env(40) for _ in range(6)], goal_seeking, 6, seed=0)
+    np.testing.assert_array_equal(side_by_side, sequential)
+    assert len(set(sequential.tolist())) == 6  # every episode has its own start state
+    env = target.make_env(40)
+    random_returns = run_episodes([env, target.make_env(40)], random_policy(env, 0), 4, seed=0)
+    assert random_returns.shape == (4,) and np.isfinite(random_returns).all()
+
+
 # --- training on real data: run folder, summary, skip, resume --------------------------------------------
 @pytest.mark.slow
 def test_training_writes_run_folder_and_summary_then_skips(umaze_registered, tmp_path):
@@ -209,6 +268,17 @@ def test_training_writes_run_folder_and_summary_then_skips(umaze_registered, tmp
     before = (out / "eval.jsonl").stat().st_mtime_ns
     assert train(cfg, agent_class) == summary
     assert (out / "eval.jsonl").stat().st_mtime_ns == before
+
+
+def test_eval_envs_changes_speed_not_scores(umaze_registered, tmp_path):
+    agent_class, cfg = tiny("td3_bc", tmp_path, n_episodes=3)
+    one_by_one = train(dataclasses.replace(cfg, eval_envs=1, name="one"), agent_class)
+    side_by_side = train(dataclasses.replace(cfg, name="all"), agent_class)  # eval_envs 0: all 3 at once
+    # the batched actor may round differently in the last float bit; the start states and updates are the same
+    np.testing.assert_allclose(side_by_side["final_return"], one_by_one["final_return"], rtol=1e-4)
+    assert one_by_one["evaluation"]["protocol"] == side_by_side["evaluation"]["protocol"] == EVAL_PROTOCOL
+    with pytest.raises(UserError, match="--eval_envs"):
+        train(dataclasses.replace(cfg, eval_envs=-1, name="bad"), agent_class)
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(umaze_registered, tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ trained on synthetic samples is evaluated without touching the sensitive data.
 """
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -15,7 +15,7 @@ from synther.data.formats import read_sidecar
 from synther.data.registry import DatasetEntry, dataset_info
 from synther.errors import UserError
 
-Policy = Callable[[np.ndarray], np.ndarray]
+Policy = Callable[[np.ndarray], np.ndarray]  # observations (B, obs_dim) -> actions (B, action_dim)
 
 
 @dataclass(frozen=True)
@@ -66,21 +66,45 @@ def eval_target(dataset: str) -> EvalTarget:
     return EvalTarget(name, entry)
 
 
-def run_episodes(env: gym.Env, policy: Policy, n_episodes: int, seed: int) -> np.ndarray:
-    """Undiscounted returns of `n_episodes` episodes. The env is seeded once with `seed` (as CORL's eval_actor
-    does), so every evaluation of a run sees the same start states."""
-    returns = np.empty(n_episodes)
-    env.action_space.seed(seed)
-    low, high = env.action_space.low, env.action_space.high
-    for ep in range(n_episodes):
-        obs, _ = env.reset(seed=seed if ep == 0 else None)
-        total, done = 0.0, False
-        while not done:
-            action = np.clip(policy(obs), low, high)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            total += float(reward)
-            done = terminated or truncated
-        returns[ep] = total
+def episode_seed(seed: int, episode: int) -> int:
+    """The reset seed of episode `episode` of an evaluation seeded with `seed`: each episode starts from its own
+    seeded reset, so every evaluation of a run sees the same start states however many episodes run side by side."""
+    return int(np.random.SeedSequence([seed, episode]).generate_state(1)[0])
+
+
+def run_episodes(envs: gym.Env | Sequence[gym.Env], policy: Policy, n_episodes: int, seed: int) -> np.ndarray:
+    """Undiscounted returns of `n_episodes` episodes, run side by side on `envs` (one env runs them one after
+    another). The policy maps a batch of observations (B, obs_dim) to actions (B, action_dim): one network call per
+    time step for all running episodes. A finished episode's env starts the next pending episode; finished envs are
+    never stepped. Episode i always starts from env.reset(seed=episode_seed(seed, i)), so the returns do not depend
+    on how many envs there are (up to float rounding of the batched policy)."""
+    envs = [envs] if isinstance(envs, gym.Env) else list(envs)
+    returns = np.zeros(n_episodes)
+    low, high = envs[0].action_space.low, envs[0].action_space.high
+    pending = iter(range(n_episodes))
+    running: list[tuple[int, gym.Env]] = []  # (episode, env) pairs, in step with `obs`
+    obs: list[np.ndarray] = []
+
+    def start(env: gym.Env) -> None:
+        episode = next(pending, None)
+        if episode is not None:
+            first, _ = env.reset(seed=episode_seed(seed, episode))
+            running.append((episode, env))
+            obs.append(first)
+
+    for env in envs:
+        start(env)
+    while running:
+        actions = np.clip(policy(np.stack(obs)), low, high)
+        stepping, running, obs = running, [], []
+        for (episode, env), action in zip(stepping, actions):
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            returns[episode] += float(reward)
+            if terminated or truncated:
+                start(env)
+            else:
+                running.append((episode, env))
+                obs.append(next_obs)
     return returns
 
 
@@ -88,4 +112,4 @@ def random_policy(env: gym.Env, seed: int = 0) -> Policy:
     """Uniform actions from the env's action space (the 0 of most normalized scores)."""
     rng = np.random.default_rng(seed)
     low, high = env.action_space.low, env.action_space.high
-    return lambda obs: rng.uniform(low, high)
+    return lambda obs: rng.uniform(low, high, size=(len(obs), *low.shape))

@@ -44,7 +44,12 @@ from synther.utils.tracking import Tracker, WandbConfig
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "privtranr-agent-v1"
 # options that may differ between a killed run and its resumption
-_RESUME_IGNORED = ("progress", "overwrite", "device", "threads", "log_every", "save_checkpoints", "compile", "wandb")
+_RESUME_IGNORED = ("progress", "overwrite", "device", "threads", "log_every", "save_checkpoints", "compile", "wandb",
+                   "eval_envs")
+# How evaluation episodes are seeded; part of the run key, so a run scored another way is never resumed or reused.
+# v2: episode i starts from its own seeded reset (evaluation.episode_seed); v1 (before 2026-12) seeded only the first.
+EVAL_PROTOCOL = "episode-seeds-v2"
+MAX_EVAL_ENVS = 50
 
 
 @dataclass
@@ -69,6 +74,7 @@ class AgentConfig:
     max_timesteps: int = 1_000_000  # gradient updates (CORL: 1M; PrivORL: 500k)
     eval_freq: int = 5000  # evaluate every this many updates (and after the last one)
     n_episodes: int = 10  # episodes per evaluation (PrivORL uses 100 on maze2d)
+    eval_envs: int = 0  # episodes run side by side in an evaluation, one batched policy call per time step (0: all n_episodes, at most 50); the scores do not depend on it
     eval_max_episode_steps: int = 0  # evaluation horizon; 0: the dataset's registered horizon (changing it invalidates the score constants)
     summary_last_k: int = 10  # summary.json reports the mean normalized score of the last k evaluations
     device: str = "auto"  # auto (CUDA when available), cpu or cuda
@@ -108,6 +114,8 @@ def _check(cfg: AgentConfig) -> AgentConfig:
         raise UserError(f"--env '{cfg.env}' and --dataset '{cfg.dataset}' disagree; --env is an alias, give one")
     if cfg.env:
         cfg = dataclasses.replace(cfg, dataset=cfg.env, env="")
+    if cfg.eval_envs < 0:
+        raise UserError(f"--eval_envs must be 0 (automatic) or positive, got {cfg.eval_envs}")
     for opt in ("max_timesteps", "eval_freq", "n_episodes", "batch_size", "log_every", "summary_last_k"):
         if getattr(cfg, opt) <= 0:
             raise UserError(f"--{opt} must be positive, got {getattr(cfg, opt)}")
@@ -179,22 +187,29 @@ class _JsonLines:
 
 
 def make_policy(agent: Agent, buffer: ReplayBuffer, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
-    """Raw env observation -> action, normalizing with the training data's statistics."""
+    """Raw env observations (B, obs_dim) -> actions (B, action_dim), normalizing with the training data's
+    statistics."""
     mean = torch.as_tensor(buffer.state_mean, device=device)
     std = torch.as_tensor(buffer.state_std, device=device)
 
     def policy(obs: np.ndarray) -> np.ndarray:
-        x = torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0)
-        return agent.act((x - mean) / std)[0].cpu().numpy()
+        x = torch.as_tensor(obs, dtype=torch.float32, device=device)
+        return agent.act((x - mean) / std).cpu().numpy()
 
     return policy
 
 
-def evaluate(agent: Agent, buffer: ReplayBuffer, env, target: EvalTarget, n_episodes: int, seed: int,
+def eval_envs(target: EvalTarget, cfg: AgentConfig) -> list:
+    """The envs an evaluation runs its episodes on, side by side (built once per run)."""
+    width = min(cfg.eval_envs or MAX_EVAL_ENVS, cfg.n_episodes)
+    return [target.make_env(cfg.eval_max_episode_steps) for _ in range(width)]
+
+
+def evaluate(agent: Agent, buffer: ReplayBuffer, envs: list, target: EvalTarget, n_episodes: int, seed: int,
              device: torch.device) -> dict[str, Any]:
     agent.train_mode(False)
     with torch.inference_mode():
-        returns = run_episodes(env, make_policy(agent, buffer, device), n_episodes, seed)
+        returns = run_episodes(envs, make_policy(agent, buffer, device), n_episodes, seed)
     agent.train_mode(True)
     scores = np.asarray(target.normalize(returns))
     return {"return_mean": float(returns.mean()), "return_std": float(returns.std()),
@@ -230,7 +245,7 @@ def train(cfg: AgentConfig, agent_class: type[Agent]) -> dict[str, Any]:
 
 def _run_key(cfg_dict: dict[str, Any], data_sha256: str) -> str:
     """What a finished or checkpointed run must match to be reused: its configuration and its data's content."""
-    return hashlib.sha256(json.dumps([_comparable(cfg_dict), data_sha256], sort_keys=True,
+    return hashlib.sha256(json.dumps([_comparable(cfg_dict), data_sha256, EVAL_PROTOCOL], sort_keys=True,
                                      default=str).encode()).hexdigest()[:16]
 
 
@@ -258,7 +273,8 @@ def _train(cfg: AgentConfig, agent_class: type[Agent], out: Path) -> dict[str, A
                             "true to replace it, or --name for another run folder")
         print(f"{out}: finished run found (summary.json); skipped (pass --overwrite true to re-run)")
         return summary
-    env = target.make_env(cfg.eval_max_episode_steps)
+    envs = eval_envs(target, cfg)
+    env = envs[0]
     obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
     check_dimensions(data.dataset, obs_dim, action_dim, target.dataset)
     max_action = float(np.max(np.abs(np.concatenate([env.action_space.low, env.action_space.high]))))
@@ -325,7 +341,7 @@ def _train(cfg: AgentConfig, agent_class: type[Agent], out: Path) -> dict[str, A
                 now = time.perf_counter()
                 elapsed_train += now - tick
                 speed = (step - tick_step) / max(now - tick, 1e-9)
-                row = {"step": step, **evaluate(agent, buffer, env, target, cfg.n_episodes, cfg.seed, device),
+                row = {"step": step, **evaluate(agent, buffer, envs, target, cfg.n_episodes, cfg.seed, device),
                        "updates_per_s": speed, "eval_seconds": time.perf_counter() - now}
                 evals.append(row)
                 evals_log.append(row)
@@ -339,7 +355,8 @@ def _train(cfg: AgentConfig, agent_class: type[Agent], out: Path) -> dict[str, A
         bar.close()
     finally:
         tracker.close()
-    env.close()
+    for env in envs:
+        env.close()
 
     summary = {
         "algorithm": algorithm,
@@ -354,7 +371,7 @@ def _train(cfg: AgentConfig, agent_class: type[Agent], out: Path) -> dict[str, A
                           **buffer.statistics()},
         "dp_epsilon": cfg.dp_epsilon if cfg.dp_epsilon >= 0 else None,
         "privacy_guarantee": (data.description.get("privacy_ledger") or {}).get("guarantee"),
-        "evaluation": {**target.describe(), "n_episodes": cfg.n_episodes, "seed": cfg.seed},
+        "evaluation": {**target.describe(), "n_episodes": cfg.n_episodes, "seed": cfg.seed, "protocol": EVAL_PROTOCOL},
         "device": str(device),
         "train_seconds": elapsed_train,
         "updates_per_s": cfg.max_timesteps / max(elapsed_train, 1e-9),
