@@ -306,8 +306,14 @@ def test_killed_run_resumes_from_its_last_checkpoint(umaze_registered, tmp_path,
     assert evals == [20, 40, 60] and summary["evaluations"] == 3
     metric_steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert metric_steps == sorted(set(metric_steps))  # no step logged twice
-    # a different configuration in the same folder is refused rather than silently mixed
+    # a checkpoint whose curve was scored under another evaluation protocol is not continued
     (out / "summary.json").unlink()
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    torch.save({**ckpt, "eval_protocol": "episode-seeds-v1"}, out / "checkpoint.pt")
+    with pytest.raises(UserError, match="another protocol"):
+        train(cfg, agent_class)
+    torch.save(ckpt, out / "checkpoint.pt")
+    # a different configuration in the same folder is refused rather than silently mixed
     _, other = tiny("iql", tmp_path, max_timesteps=60, beta=1.0)
     with pytest.raises(UserError, match="different run configuration"):
         train(other, agent_class)

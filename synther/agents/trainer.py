@@ -46,8 +46,9 @@ CHECKPOINT_FORMAT = "privtranr-agent-v1"
 # options that may differ between a killed run and its resumption
 _RESUME_IGNORED = ("progress", "overwrite", "device", "threads", "log_every", "save_checkpoints", "compile", "wandb",
                    "eval_envs")
-# How evaluation episodes are seeded; part of the run key, so a run scored another way is never resumed or reused.
-# v2: episode i starts from its own seeded reset (evaluation.episode_seed); v1 (before 2026-12) seeded only the first.
+# How evaluation episodes are seeded, kept in checkpoints and summaries: a curve is never continued under another
+# protocol. v2: episode i starts from its own seeded reset (evaluation.episode_seed); v1 (summaries without
+# evaluation.protocol, before 2026-12): one episode after another, the env seeded at the first reset only.
 EVAL_PROTOCOL = "episode-seeds-v2"
 MAX_EVAL_ENVS = 50
 
@@ -245,7 +246,7 @@ def train(cfg: AgentConfig, agent_class: type[Agent]) -> dict[str, Any]:
 
 def _run_key(cfg_dict: dict[str, Any], data_sha256: str) -> str:
     """What a finished or checkpointed run must match to be reused: its configuration and its data's content."""
-    return hashlib.sha256(json.dumps([_comparable(cfg_dict), data_sha256, EVAL_PROTOCOL], sort_keys=True,
+    return hashlib.sha256(json.dumps([_comparable(cfg_dict), data_sha256], sort_keys=True,
                                      default=str).encode()).hexdigest()[:16]
 
 
@@ -302,6 +303,10 @@ def _train(cfg: AgentConfig, agent_class: type[Agent], out: Path) -> dict[str, A
                 or state.get("run_key", run_key) != run_key or _comparable(state["config"]) != _comparable(cfg_dict):
             raise UserError(f"{out} holds a checkpoint of a different run configuration; pass --overwrite true "
                             "to start over or --name for another run folder")
+        if state.get("eval_protocol", "episode-seeds-v1") != EVAL_PROTOCOL:
+            raise UserError(f"{out} holds a checkpoint whose evaluations were scored under another protocol "
+                            f"({state.get('eval_protocol', 'episode-seeds-v1')}, now {EVAL_PROTOCOL}); pass "
+                            "--overwrite true to start this run over")
         agent.load_state_dict(state["agent"])
         buffer.set_rng_state(state["buffer_rng"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
@@ -320,7 +325,7 @@ def _train(cfg: AgentConfig, agent_class: type[Agent], out: Path) -> dict[str, A
         if not cfg.save_checkpoints:
             return
         state = {"format": CHECKPOINT_FORMAT, "algorithm": algorithm, "step": step, "config": cfg_dict,
-                 "run_key": run_key,
+                 "run_key": run_key, "eval_protocol": EVAL_PROTOCOL,
                  "agent": agent.state_dict(), "evals": evals, "train_seconds": elapsed_train,
                  "buffer_rng": buffer.rng_state(), "torch_rng": torch.get_rng_state(),
                  "numpy_rng": np.random.get_state(), "state_mean": buffer.state_mean, "state_std": buffer.state_std}
