@@ -101,3 +101,35 @@ def test_clip_bias_diagnostic_gives_a_group_with_twice_the_norm_half_the_weight(
         model.per_sample_loss(x[i:i + 1], sigma[i:i + 1], noise[i:i + 1]).sum(), params))) for i in range(12)])
     torch.testing.assert_close(chunked, one_by_one, rtol=1e-4, atol=1e-6)
     assert chunked.std() > 0.1 * chunked.mean()  # the rows really differ, so the comparison is not vacuous
+
+
+def test_loss_by_noise_diagnostic_is_the_unweighted_edm_loss_and_its_gain_shares():
+    """benchmarks/loss_by_noise.py: its error per σ is the EDM per-row loss without λ(σ), on the same draw; a
+    checkpoint's share is its gain over the first one relative to the last one's."""
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+
+    from synther.diffusion.denoiser import DenoiserConfig
+    from synther.diffusion.edm import EDM
+    from synther.diffusion.normalizer import Normalizer
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "loss_by_noise.py"
+    spec = importlib.util.spec_from_file_location("loss_by_noise", path)
+    loss_by_noise = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loss_by_noise)
+    errors = np.array([[4.0, 1.0], [3.0, 1.5], [2.0, 0.5]])  # start, a fine-tune, the reference
+    np.testing.assert_allclose(loss_by_noise.gain_shares(errors), [[0, 0], [0.5, -1], [1, 1]])
+
+    torch.manual_seed(0)
+    model = EDM(5, Normalizer.identity(5), DenoiserConfig(width=32, depth=2, cond_dim=16, fourier_dim=8))
+    g = torch.Generator().manual_seed(1)
+    x, noise = torch.randn(64, 5, generator=g), torch.randn(64, 5, generator=g)
+    levels = (0.01, 0.3, 3.0)
+    got = loss_by_noise.denoising_error(model, x, levels, noise)
+    with torch.no_grad():
+        want = [float((model.per_sample_loss(x, torch.full((64,), s), noise) * s * s / (s * s + 1)).mean())
+                for s in levels]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert got[0] < got[1] < got[2]  # harder to denoise at higher noise: the levels really differ
