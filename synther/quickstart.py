@@ -23,7 +23,7 @@ from synther.sweep import SweepConfig, public_sets, run_sweep
 
 # preset -> (sweep YAML, rows generated per maze; 0 = D4RL's sizes)
 PRESETS = {
-    "default": ("config/sweeps/quickstart.yaml", 100_000),  # ≈ 13 minutes on 2 CPU cores
+    "default": ("config/sweeps/quickstart.yaml", 100_000),  # 13–19 minutes on 2 CPU cores (README)
     "tiny": ("config/sweeps/quickstart-tiny.yaml", 2_000),  # seconds of compute: checks the plumbing (CI)
     # the utility ladder at the default's settings: real, no-DP, DP at ε 1 and 10, public-only (± curiosity),
     # seeds 0-2; its default and ε=10 jobs are the default preset's, so with --runs_dir runs/quickstart it reuses them
