@@ -28,13 +28,11 @@ LEVELS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 @torch.no_grad()
 def denoising_error(model, x_raw: torch.Tensor, sigmas: tuple[float, ...], noise: torch.Tensor) -> np.ndarray:
-    """Mean squared error of D(x + σ·noise; σ) against x, normalized space, one value per σ."""
-    x = model.normalizer.normalize(x_raw)
-    out = []
-    for s in sigmas:
-        sigma = torch.full((len(x),), float(s))
-        out.append(float((model.denoise(x + noise * s, sigma) - x).pow(2).mean()))
-    return np.asarray(out)
+    """Mean squared error of D(x + σ·noise; σ) against x, normalized space, one value per σ: the model's own EDM
+    loss with its weight λ(σ) = (σ² + σ_d²)/(σσ_d)² divided out."""
+    sd = model.cfg.sigma_data
+    return np.asarray([float(model.per_sample_loss(x_raw, torch.full((len(x_raw),), float(s)), noise).mean())
+                       * (s * sd) ** 2 / (s**2 + sd**2) for s in sigmas])
 
 
 def gain_shares(errors: np.ndarray) -> np.ndarray:
