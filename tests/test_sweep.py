@@ -168,6 +168,18 @@ def test_shipped_sweep_configs_parse_and_dry_run(tmp_path):
                       "executor must be 'local' or 'ray'")
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "config/sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_sweep_plans_with_its_config_files(path, tmp_path):
+    cfg = parse(SweepConfig, "", ["--config_path", str(path), "--runs_dir", str(tmp_path / "runs")])
+    jobs = plan(cfg)
+    assert jobs
+    for job in (j for j in jobs if j.kind in ("agent", "pretrain", "finetune", "sample")):
+        # a shipped sweep runs each agent with its dataset's YAML, never the algorithm's defaults
+        configs = [value for flag, value in zip(job.command, job.command[1:]) if flag == "--config_path"]
+        assert configs and all(Path(c).exists() for c in configs), f"{path.name}: {job.id} has no config file"
+    assert not (tmp_path / "runs").exists()  # planning writes nothing
+
+
 # --- the engine on cheap command jobs ------------------------------------------------------------------------------
 def _job(root: Path, name: str, code: str, deps: list[str] | None = None, outputs=("out.txt",)) -> Job:
     """A job running the Python statements `code`, with OUT = its run folder."""
