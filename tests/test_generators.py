@@ -1,5 +1,6 @@
 """Offline generators at tiny budgets: maze2d-like PointMaze data and SAC locomotion data."""
 import json
+import os
 import tempfile
 
 import numpy as np
@@ -68,6 +69,17 @@ def test_maze_dataset_saves_and_loads_by_registry_name(umaze, tmp_path, monkeypa
         steps, done = steps + 1, terminated or truncated
     assert obs.shape == (4,) and 0 < reward <= 1 and not terminated
     assert steps == MAZES["umaze"].max_episode_steps  # D4RL's evaluation horizon
+
+
+def test_maze_env_leaves_no_temporary_xml_behind():
+    # gymnasium-robotics writes a fresh MuJoCo XML into the temp folder for every maze env; we remove it once loaded
+    from synther.data.pointmaze import make_maze2d_env
+    env = make_maze2d_env("medium")
+    assert env.unwrapped.tmp_xml_file_path.startswith(tempfile.gettempdir())
+    assert not os.path.exists(env.unwrapped.tmp_xml_file_path)
+    obs, _ = env.reset(seed=0)  # the model was loaded before the file went
+    assert env.step(env.action_space.sample())[0].shape == obs.shape == (4,)
+    env.close()
 
 
 def test_unknown_maze_is_a_user_error():

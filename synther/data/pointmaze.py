@@ -16,6 +16,7 @@ MuJoCo 3+/4 PointMaze-v3 physics, and velocities are clipped to ±5 as that env 
 
 import contextlib
 import io
+import os
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -90,6 +91,10 @@ class Maze2dEnv(gym.Wrapper):
         inner = PointMazeEnv(
             maze_map=[list(r) for r in spec.layout], reward_type="dense", continuing_task=True, reset_target=False
         )
+        # gymnasium-robotics writes each maze's MuJoCo XML to a new file in the temp folder and never removes it (one
+        # per env: thousands over a sweep, now that evaluation builds an env per episode slot); the model is loaded
+        with contextlib.suppress(OSError):
+            os.remove(inner.tmp_xml_file_path)
         super().__init__(inner)
         self.maze_name = maze
         self.spec_maze = spec
