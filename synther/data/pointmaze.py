@@ -92,9 +92,9 @@ class Maze2dEnv(gym.Wrapper):
             maze_map=[list(r) for r in spec.layout], reward_type="dense", continuing_task=True, reset_target=False
         )
         # gymnasium-robotics writes each maze's MuJoCo XML to a new file in the temp folder and never removes it (one
-        # per env: thousands over a sweep, now that evaluation builds an env per episode slot); the model is loaded
-        with contextlib.suppress(OSError):
-            os.remove(inner.tmp_xml_file_path)
+        # per env: thousands over a sweep, as evaluation builds an env per episode slot); MuJoCo has loaded it by now
+        with contextlib.suppress(OSError, TypeError):
+            os.remove(getattr(inner, "tmp_xml_file_path", None))
         super().__init__(inner)
         self.maze_name = maze
         self.spec_maze = spec
