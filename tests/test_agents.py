@@ -81,6 +81,37 @@ def test_ensemble_matches_separate_members_and_detach_blocks_parameter_grads():
     assert a.grad is not None and all(p.grad is None for p in ens.parameters())
 
 
+def test_layer_norm_ensemble_matches_torch_layernorm_and_bounds_extrapolation():
+    torch.manual_seed(0)
+    ens = EnsembleMLP(5, 1, 16, 2, members=2, layer_norm=True)
+    with torch.no_grad():  # non-trivial scales and shifts, different per member
+        for norm in ens.norms:
+            norm.weight.uniform_(0.5, 1.5), norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(7, 5)
+    for m in range(2):
+        h = x
+        for i, layer in enumerate(ens.layers):
+            h = h @ layer.weight[m] + layer.bias[m]
+            if i < len(ens.layers) - 1:
+                reference = torch.nn.LayerNorm(16)
+                reference.load_state_dict({"weight": ens.norms[i].weight[m, 0], "bias": ens.norms[i].bias[m, 0]})
+                h = reference(torch.relu(h))
+        torch.testing.assert_close(ens(x)[m], h.squeeze(-1))
+        torch.testing.assert_close(ens(x, member=m), h.squeeze(-1))
+    a = torch.randn(7, 5, requires_grad=True)
+    ens(a, detach_params=True).sum().backward()
+    assert a.grad is not None and all(p.grad is None for p in ens.parameters())
+    # the last hidden layer's output has norm ≤ √d·max|γ| + ‖β‖ whatever the input, so |Q| cannot grow with it;
+    # without the norm, Q of inputs 10⁴ times farther out grows by orders of magnitude
+    last, norm = ens.layers[-1], ens.norms[-1]
+    bound = (last.weight.squeeze(-1).norm(dim=1) * (16 ** 0.5 * norm.weight.abs().amax((1, 2))
+                                                     + norm.bias.norm(dim=(1, 2))) + last.bias.abs().view(-1))
+    far = 1e4 * torch.randn(1000, 5)
+    assert (ens(far).abs().amax(1) <= bound + 1e-4).all()
+    plain = EnsembleMLP(5, 1, 16, 2, members=2)
+    assert plain(far).abs().amax() > 100 * plain(x).abs().amax()
+
+
 def test_soft_update_is_polyak_averaging():
     src, tgt = EnsembleMLP(3, 1, 4, 1, 2), EnsembleMLP(3, 1, 4, 1, 2)
     expected = [0.9 * t.detach().clone() + 0.1 * s.detach() for t, s in zip(tgt.parameters(), src.parameters())]
@@ -130,7 +161,7 @@ def test_reward_scale_uses_episode_returns_and_refuses_unordered_samples(make_ar
 # objective is stationary on a fixed batch: AWAC and EDAC as configured, TD3+BC / IQL / CQL in their
 # behaviour-cloning limits (α = 0, β = 0, BC warm-up), whose actor loss is a pure imitation loss.
 LOSS_CHECKS = {
-    "td3_bc": [({}, ["critic_loss"]), ({"alpha": 0.0}, ["actor_loss"])],
+    "td3_bc": [({}, ["critic_loss"]), ({"alpha": 0.0}, ["actor_loss"]), ({"critic_layer_norm": True}, ["critic_loss"])],
     "iql": [({}, ["q_loss", "value_loss"]), ({"beta": 0.0}, ["actor_loss"])],
     "cql": [({}, ["critic_loss", "cql_diff"]), ({"bc_steps": 10**6}, ["policy_loss"])],
     "awac": [({}, ["critic_loss", "actor_loss"])],

@@ -60,12 +60,18 @@ class EnsembleMLP(nn.Module):
     detach_params=True evaluates the ensemble with its parameters detached: gradients flow to the input (e.g. an
     actor's action) but not into the ensemble, which is how an actor loss uses its critics. `member` picks one
     member (TD3+BC's actor uses the first critic only) and returns (batch, out) / (batch,).
+
+    layer_norm=True puts a LayerNorm (own scale and shift per member) after each hidden ReLU, as ReBRAC's critic
+    (Tarasov et al. 2023) does: it bounds how far Q can extrapolate to inputs far from the data.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int, n_hidden: int, members: int) -> None:
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int, n_hidden: int, members: int,
+                 layer_norm: bool = False) -> None:
         super().__init__()
         dims = [in_dim] + [hidden_dim] * n_hidden + [out_dim]
         self.layers = nn.ModuleList(EnsembleLinear(dims[i], dims[i + 1], members) for i in range(len(dims) - 1))
+        self.norms = nn.ModuleList(EnsembleLayerNorm(hidden_dim, members) for _ in range(n_hidden)) \
+            if layer_norm else None
         self.members, self.out_dim = members, out_dim
 
     def forward(self, x: torch.Tensor, detach_params: bool = False, member: int | None = None) -> torch.Tensor:
@@ -80,7 +86,25 @@ class EnsembleMLP(nn.Module):
                 x = ensemble_linear(x, w, b)
             if i < last:
                 x = torch.relu(x)
+                if self.norms is not None:
+                    x = self.norms[i](x, detach_params=detach_params, member=member)
         return x.squeeze(-1) if self.out_dim == 1 else x
+
+
+class EnsembleLayerNorm(nn.Module):
+    """LayerNorm over the last dimension with a stacked scale and shift per member: (members, 1, dim)."""
+
+    def __init__(self, dim: int, members: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(members, 1, dim))
+        self.bias = nn.Parameter(torch.zeros(members, 1, dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor, detach_params: bool = False, member: int | None = None) -> torch.Tensor:
+        w, b = (self.weight.detach(), self.bias.detach()) if detach_params else (self.weight, self.bias)
+        if member is not None:
+            w, b = w[member], b[member]
+        return torch.nn.functional.layer_norm(x, x.shape[-1:], eps=self.eps) * w + b
 
 
 def adam(params, lr: float | None = None) -> torch.optim.Adam:

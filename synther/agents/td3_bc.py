@@ -25,6 +25,7 @@ class TD3BCConfig(AgentConfig):
     alpha: float = 2.5  # α: weight of the Q term against behaviour cloning
     hidden_dim: int = 256  # width of actor and critic hidden layers
     n_hidden: int = 2  # hidden layers of actor and critics
+    critic_layer_norm: bool = False  # LayerNorm after each critic hidden layer (ReBRAC's critic; bounds extrapolation)
 
 
 class TD3BC(Agent):
@@ -36,7 +37,8 @@ class TD3BC(Agent):
         hidden = [cfg.hidden_dim] * cfg.n_hidden
         self.actor = mlp([obs_dim, *hidden, action_dim], output_activation=nn.Tanh).to(device)
         self.actor_target = frozen_copy(self.actor)
-        self.critic = EnsembleMLP(obs_dim + action_dim, 1, cfg.hidden_dim, cfg.n_hidden, members=2).to(device)
+        self.critic = EnsembleMLP(obs_dim + action_dim, 1, cfg.hidden_dim, cfg.n_hidden, members=2,
+                                  layer_norm=cfg.critic_layer_norm).to(device)
         self.critic_target = frozen_copy(self.critic)
         self.actor_optimizer = adam(self.actor.parameters(), lr=cfg.actor_lr)
         self.critic_optimizer = adam(self.critic.parameters(), lr=cfg.critic_lr)
