@@ -70,8 +70,8 @@ class EnsembleMLP(nn.Module):
         super().__init__()
         dims = [in_dim] + [hidden_dim] * n_hidden + [out_dim]
         self.layers = nn.ModuleList(EnsembleLinear(dims[i], dims[i + 1], members) for i in range(len(dims) - 1))
-        self.norms = nn.ModuleList(EnsembleLayerNorm(hidden_dim, members) for _ in range(n_hidden)) \
-            if layer_norm else None
+        self.norms = (nn.ModuleList(EnsembleLayerNorm(hidden_dim, members) for _ in range(n_hidden))
+                      if layer_norm else None)
         self.members, self.out_dim = members, out_dim
 
     def forward(self, x: torch.Tensor, detach_params: bool = False, member: int | None = None) -> torch.Tensor:
