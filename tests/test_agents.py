@@ -161,7 +161,8 @@ def test_reward_scale_uses_episode_returns_and_refuses_unordered_samples(make_ar
 # objective is stationary on a fixed batch: AWAC and EDAC as configured, TD3+BC / IQL / CQL in their
 # behaviour-cloning limits (α = 0, β = 0, BC warm-up), whose actor loss is a pure imitation loss.
 LOSS_CHECKS = {
-    "td3_bc": [({}, ["critic_loss"]), ({"alpha": 0.0}, ["actor_loss"]), ({"critic_layer_norm": True}, ["critic_loss"])],
+    "td3_bc": [({}, ["critic_loss"]), ({"alpha": 0.0}, ["actor_loss"]),
+               ({"critic_layer_norm": True}, ["critic_loss"])],
     "iql": [({}, ["q_loss", "value_loss"]), ({"beta": 0.0}, ["actor_loss"])],
     "cql": [({}, ["critic_loss", "cql_diff"]), ({"bc_steps": 10**6}, ["policy_loss"])],
     "awac": [({}, ["critic_loss", "actor_loss"])],
