@@ -1,6 +1,7 @@
 """Offline RL agents: networks, buffer statistics, each update rule, the shared trainer (run folders, skip, resume),
 training on synthetic samples only, and TD3+BC / IQL clearly beating a random policy on a generated maze."""
 import dataclasses
+import importlib.util
 import json
 from pathlib import Path
 
@@ -14,10 +15,10 @@ from synther.agents import ALGORITHMS, get_algorithm
 from synther.agents.buffer import Batch, ReplayBuffer, reward_scale_from_returns
 from synther.agents.data import load_training_data
 from synther.agents.evaluation import episode_seed, eval_target, random_policy, run_episodes
-from synther.agents.networks import EnsembleMLP, soft_update
+from synther.agents.networks import EnsembleMLP, return_bounds, soft_update
 from synther.agents.trainer import EVAL_PROTOCOL, DiffusionSource, AgentConfig, run_dir, train
 from synther.data import TransitionDataset
-from synther.data.pointmaze import dataset_name
+from synther.data.pointmaze import MAZES, dataset_name
 from synther.errors import DatasetError, UserError
 from maze_data import shared_maze
 
@@ -112,6 +113,39 @@ def test_layer_norm_ensemble_matches_torch_layernorm_and_bounds_extrapolation():
     assert plain(far).abs().amax() > 100 * plain(x).abs().amax()
 
 
+@pytest.mark.parametrize("low,high", [(0.0, 1.0), (-2.0, -0.5), (-1.0, 3.0), (0.2, 0.9)])
+def test_return_bounds_hold_every_discounted_return(low, high):
+    gamma = 0.9
+    rng = np.random.default_rng(0)
+    lo, hi = return_bounds(low, high, gamma)
+    returns = []
+    for length in [1, 2, 5, 400]:  # episodes ending after `length` steps (400 ≈ never, 0.9**400 ≈ 5e-19)
+        for rewards in [np.full(length, low), np.full(length, high), rng.uniform(low, high, (50, length))]:
+            returns.append(np.atleast_2d(rewards) @ gamma ** np.arange(length))
+    returns = np.concatenate([np.ravel(r) for r in returns])
+    assert lo <= returns.min() + 1e-9 and returns.max() <= hi + 1e-9
+    assert min(abs(returns.min() - lo), abs(returns.max() - hi)) < 1e-6  # attained: the bounds are tight
+
+
+def test_bounded_td3_bc_targets_stay_within_the_returns_the_rewards_allow(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    obs = torch.randn(64, 4, generator=g)
+    batch = Batch(obs, torch.rand(64, 2, generator=g) * 2 - 1, torch.rand(64, generator=g), obs, torch.zeros(64))
+    losses = {}
+    for bound in (False, True):
+        torch.manual_seed(0)
+        agent_class, cfg = tiny("td3_bc", tmp_path, bound_targets=bound)
+        agent = agent_class(cfg, 4, 2, 1.0)
+        agent.fit_to_data(0.0, 1.0)
+        with torch.no_grad():  # a target critic that extrapolates wildly: every next-state value 10⁶
+            agent.critic_target.layers[-1].bias.fill_(1e6)
+            q = agent.critic(torch.cat([batch.observations, batch.actions], 1))
+        losses[bound] = float(agent.update(batch)["critic_loss"])
+    assert agent.target_high == pytest.approx(1.0 / (1.0 - cfg.discount)) and agent.target_low == 0.0
+    high = 1.0 / (1.0 - cfg.discount)
+    assert losses[True] <= 2 * float(((q.abs() + high) ** 2).mean(1).max()) < 1e6 < losses[False]
+
+
 def test_soft_update_is_polyak_averaging():
     src, tgt = EnsembleMLP(3, 1, 4, 1, 2), EnsembleMLP(3, 1, 4, 1, 2)
     expected = [0.9 * t.detach().clone() + 0.1 * s.detach() for t, s in zip(tgt.parameters(), src.parameters())]
@@ -142,6 +176,8 @@ def test_buffer_normalizes_with_statistics_of_the_data_given(make_dataset):
     torch.testing.assert_close(again.sample(64).observations, b.observations)
     off = ReplayBuffer(ds, normalize_states=False)
     assert np.all(off.state_mean == 0) and np.all(off.state_std == 1)
+    scaled = ReplayBuffer(ds, reward_scale=2.0, reward_bias=-1.0)
+    np.testing.assert_allclose(scaled.reward_range(), (2 * ds.rewards.min() - 1, 2 * ds.rewards.max() - 1), rtol=1e-6)
 
 
 def test_reward_scale_uses_episode_returns_and_refuses_unordered_samples(make_arrays):
@@ -300,6 +336,30 @@ def test_training_writes_run_folder_and_summary_then_skips(umaze_registered, tmp
     before = (out / "eval.jsonl").stat().st_mtime_ns
     assert train(cfg, agent_class) == summary
     assert (out / "eval.jsonl").stat().st_mtime_ns == before
+
+
+def test_training_bounds_td3_bc_targets_by_the_training_rewards(umaze_registered, tmp_path):
+    agent_class, cfg = tiny("td3_bc", tmp_path, max_timesteps=20, bound_targets=True)
+    train(cfg, agent_class)
+    state = torch.load(run_dir(cfg, "td3_bc") / "checkpoint.pt", weights_only=False)["agent"]
+    expected = return_bounds(float(umaze_registered.rewards.min()), float(umaze_registered.rewards.max()), cfg.discount)
+    assert (state["target_low"], state["target_high"]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_maze_policy_probe_tables_a_trained_checkpoint(umaze_registered, tmp_path):
+    """benchmarks/maze_policy.py: shares over the maze's free cells, critic values at free cells only."""
+    agent_class, cfg = tiny("td3_bc", tmp_path, max_timesteps=20)
+    train(cfg, agent_class)
+    path = ROOT / "benchmarks" / "maze_policy.py"
+    spec = importlib.util.spec_from_file_location("maze_policy", path)
+    maze_policy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(maze_policy)
+    p = maze_policy.probe(run_dir(cfg, "td3_bc") / "checkpoint.pt", episodes=3, horizon=15)
+    free = np.asarray(MAZES["umaze"].layout) == 0
+    assert p["step"] == 20 and np.array_equal(~np.isnan(p["values"]), free)
+    assert p["occupancy"].sum() == pytest.approx(100) and p["ends"].sum() == pytest.approx(100)
+    assert p["occupancy"][~free].sum() == 0 and p["ends"][~free].sum() == 0
+    assert np.isfinite(p["values"][free]).all()
 
 
 def test_eval_envs_changes_speed_not_scores(umaze_registered, tmp_path):

@@ -111,6 +111,11 @@ class ReplayBuffer:
         obs, act, rew, next_obs, done = torch.split(rows, self._splits, dim=1)
         return Batch(obs, act, rew.squeeze(1), next_obs, done.squeeze(1))
 
+    def reward_range(self) -> tuple[float, float]:
+        """Smallest and largest reward in the buffer (after scaling)."""
+        rewards = self.data[:, self.obs_dim + self.action_dim]
+        return float(rewards.min()), float(rewards.max())
+
     def statistics(self) -> dict[str, Any]:
         return {"state_mean": self.state_mean.tolist(), "state_std": self.state_std.tolist(),
                 "reward_scale": self.reward_scale, "reward_bias": self.reward_bias}

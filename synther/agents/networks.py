@@ -123,6 +123,14 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
 
 
+def return_bounds(reward_low: float, reward_high: float, discount: float) -> tuple[float, float]:
+    """The range every discounted return can lie in when each reward lies in [reward_low, reward_high], whether the
+    episode terminates after one step or never."""
+    low = min(reward_low, reward_low / (1.0 - discount))
+    high = max(reward_high, reward_high / (1.0 - discount))
+    return low, high
+
+
 def frozen_copy(module: nn.Module) -> nn.Module:
     """A target network: a copy that takes no gradients."""
     import copy
@@ -147,6 +155,10 @@ class Agent(ABC):
     @abstractmethod
     def act(self, observations: torch.Tensor) -> torch.Tensor:
         """Deterministic actions for normalized observations (implementations run under torch.no_grad)."""
+
+    def fit_to_data(self, reward_low: float, reward_high: float) -> None:
+        """Told the range of the training rewards (as the buffer holds them) before the first update; agents that
+        bound their values by it override this."""
 
     def modules(self) -> Iterable[nn.Module]:
         return [v for v in vars(self).values() if isinstance(v, nn.Module)]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from synther.agents.buffer import Batch
-from synther.agents.networks import Agent, adam, EnsembleMLP, critic_input, frozen_copy, mlp, soft_update
+from synther.agents.networks import Agent, adam, EnsembleMLP, critic_input, frozen_copy, mlp, return_bounds, soft_update
 from synther.agents.trainer import AgentConfig
 
 
@@ -26,6 +26,7 @@ class TD3BCConfig(AgentConfig):
     hidden_dim: int = 256  # width of actor and critic hidden layers
     n_hidden: int = 2  # hidden layers of actor and critics
     critic_layer_norm: bool = False  # LayerNorm after each critic hidden layer (ReBRAC's critic; bounds extrapolation)
+    bound_targets: bool = False  # clip TD targets to the returns the training rewards allow, [r_min, r_max]/(1 − γ)
 
 
 class TD3BC(Agent):
@@ -43,7 +44,12 @@ class TD3BC(Agent):
         self.actor_optimizer = adam(self.actor.parameters(), lr=cfg.actor_lr)
         self.critic_optimizer = adam(self.critic.parameters(), lr=cfg.critic_lr)
         self.total_it = 0
+        self.target_low, self.target_high = -float("inf"), float("inf")
         self._actor_loss = torch.zeros((), device=device)
+
+    def fit_to_data(self, reward_low: float, reward_high: float) -> None:
+        if self.cfg.bound_targets:
+            self.target_low, self.target_high = return_bounds(reward_low, reward_high, self.cfg.discount)
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.cfg
@@ -56,6 +62,8 @@ class TD3BC(Agent):
                 -self.max_action, self.max_action)
             target_q = self.critic_target(critic_input(next_obs, next_actions)).min(0).values
             target_q = rewards + (1.0 - dones) * cfg.discount * target_q
+            if cfg.bound_targets:  # no return can leave this range: growth beyond it is extrapolation feeding itself
+                target_q = target_q.clamp(self.target_low, self.target_high)
 
         q = self.critic(critic_input(obs, actions))  # (2, batch)
         critic_loss = F.mse_loss(q, target_q.expand_as(q), reduction="none").mean(1).sum()

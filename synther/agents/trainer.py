@@ -285,6 +285,7 @@ def _train(cfg: AgentConfig, agent_class: type[Agent], out: Path) -> dict[str, A
     data.dataset = None  # the buffer holds what training needs; free the arrays
 
     agent = agent_class(cfg, obs_dim, action_dim, max_action, device)
+    agent.fit_to_data(*buffer.reward_range())
     if cfg.compile:
         for module in agent.modules():
             module.compile()

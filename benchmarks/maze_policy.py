@@ -1,0 +1,103 @@
+"""Where a maze agent's policy goes, and what its critic believes: a diagnostic for TD3+BC's fall on synthetic rows.
+
+Rolls the checkpoint's deterministic policy out in its PointMaze (seeded resets, as the trainer's evaluation) and
+prints, cell by cell in the maze's layout: the share of steps spent there, the share of episodes that end there, and
+the critic's value Q(s, π(s)) of a ball at rest in the cell (the mean over a 5 × 5 grid of positions in it; members
+averaged). A policy whose critic ranks a cell far from the goal above the goal's own parks the ball there.
+
+  python benchmarks/maze_policy.py --checkpoint runs/agents/td3_bc-ptr-maze2d-umaze-dense-v0-eps10-seed0/checkpoint.pt
+
+Agents without a `critic` ensemble (IQL) get the rollout tables only.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from synther.agents import get_algorithm  # noqa: E402
+from synther.agents.evaluation import episode_seed, eval_target  # noqa: E402
+from synther.agents.networks import EnsembleMLP, critic_input  # noqa: E402
+from synther.errors import UserError  # noqa: E402
+
+
+def load_agent(path: str | Path):
+    """(agent, state mean, state std, config dict, update step) from a trainer checkpoint."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    agent_class, config_class = get_algorithm(state["algorithm"])
+    known = {f for f in config_class.__dataclass_fields__}
+    cfg = config_class(**{k: v for k, v in state["config"].items() if k in known and not isinstance(v, dict)})
+    mean, std = (torch.as_tensor(np.asarray(state[k]), dtype=torch.float32) for k in ("state_mean", "state_std"))
+    agent = agent_class(cfg, len(mean), 2, 1.0)
+    agent.load_state_dict(state["agent"])
+    agent.train_mode(False)
+    return agent, mean, std, state["config"], state["step"]
+
+
+def probe(path: str | Path, episodes: int = 30, horizon: int | None = None, seed: int | None = None) -> dict:
+    """Rollout and value tables of a maze agent's checkpoint (arrays shaped like the maze layout); episodes start as
+    the run's own evaluations do unless `seed` says otherwise."""
+    agent, mean, std, cfg, step = load_agent(path)
+    seed = cfg["seed"] if seed is None else seed
+    target = eval_target(cfg["dataset"])
+    env = target.make_env(horizon)
+    maze_env = env.unwrapped
+    if not hasattr(maze_env, "maze"):
+        raise UserError(f"{cfg['dataset']}: not a PointMaze dataset")
+    maze, shape = maze_env.maze, np.asarray(maze_env.maze.maze_map).shape
+    cell = lambda xy: tuple(int(c) for c in maze.cell_xy_to_rowcol(xy))  # noqa: E731
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return agent.act((torch.as_tensor(obs, dtype=torch.float32)[None] - mean) / std)[0].numpy()
+
+    occupancy, ends, returns = np.zeros(shape), np.zeros(shape), []
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=episode_seed(seed, ep))
+        total, done = 0.0, False
+        while not done:
+            occupancy[cell(obs[:2])] += 1
+            obs, reward, terminated, truncated, _ = env.step(act(obs))
+            total, done = total + reward, terminated or truncated
+        ends[cell(obs[:2])] += 1
+        returns.append(total)
+    values = np.full(shape, np.nan)
+    critic = getattr(agent, "critic", None)
+    if isinstance(critic, EnsembleMLP):
+        offsets = np.stack(np.meshgrid(np.linspace(-0.3, 0.3, 5), np.linspace(-0.3, 0.3, 5)), -1).reshape(-1, 2)
+        for rc in zip(*np.nonzero(np.asarray(maze.maze_map) == 0)):
+            xy = maze.cell_rowcol_to_xy(np.array(rc)) + offsets
+            s = (torch.as_tensor(np.concatenate([xy, np.zeros_like(xy)], 1), dtype=torch.float32) - mean) / std
+            with torch.no_grad():
+                values[rc] = float(critic(critic_input(s, agent.act(s))).mean())
+    return {"step": step, "return": float(np.mean(returns)), "score": float(np.mean(target.normalize(np.array(returns)))),
+            "occupancy": 100 * occupancy / occupancy.sum(), "ends": 100 * ends / episodes, "values": values}
+
+
+def grid(table: np.ndarray, fmt: str = "{:6.1f}") -> str:
+    """A maze-shaped table; walls ('#') where the value is NaN or the cell is never free."""
+    return "\n".join(" ".join("     #" if np.isnan(v) else fmt.format(v) for v in row) for row in table)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, nargs="+", help="agent checkpoint(s) (checkpoint.pt of a run)")
+    ap.add_argument("--episodes", type=int, default=30, help="episodes per checkpoint (default 30)")
+    ap.add_argument("--seed", type=int, default=None, help="seeds the episodes' starts (default: the run's seed, so the "
+                                                           "episodes start as its evaluations did)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    for path in args.checkpoint:
+        p = probe(path, args.episodes, seed=args.seed)
+        walls = np.isnan(p["values"]) & (p["occupancy"] == 0)
+        print(f"{path}: update {p['step']}, mean return {p['return']:.1f}, normalized score {p['score']:.1f}")
+        for name, key in [("share of steps (%)", "occupancy"), ("share of episodes ending here (%)", "ends"),
+                          ("Q(s, π(s)) of a ball at rest", "values")]:
+            print(f"{name}:\n{grid(np.where(walls, np.nan, p[key]))}")
+
+
+if __name__ == "__main__":
+    main()
