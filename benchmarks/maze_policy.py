@@ -73,7 +73,8 @@ def probe(path: str | Path, episodes: int = 30, horizon: int | None = None, seed
             s = (torch.as_tensor(np.concatenate([xy, np.zeros_like(xy)], 1), dtype=torch.float32) - mean) / std
             with torch.no_grad():
                 values[rc] = float(critic(critic_input(s, agent.act(s))).mean())
-    return {"step": step, "return": float(np.mean(returns)), "score": float(np.mean(target.normalize(np.array(returns)))),
+    score = float(np.mean(target.normalize(np.array(returns))))
+    return {"step": step, "return": float(np.mean(returns)), "score": score,
             "occupancy": 100 * occupancy / occupancy.sum(), "ends": 100 * ends / episodes, "values": values}
 
 
@@ -86,12 +87,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, nargs="+", help="agent checkpoint(s) (checkpoint.pt of a run)")
     ap.add_argument("--episodes", type=int, default=30, help="episodes per checkpoint (default 30)")
-    ap.add_argument("--seed", type=int, default=None, help="seeds the episodes' starts (default: the run's seed, so the "
-                                                           "episodes start as its evaluations did)")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="seeds the episodes' starts (default: the run's seed, so they start as its evaluations did)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     for path in args.checkpoint:
-        p = probe(path, args.episodes, seed=args.seed)
+        if not Path(path).is_file():
+            ap.error(f"{path}: no such checkpoint")
+        try:
+            p = probe(path, args.episodes, seed=args.seed)
+        except UserError as e:
+            ap.exit(2, f"error: {e}\n")
         walls = np.isnan(p["values"]) & (p["occupancy"] == 0)
         print(f"{path}: update {p['step']}, mean return {p['return']:.1f}, normalized score {p['score']:.1f}")
         for name, key in [("share of steps (%)", "occupancy"), ("share of episodes ending here (%)", "ends"),
