@@ -12,6 +12,7 @@ Agents without a `critic` ensemble (IQL) get the rollout tables only.
 import argparse
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -21,65 +22,65 @@ import torch  # noqa: E402
 from synther.agents import get_algorithm  # noqa: E402
 from synther.agents.evaluation import episode_seed, eval_target  # noqa: E402
 from synther.agents.networks import EnsembleMLP, critic_input  # noqa: E402
+from synther.agents.trainer import make_policy  # noqa: E402
 from synther.errors import UserError  # noqa: E402
 
 
-def load_agent(path: str | Path):
-    """(agent, state mean, state std, config dict, update step) from a trainer checkpoint."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+def load_agent(state: dict, env):
+    """(agent, its state normalization (mean, std) as tensors) from a trainer checkpoint, built for `env` as the
+    trainer builds it."""
     agent_class, config_class = get_algorithm(state["algorithm"])
-    known = {f for f in config_class.__dataclass_fields__}
+    known = set(config_class.__dataclass_fields__)
     cfg = config_class(**{k: v for k, v in state["config"].items() if k in known and not isinstance(v, dict)})
-    mean, std = (torch.as_tensor(np.asarray(state[k]), dtype=torch.float32) for k in ("state_mean", "state_std"))
-    agent = agent_class(cfg, len(mean), 2, 1.0)
+    max_action = float(np.max(np.abs(np.concatenate([env.action_space.low, env.action_space.high]))))
+    agent = agent_class(cfg, env.observation_space.shape[0], env.action_space.shape[0], max_action)
     agent.load_state_dict(state["agent"])
     agent.train_mode(False)
-    return agent, mean, std, state["config"], state["step"]
+    mean, std = (torch.as_tensor(np.asarray(state[k]), dtype=torch.float32) for k in ("state_mean", "state_std"))
+    return agent, mean, std
 
 
 def probe(path: str | Path, episodes: int = 30, horizon: int | None = None, seed: int | None = None) -> dict:
-    """Rollout and value tables of a maze agent's checkpoint (arrays shaped like the maze layout); episodes start as
-    the run's own evaluations do unless `seed` says otherwise."""
-    agent, mean, std, cfg, step = load_agent(path)
-    seed = cfg["seed"] if seed is None else seed
-    target = eval_target(cfg["dataset"])
+    """Rollout and value tables of a maze agent's checkpoint (arrays shaped like the maze layout, `free` marking its
+    free cells); episodes start as the run's own evaluations do unless `seed` says otherwise."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    target = eval_target(state["config"]["dataset"])
     env = target.make_env(horizon)
-    maze_env = env.unwrapped
-    if not hasattr(maze_env, "maze"):
-        raise UserError(f"{cfg['dataset']}: not a PointMaze dataset")
-    maze, shape = maze_env.maze, np.asarray(maze_env.maze.maze_map).shape
+    if not hasattr(env.unwrapped, "maze"):
+        raise UserError(f"{state['config']['dataset']}: not a PointMaze dataset")
+    agent, mean, std = load_agent(state, env)
+    policy = make_policy(agent, SimpleNamespace(state_mean=mean, state_std=std), torch.device("cpu"))
+    seed = state["config"]["seed"] if seed is None else seed
+    maze = env.unwrapped.maze
+    free = np.asarray(maze.maze_map) == 0
     cell = lambda xy: tuple(int(c) for c in maze.cell_xy_to_rowcol(xy))  # noqa: E731
 
-    def act(obs: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return agent.act((torch.as_tensor(obs, dtype=torch.float32)[None] - mean) / std)[0].numpy()
-
-    occupancy, ends, returns = np.zeros(shape), np.zeros(shape), []
+    occupancy, ends, returns = np.zeros(free.shape), np.zeros(free.shape), []
     for ep in range(episodes):
         obs, _ = env.reset(seed=episode_seed(seed, ep))
         total, done = 0.0, False
         while not done:
             occupancy[cell(obs[:2])] += 1
-            obs, reward, terminated, truncated, _ = env.step(act(obs))
+            obs, reward, terminated, truncated, _ = env.step(policy(obs[None])[0])
             total, done = total + reward, terminated or truncated
         ends[cell(obs[:2])] += 1
         returns.append(total)
-    values = np.full(shape, np.nan)
+    values = np.full(free.shape, np.nan)
     critic = getattr(agent, "critic", None)
     if isinstance(critic, EnsembleMLP):
         offsets = np.stack(np.meshgrid(np.linspace(-0.3, 0.3, 5), np.linspace(-0.3, 0.3, 5)), -1).reshape(-1, 2)
-        for rc in zip(*np.nonzero(np.asarray(maze.maze_map) == 0)):
+        for rc in zip(*np.nonzero(free)):
             xy = maze.cell_rowcol_to_xy(np.array(rc)) + offsets
             s = (torch.as_tensor(np.concatenate([xy, np.zeros_like(xy)], 1), dtype=torch.float32) - mean) / std
             with torch.no_grad():
                 values[rc] = float(critic(critic_input(s, agent.act(s))).mean())
     score = float(np.mean(target.normalize(np.array(returns))))
-    return {"step": step, "return": float(np.mean(returns)), "score": score,
+    return {"step": state["step"], "return": float(np.mean(returns)), "score": score, "free": free,
             "occupancy": 100 * occupancy / occupancy.sum(), "ends": 100 * ends / episodes, "values": values}
 
 
 def grid(table: np.ndarray, fmt: str = "{:6.1f}") -> str:
-    """A maze-shaped table; walls ('#') where the value is NaN or the cell is never free."""
+    """A maze-shaped table; '#' where the value is NaN (walls, or no critic)."""
     return "\n".join(" ".join("     #" if np.isnan(v) else fmt.format(v) for v in row) for row in table)
 
 
@@ -98,11 +99,10 @@ def main() -> None:
             p = probe(path, args.episodes, seed=args.seed)
         except UserError as e:
             ap.exit(2, f"error: {e}\n")
-        walls = np.isnan(p["values"]) & (p["occupancy"] == 0)
         print(f"{path}: update {p['step']}, mean return {p['return']:.1f}, normalized score {p['score']:.1f}")
         for name, key in [("share of steps (%)", "occupancy"), ("share of episodes ending here (%)", "ends"),
                           ("Q(s, π(s)) of a ball at rest", "values")]:
-            print(f"{name}:\n{grid(np.where(walls, np.nan, p[key]))}")
+            print(f"{name}:\n{grid(np.where(p['free'], p[key], np.nan))}")
 
 
 if __name__ == "__main__":

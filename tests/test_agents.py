@@ -356,7 +356,7 @@ def test_maze_policy_probe_tables_a_trained_checkpoint(umaze_registered, tmp_pat
     spec.loader.exec_module(maze_policy)
     p = maze_policy.probe(run_dir(cfg, "td3_bc") / "checkpoint.pt", episodes=3, horizon=15)
     free = np.asarray(MAZES["umaze"].layout) == 0
-    assert p["step"] == 20 and np.array_equal(~np.isnan(p["values"]), free)
+    assert p["step"] == 20 and np.array_equal(p["free"], free) and np.array_equal(~np.isnan(p["values"]), free)
     assert p["occupancy"].sum() == pytest.approx(100) and p["ends"].sum() == pytest.approx(100)
     assert p["occupancy"][~free].sum() == 0 and p["ends"][~free].sum() == 0
     assert np.isfinite(p["values"][free]).all()
