@@ -13,7 +13,8 @@ from synther.diffusion.edm import EDM, SAMPLERS, EDMConfig, SamplerConfig, netwo
 from synther.diffusion.synthesizer import DiffusionConfig, DPConfig, finetune, load_model, pretrain, sample
 from synther.diffusion.trainer import DiffusionTrainer, TrainConfig
 from synther.errors import UserError
-from synther.privacy.accounting import epsilon_spent
+from synther.diffusion.support import StateSupport, parse_widths
+from synther.privacy.accounting import calibrate_noise_multiplier, epsilon_spent
 
 from devices import DEVICES
 from maze_data import write_mazes
@@ -113,6 +114,99 @@ def test_dp_normalizer_is_charged_to_the_budget(pretrained, tmp_path):
     noise_std = (high - low)[:4] / 2 * 20.0 * np.sqrt(2 * 12 + 1) / len(train)
     est = model.normalizer.mean.numpy()[:4]
     assert (np.abs(est - true) < 5 * noise_std + 1e-3).all(), (est, true, noise_std)
+
+
+SUPPORT = DPConfig(epsilon=8.0, delta=1e-5, support_cells="0.5,0.5,2,2", support_noise_multiplier=3.0)
+
+
+def test_state_cells_follow_the_public_grid_and_clip_outside_it():
+    grid = StateSupport.grid(parse_widths("1,0,0.5", 3), np.array([0.0, -9.0, -1.0]), np.array([3.0, 9.0, 1.0]))
+    assert grid.shape.tolist() == [3, 1, 4]  # a width-0 dimension is left out: one cell along it
+    obs = np.array([[0.5, 7.0, -0.9], [2.9, -8.0, 0.9], [-5.0, 0.0, 0.1], [99.0, 0.0, -99.0]])
+    cells = grid.cells(obs)
+    assert cells.tolist() == [0 * 4 + 0, 2 * 4 + 3, 0 * 4 + 2, 2 * 4 + 0]  # row-major over (3, 1, 4)
+    for spec, match in (("1,1", "one cell width per observation"), ("1,-1,1", "≥ 0"), ("0,0,0", "positive"),
+                        ("a,b,c", "numbers")):
+        with pytest.raises(UserError, match=match):
+            parse_widths(spec, 3)
+    with pytest.raises(UserError, match="cells"):
+        StateSupport.grid(parse_widths("1e-3,1e-3,1e-3", 3), np.zeros(3), np.ones(3))
+
+
+def test_state_histogram_is_a_full_gaussian_release_charged_to_the_budget(pretrained, tmp_path):
+    out = finetune(config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), dp=SUPPORT))
+    model, meta, ledger = load_model(out)
+    # one more Gaussian mechanism (σ = 3, sensitivity 1) in the history, and DP-SGD's σ raised to keep ε at target
+    assert ledger.history()[0] == (3.0, 1.0, 1) and len(ledger.history()) == 2
+    assert ledger.epsilon_spent() == pytest.approx(epsilon_spent(ledger.history(), 1e-5))
+    assert ledger.epsilon_spent() <= 8.0
+    alone = calibrate_noise_multiplier(8.0, 1e-5, ledger.sample_rate, ledger.steps_taken)
+    assert ledger.noise_multiplier > alone
+    assert "state_support" in ledger.statistics and meta["state_support"]["noise_multiplier"] == 3.0
+    # the released counts are the training split's per-cell counts plus N(0, 3²) on every cell
+    train, _ = load_dataset(SENSITIVE).split(0.8, seed=0)
+    support = model.support
+    true = np.bincount(support.cells(train.observations), minlength=support.counts.numel())
+    z = (support.counts.numpy() - true) / 3.0
+    assert len(z) > 1000 and abs(z.mean()) < 0.1 and 0.9 < z.std() < 1.1 and np.abs(z).max() > 3.0
+    ema_free, _, _ = load_model(out, ema=False)
+    assert torch.equal(ema_free.support.counts, support.counts)  # the EMA weights carry the same release
+    again = finetune(config(tmp_path / "again", "finetune", steps=10, dataset=SENSITIVE, checkpoint=str(pretrained),
+                            dp=SUPPORT))
+    assert not torch.equal(load_model(again)[0].support.counts, support.counts)  # same --seed, fresh noise
+    plain = finetune(config(tmp_path / "plain", "finetune", steps=10, dataset=SENSITIVE, checkpoint=str(out)))
+    assert load_model(plain)[0].support is None  # a later fine-tune does not pass on the earlier set's histogram
+    for bad, match in ((dataclasses.replace(SUPPORT, support_cells="1,1"), "one cell width"),
+                       (dataclasses.replace(SUPPORT, support_noise_multiplier=0.0), "positive"),
+                       (dataclasses.replace(SUPPORT, enabled=False), "needs DP fine-tuning")):
+        with pytest.raises(UserError, match=match):
+            finetune(config(tmp_path / "bad", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), dp=bad))
+        assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_a_resumed_fine_tune_keeps_the_histogram_it_released(pretrained, tmp_path, monkeypatch):
+    cfg = config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), dp=SUPPORT)
+    original = DiffusionTrainer._train_step
+    calls = {"n": 0}
+
+    def dying_step(self, x):
+        calls["n"] += 1
+        if calls["n"] == 15:
+            raise KeyboardInterrupt  # killed after the checkpoint at step 10
+        return original(self, x)
+
+    monkeypatch.setattr(DiffusionTrainer, "_train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(cfg)
+    released = torch.load(tmp_path / "finetune" / "checkpoint.pt", weights_only=False)["model"]["support.counts"]
+    monkeypatch.setattr(DiffusionTrainer, "_train_step", original)
+    model, _, ledger = load_model(finetune(cfg))  # the restart draws fresh noise, then resumes the saved release
+    assert torch.equal(model.support.counts, released)
+    assert len(ledger.prior_mechanisms) == 1 and ledger.steps_taken == 40  # charged once
+
+
+def test_sampling_keeps_rows_in_the_histograms_support_and_the_release_says_so(pretrained, tmp_path):
+    out = finetune(config(tmp_path, "finetune", steps=10, dataset=SENSITIVE, checkpoint=str(pretrained), dp=SUPPORT))
+    syn = Synthesizer.load(out, device="cpu")
+    support = syn.model.support
+    x_index = np.unravel_index(np.arange(support.counts.numel()), tuple(support.shape.tolist()))[0]
+    support.counts.copy_(torch.where(torch.as_tensor(x_index % 2 == 0), 100.0, -100.0))  # planted: even x-columns
+    sampler = SamplerConfig(name="euler", steps=4)
+    supported = support.counts.numpy() >= 6.0
+    loose = syn.sample(300, sampler, support_threshold=0)  # no filter: rows land in both kinds of cells
+    assert not supported[support.cells(loose.observations)].all()
+    ds = syn.sample(300, sampler)  # default: 2 noise standard deviations, count ≥ 6
+    assert ds.size == 300
+    assert supported[support.cells(ds.observations)].all() and supported[support.cells(ds.next_observations)].all()
+    dropped = ds.provenance["dropped_outside_support"]
+    assert dropped > 0 and ds.provenance["drawn"] >= 300 + dropped
+    assert f"{dropped} of {ds.provenance['drawn']} rows dropped as outside the support" in ds.provenance["postprocessing"]
+    support.counts.fill_(-100.0)  # nothing supported: a clear error, not an endless loop
+    with pytest.raises(UserError, match="lower --support_threshold"):
+        syn.sample(20, sampler)
+    with pytest.raises(UserError, match="support_threshold"):
+        syn.sample(20, sampler, support_threshold=-1.0)
 
 
 @pytest.mark.slow

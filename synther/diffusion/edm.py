@@ -47,6 +47,7 @@ class EDM(nn.Module):
         self.dim, self.cfg = dim, edm
         self.normalizer = normalizer
         self.net = ResidualMLPDenoiser(dim, denoiser)
+        self.support: nn.Module | None = None  # a fine-tune's DP state histogram (synther.diffusion.support), if any
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """D(x; σ) in normalized space; σ has shape (B,)."""

@@ -23,8 +23,9 @@ from synther.diffusion.denoiser import PROFILES, DenoiserConfig
 from synther.diffusion.edm import EDM, EDMConfig, SamplerConfig, network_evaluations
 from synther.diffusion.identities import count, find_identities, project
 from synther.diffusion.lora import add_adapters, merge_adapters
-from synther.diffusion.normalizer import Normalizer
+from synther.diffusion.normalizer import NUMPY_NORMAL_Z_MAX, Normalizer
 from synther.diffusion.sparsity import check_settings, keep_densest, oversampled
+from synther.diffusion.support import MAX_DRAWS_PER_ROW, StateSupport, check_threshold, parse_widths
 from synther.diffusion.trainer import CHECKPOINT, DiffusionTrainer, TrainConfig
 from synther.errors import UserError
 from synther.layout import dataset_tag, diffusion_run_name, runs_root, script
@@ -53,6 +54,8 @@ class DPConfig:
     draws_per_record: int = 1  # noise multiplicity K: each record's loss averages K diffusion draws (σ, n) before clipping; less gradient variance at the same ε, K× the compute
     normalizer: str = "public"  # 'public': keep the pre-trained model's public statistics; 'dp': re-estimate them on the sensitive data with the Gaussian mechanism, charged to the same budget
     normalizer_noise_multiplier: float = 50.0  # noise multiplier of that Gaussian mechanism (normalizer 'dp' only)
+    support_cells: str = ""  # release a DP histogram of the sensitive states with the model, on cells of these widths (one per observation dimension, comma-separated, in data units; 0 leaves a dimension out), so that sampling keeps rows where the data lies (--support_threshold); its Gaussian mechanism is charged to the same ε (empty: no histogram)
+    support_noise_multiplier: float = 5.0  # σ of that histogram's Gaussian noise, in records per cell (one record changes one count by 1)
     train_fraction: float = 0.8  # share of the sensitive set trained on; the rest is held out (MIA non-members)
     enabled: bool = True  # false: fine-tune WITHOUT privacy (a reference for attacks and audits; its output is not DP)
 
@@ -81,6 +84,7 @@ class DiffusionConfig:
     identities: str = "public"  # sample: 'public' projects each row onto the exact linear identities the public data satisfies (PointMaze: x′ = x + dt·v′), found at pre-training (post-processing of public facts: no privacy cost); 'none' keeps rows as sampled
     drop_sparse: float = 0.0  # sample: draw num_samples/(1 − f) rows and drop the fraction f most isolated (largest distance to their sparse_k-th nearest synthetic neighbour): rows off the data's support that make Q-learners fall; reads only the samples (post-processing: no privacy cost)
     sparse_k: int = 20  # sample: the neighbour whose distance measures a row's isolation (drop_sparse only)
+    support_threshold: float = 2.0  # sample: with a checkpoint fine-tuned with --dp.support_cells, keep only rows whose s and s′ lie in cells whose noisy count reaches this many noise standard deviations (post-processing of the accounted histogram; 0 keeps every row)
     progress: bool = True  # show progress bars
     wandb: WandbConfig = field(default_factory=WandbConfig)  # opt-in copy of the training metrics to Weights & Biases
 
@@ -198,6 +202,9 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
         raise UserError(f"dp.lora_rank must be ≥ 0, got {dp.lora_rank}")
     if dp.normalizer not in ("public", "dp"):
         raise UserError(f"dp.normalizer must be 'public' or 'dp', got '{dp.normalizer}'")
+    if dp.support_cells and not dp.enabled:
+        raise UserError("dp.support_cells releases a DP histogram of the sensitive states: it needs DP fine-tuning "
+                        "(dp.enabled true)")
     if not cfg.dataset:
         raise UserError("finetune needs --dataset (the sensitive dataset)")
     if not cfg.checkpoint:
@@ -231,6 +238,7 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
         prior.append({"mechanism": "dp normalizer (Gaussian)", **normalizer.source})
         statistics["normalizer"] = ("Gaussian-mechanism estimate on the sensitive training split (accounted; noise "
                                     "from OS entropy, never saved)")
+    support = _release_support(model, meta, x[:, layout.obs], dp, prior, statistics)
     q = cfg.train.batch_size / len(x)
     if q > 1:
         raise UserError(f"train.batch_size {cfg.train.batch_size} exceeds the {len(x)} training records")
@@ -279,13 +287,42 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
             "train_fraction": dp.train_fraction, "pretrained_from": str(cfg.checkpoint),
             "extra_train_rows": 0 if extra_train_rows is None else len(extra_train_rows),
             "config": asdict(cfg), "versions": package_versions(), "lora_rank": dp.lora_rank,
+            "state_support": support,
             # what a resumed run must match: the data trained on and the checkpoint started from
             "identity": {"sensitive": identity, "train_sha256": hashlib.sha256(x.tobytes()).hexdigest(),
-                         "base_checkpoint_sha256": base_sha, **({"lora_rank": dp.lora_rank} if dp.lora_rank else {})}}
+                         "base_checkpoint_sha256": base_sha, **({"lora_rank": dp.lora_rank} if dp.lora_rank else {}),
+                         **({"state_support": support} if support else {})}}
     data = torch.as_tensor(x, device=device)
     DiffusionTrainer(model, data, cfg.train, run_dir, ledger, meta, cfg.seed, dp=settings, progress=cfg.progress,
                      wandb=cfg.wandb).run()
     return run_dir / CHECKPOINT
+
+
+def _release_support(model: EDM, meta: dict[str, Any], obs: np.ndarray, dp: DPConfig, prior: list[dict[str, Any]],
+                     statistics: dict[str, Any]) -> dict[str, Any] | None:
+    """With --dp.support_cells: the DP histogram of the training states (synther.diffusion.support), attached to the
+    model and charged as a prior mechanism; otherwise any histogram the loaded checkpoint carried is dropped (it
+    described an earlier sensitive set). Returns the checkpoint's `state_support` metadata."""
+    if not dp.support_cells:
+        model.support = None
+        return None
+    widths = parse_widths(dp.support_cells, int(meta["obs_dim"]))
+    obs_cols = slice(0, int(meta["obs_dim"]))
+    support = StateSupport.grid(widths, np.asarray(meta["public_min"])[obs_cols],
+                                np.asarray(meta["public_max"])[obs_cols])
+    # a mechanism's noise: OS entropy, never --seed, never saved
+    support.release(obs, dp.support_noise_multiplier, secret_numpy_rng())
+    model.support = support.to(next(model.parameters()).device)
+    spec = {**support.spec(), "noise_multiplier": dp.support_noise_multiplier}
+    prior.append({"mechanism": "DP state-support histogram (Gaussian)", "noise_multiplier": dp.support_noise_multiplier,
+                  "l2_sensitivity": 1.0, "accountant_entry": [dp.support_noise_multiplier, 1.0, 1],
+                  "z_max": NUMPY_NORMAL_Z_MAX, "cells": spec["cells"], "grid_from": "public data's range",
+                  "noise": "numpy, OS entropy"})
+    statistics["state_support"] = (f"count of training records in each of {spec['cells']} cells (widths "
+                                   f"{widths.tolist()} over the public data's range) + N(0, "
+                                   f"{dp.support_noise_multiplier:g}²) per cell: a Gaussian mechanism composed into "
+                                   "ε (noise from OS entropy, never saved)")
+    return spec
 
 
 def _check_history(base: PrivacyLedger, identity: dict[str, Any], cfg: DiffusionConfig) -> None:
@@ -351,6 +388,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", ema: bool =
     normalizer = Normalizer.identity(layout.dim)
     normalizer.source = meta["normalizer_source"]
     model = EDM(layout.dim, normalizer, DenoiserConfig(**meta["denoiser"]), EDMConfig(**meta["edm"]))
+    if meta.get("state_support"):  # the DP histogram of the sensitive states released with the model
+        model.support = StateSupport.from_spec(meta["state_support"])
     if meta.get("lora_rank"):  # fine-tuned adapters: load them, then fold them into the plain architecture
         add_adapters(model.net, meta["lora_rank"])
         model.load_state_dict(state["ema" if ema else "model"])
@@ -378,13 +417,16 @@ class Synthesizer:
 
     def sample(self, n: int, sampler: SamplerConfig = SamplerConfig(), batch_size: int = 10_000, seed: int = 0,
                progress: bool = False, reward_range: str = "public", identities: str = "public",
-               drop_sparse: float = 0.0, sparse_k: int = 20) -> TransitionDataset:
+               drop_sparse: float = 0.0, sparse_k: int = 20, support_threshold: float = 2.0) -> TransitionDataset:
         """n transitions (fewer if some rows came out NaN/Inf; the count dropped is in provenance).
 
         identities 'public' projects each row onto the exact linear identities of the public pre-training data
         (synther.diffusion.identities); reward_range 'public' clips rewards to the range seen in that data: the
         model never learned a reward outside it from public data. Both use public facts only: no privacy cost.
-        drop_sparse f > 0 draws n/(1 − f) rows and keeps the n whose observations are least isolated among them
+        With a checkpoint that carries a DP state histogram (--dp.support_cells), rows are drawn until n of them
+        have s and s′ in cells whose noisy count reaches `support_threshold` noise standard deviations (0: no
+        filter); the histogram's cost is already in the ledger, so this is post-processing too.
+        drop_sparse f > 0 keeps n of n/(1 − f) such rows, dropping the most isolated among them
         (synther.diffusion.sparsity): it reads only the samples, post-processing again."""
         if n <= 0:
             raise UserError(f"number of samples must be positive, got {n}")
@@ -393,23 +435,46 @@ class Synthesizer:
         if identities not in IDENTITIES:
             raise UserError(f"unknown identities '{identities}' (choose from: {', '.join(IDENTITIES)})")
         check_settings(drop_sparse, sparse_k)
-        drawn = oversampled(n, drop_sparse)
+        check_threshold(support_threshold)
+        wanted = oversampled(n, drop_sparse)
         guide, guide_note = self._guide(sampler) if sampler.guidance else (None, "")
+        support = self.model.support if support_threshold > 0 else None
+        min_count = support_threshold * self.meta["state_support"]["noise_multiplier"] if support else 0.0
         gen = torch.Generator().manual_seed(seed)
-        chunks = []
-        with tqdm(total=drawn, desc="sampling", unit="row", disable=not progress, mininterval=1.0) as bar:
-            for start in range(0, drawn, batch_size):
-                k = min(batch_size, drawn - start)
-                chunks.append(self.model.sample(k, sampler, generator=gen, guide=guide).cpu().numpy())
-                bar.update(k)
-        x = np.concatenate(chunks)
-        finite = np.isfinite(x).all(axis=1)
-        x = x[finite]
+        chunks, drawn, passed, non_finite, outside, worst = [], 0, 0, 0, 0, 0.0
+        with tqdm(total=wanted, desc="sampling", unit="row", disable=not progress, mininterval=1.0) as bar:
+            # without the support filter, exactly `wanted` rows are drawn; with it, draws go on until `wanted` pass
+            while (passed if support else drawn) < wanted:
+                if support and drawn >= MAX_DRAWS_PER_ROW * wanted:
+                    raise UserError(f"{self.source}: only {passed} of {drawn} sampled rows lie in the DP state "
+                                    f"histogram's cells with a noisy count ≥ {min_count:g}: lower --support_threshold "
+                                    "(0 turns the filter off)")
+                pass_rate = max(passed / drawn, 1 / MAX_DRAWS_PER_ROW) if support and drawn else 1.0
+                k = min(batch_size, math.ceil((wanted - (passed if support else drawn)) / pass_rate))
+                x = self.model.sample(k, sampler, generator=gen, guide=guide).cpu().numpy()
+                drawn += k
+                finite = np.isfinite(x).all(axis=1)
+                non_finite += int((~finite).sum())
+                x = x[finite]
+                if identities == "public":
+                    worst = max(worst, self._project(x))
+                if support:
+                    inside = support.keep(x[:, self.layout.obs], x[:, self.layout.next_obs], min_count)
+                    outside += int((~inside).sum())
+                    x = x[inside]
+                chunks.append(x)
+                passed += len(x)
+                bar.update(len(x) if support else k)
+        x = np.concatenate(chunks)[:wanted]
         if len(x) == 0:
             raise UserError(f"{self.source}: every sampled row was NaN/Inf; the model is not usable")
         steps = [guide_note] if guide_note else []
         if identities == "public":
-            steps.append(self._project(x))
+            steps.append(self._identities_note(worst))
+        if support:
+            steps.append(f"{outside} of {drawn - non_finite} rows dropped as outside the support: s or s′ in a cell "
+                         f"whose DP state-histogram count is below {min_count:g} ({support_threshold:g} noise "
+                         "standard deviations; the histogram is accounted in the ledger)")
         low, high = np.asarray(self.meta["action_low"]), np.asarray(self.meta["action_high"])
         x[:, self.layout.action] = np.clip(x[:, self.layout.action], low, high)
         steps.append(f"actions clipped to {self.meta['action_bounds_source']}")
@@ -428,20 +493,27 @@ class Synthesizer:
             source=f"sampled from {self.source}", action_low=low, action_high=high,
             provenance={"checkpoint": self.source, "sampler": asdict(sampler),
                         "network_evaluations_per_sample": network_evaluations(sampler), "requested": n,
-                        "drawn": drawn, "dropped_non_finite": int((~finite).sum()), "seed": seed,
+                        "drawn": drawn, "dropped_non_finite": non_finite, "dropped_outside_support": outside,
+                        "seed": seed,
                         "postprocessing": "; ".join(["terminals thresholded at 0.5", *steps]),
                         "env_dataset": self.meta.get("env_dataset")})
         return ds
 
-    def _project(self, x: np.ndarray) -> str:
-        """Project rows `x` in place onto the public data's exact identities; the provenance line saying so."""
+    def _project(self, x: np.ndarray) -> float:
+        """Project rows `x` in place onto the public data's exact identities; the largest violation before."""
+        found = self.meta.get("public_identities")
+        if not found or not count(found):
+            return 0.0
+        projected, worst = project(x, found)
+        x[:] = projected
+        return worst
+
+    def _identities_note(self, worst: float) -> str:
         found = self.meta.get("public_identities")
         if found is None:
             return "no linear identities applied (the checkpoint was pre-trained before they were recorded)"
         if not count(found):
             return "no linear identities applied (the public datasets satisfy none exactly)"
-        projected, worst = project(x, found)
-        x[:] = projected
         return (f"rows projected onto the {count(found)} exact linear identities of the public datasets (largest "
                 f"violation before: {worst:.3g} standard deviations)")
 
@@ -473,12 +545,13 @@ def sample(cfg: DiffusionConfig) -> Path:
     if not cfg.checkpoint:
         raise UserError("sample needs --checkpoint")
     check_settings(cfg.drop_sparse, cfg.sparse_k)
+    check_threshold(cfg.support_threshold)
     syn = Synthesizer.load(cfg.checkpoint, cfg.device)  # a bad checkpoint is refused before any folder is touched
     out = default_run_dir(cfg) / "samples.npz"
     # the folder's lock: no sampling from a run still training there, no two samplers writing one file
     with FolderLock(out.parent):
         ds = syn.sample(cfg.num_samples, cfg.sampler, cfg.sample_batch, cfg.seed, cfg.progress, cfg.reward_range,
-                        cfg.identities, cfg.drop_sparse, cfg.sparse_k)
+                        cfg.identities, cfg.drop_sparse, cfg.sparse_k, cfg.support_threshold)
         ledger = syn.ledger.to_dict()  # the release's ledger also says what was done to the samples after the model
         ledger["statistics"] = {**ledger.get("statistics", {}),
                                 "sample_postprocessing": ds.provenance["postprocessing"] +
