@@ -143,6 +143,7 @@ def test_state_histogram_is_a_full_gaussian_release_charged_to_the_budget(pretra
     alone = calibrate_noise_multiplier(8.0, 1e-5, ledger.sample_rate, ledger.steps_taken)
     assert ledger.noise_multiplier > alone
     assert "state_support" in ledger.statistics and meta["state_support"]["noise_multiplier"] == 3.0
+    assert "composed with 1 other mechanism(s) on sensitive data: DP state-support histogram" in ledger.describe()
     # the released counts are the training split's per-cell counts plus N(0, 3²) on every cell
     train, _ = load_dataset(SENSITIVE).split(0.8, seed=0)
     support = model.support
@@ -155,7 +156,9 @@ def test_state_histogram_is_a_full_gaussian_release_charged_to_the_budget(pretra
                             dp=SUPPORT))
     assert not torch.equal(load_model(again)[0].support.counts, support.counts)  # same --seed, fresh noise
     plain = finetune(config(tmp_path / "plain", "finetune", steps=10, dataset=SENSITIVE, checkpoint=str(out)))
-    assert load_model(plain)[0].support is None  # a later fine-tune does not pass on the earlier set's histogram
+    plain_model, _, plain_ledger = load_model(plain)
+    assert plain_model.support is None  # a later fine-tune does not pass on the earlier set's histogram...
+    assert (3.0, 1.0, 1) in plain_ledger.history()  # ...but still pays for having released it
     for bad, match in ((dataclasses.replace(SUPPORT, support_cells="1,1"), "one cell width"),
                        (dataclasses.replace(SUPPORT, support_noise_multiplier=0.0), "positive"),
                        (dataclasses.replace(SUPPORT, enabled=False), "needs DP fine-tuning")):

@@ -101,7 +101,7 @@ def test_fine_tuning_a_dp_fine_tune_composes_its_ledger(pretrained, tmp_path):
     side = json.loads(out.with_suffix(".json").read_text())["privacy_ledger"]
     assert [u["use"] for u in side["data_uses"]] == ["public", "dp", "dp"]
     assert side["epsilon_spent"] == pytest.approx(ledger.epsilon_spent())
-    assert "composed with 1 earlier mechanism" in side["guarantee"]
+    assert "composed with 1 other mechanism(s) on sensitive data: DP-SGD fine-tune of" in side["guarantee"]
 
 
 def test_a_public_pretraining_set_cannot_be_fine_tuned_on_as_sensitive(pretrained, tmp_path):

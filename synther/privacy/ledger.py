@@ -107,14 +107,15 @@ class PrivacyLedger:
                     "(a reference for attacks and audits; never release it)")
         if self.target_epsilon is None:
             return "no sensitive data used: nothing to account"
-        earlier = len(self.prior_mechanisms)
+        others = len(self.prior_mechanisms)
         return (f"({self.epsilon_spent():.4g}, {self.delta_total():.4g})-DP for each record (one transition, i.e. "
                 f"one row (s, a, r, s', done)) of {self.sensitive_dataset}, under add/remove-one neighbours with the "
                 f"row count treated as public; ε = {self.epsilon_replace_one():.4g} under replace-one neighbours "
                 f"(PLD accountant). "
                 f"DP-SGD: {self.accountant} accountant, Poisson rate {self.sample_rate:.4g}, "
                 f"σ={self.noise_multiplier:.4g}, C={self.clip_norm}, {self.steps_taken} steps"
-                + (f", composed with {earlier} earlier mechanism(s) on sensitive data" if earlier else "")
+                + (f", composed with {others} other mechanism(s) on sensitive data: "
+                   + "; ".join(str(m.get("mechanism", "unnamed")) for m in self.prior_mechanisms) if others else "")
                 + f"; δ includes {self.delta_tail():.2g} for the noise tail (capped at ≥ "
                 f"{self.noise_z_max if self.noise_z_max is not None else LEGACY_Z_MAX:.3f}σ)")
 
