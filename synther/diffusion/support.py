@@ -53,15 +53,13 @@ class StateSupport(nn.Module):
     """A grid over observation space and one (noisy) count per cell, kept as buffers so that checkpoints, the EMA
     copy and resumed runs carry the very release the ledger accounts for."""
 
-    def __init__(self, low: np.ndarray, widths: np.ndarray, shape: Sequence[int],
-                 counts: np.ndarray | None = None) -> None:
+    def __init__(self, low: np.ndarray, widths: np.ndarray, shape: Sequence[int]) -> None:
         super().__init__()
-        size = math.prod(int(s) for s in shape)
         self.register_buffer("low", torch.as_tensor(np.asarray(low), dtype=torch.float64))
         self.register_buffer("widths", torch.as_tensor(np.asarray(widths), dtype=torch.float64))
         self.register_buffer("shape", torch.as_tensor([int(s) for s in shape], dtype=torch.int64))
-        self.register_buffer("counts", torch.zeros(size, dtype=torch.float32) if counts is None
-                             else torch.as_tensor(np.asarray(counts), dtype=torch.float32))
+        # zeros until `release` (or a checkpoint's state) fills them
+        self.register_buffer("counts", torch.zeros(math.prod(int(s) for s in shape), dtype=torch.float32))
 
     @classmethod
     def grid(cls, widths: np.ndarray, public_low: np.ndarray, public_high: np.ndarray) -> "StateSupport":
