@@ -132,9 +132,43 @@ def test_an_agent_run_with_another_budget_is_not_counted_as_done(tmp_path):
     (job.run_dir / "summary.json").write_text(json.dumps({"steps": 40000}))  # an older sweep's 40k-update run
     assert not job.is_done()
     (job.run_dir / "summary.json").write_text(json.dumps({"steps": 60000}))
+    _write_agent_config(job)
     assert job.is_done()
     (job.run_dir / "summary.json").write_text("{trunc")
     assert not job.is_done()
+
+
+def _write_agent_config(job, *extra: str) -> None:
+    """config.yaml as the TD3+BC script writes it for the job's command (plus `extra` options)."""
+    import pyrallis
+    from synther.agents.td3_bc import TD3BCConfig
+
+    cfg = parse(TD3BCConfig, "", [*job.command[2:], *extra])
+    with open(job.run_dir / "config.yaml", "w") as f:
+        pyrallis.dump(cfg, f)
+
+
+def test_an_agent_run_with_other_settings_is_not_counted_as_done(tmp_path):
+    """Changing an agent option in the sweep (extra_args, e.g. TD3+BC's α) re-runs the agents instead of reporting
+    the old runs under the new settings; the trainer then refuses the folder with a one-line error."""
+    from synther.sweep.plan import agent_job
+
+    def job(extra):
+        return agent_job(algorithm="td3_bc", dataset=UMAZE, seed=0, agents_dir=tmp_path, python=sys.executable,
+                         config_dir=ROOT / "config" / "agents", max_timesteps=60000, samples=tmp_path / "s.npz",
+                         epsilon=10.0, extra=extra)
+
+    old = job(["--summary_last_k", "4"])
+    old.run_dir.mkdir(parents=True)
+    (old.run_dir / "summary.json").write_text(json.dumps({"steps": 60000}))
+    _write_agent_config(old)
+    assert old.is_done()
+    assert not job(["--summary_last_k", "4", "--alpha", "10"]).is_done()  # saved α is the YAML's 2.5
+    assert not job(["--summary_last_k=3"]).is_done()
+    _write_agent_config(old, "--alpha", "10", "--threads", "2", "--checkpoints_path", "/moved")
+    assert job(["--summary_last_k", "4", "--alpha", "10.0"]).is_done()  # threads and places do not count
+    (old.run_dir / "config.yaml").unlink()
+    assert not old.is_done()
 
 
 def test_topological_order_rejects_cycles_and_unknown_dependencies(tmp_path):

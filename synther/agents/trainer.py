@@ -44,7 +44,7 @@ from synther.utils.tracking import Tracker, WandbConfig
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "privtranr-agent-v1"
 # options that may differ between a killed run and its resumption
-_RESUME_IGNORED = ("progress", "overwrite", "device", "threads", "log_every", "save_checkpoints", "compile", "wandb",
+RESUME_IGNORED = ("progress", "overwrite", "device", "threads", "log_every", "save_checkpoints", "compile", "wandb",
                    "eval_envs")
 # How evaluation episodes are seeded, kept in checkpoints and summaries: a curve is never continued under another
 # protocol. v2: episode i starts from its own seeded reset (evaluation.episode_seed); v1 (summaries without
@@ -166,7 +166,7 @@ def run_dir(cfg: AgentConfig, algorithm: str) -> Path:
 
 
 def _comparable(cfg_dict: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in cfg_dict.items() if k not in _RESUME_IGNORED}
+    return {k: v for k, v in cfg_dict.items() if k not in RESUME_IGNORED}
 
 
 class _JsonLines:

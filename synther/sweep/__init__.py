@@ -16,7 +16,7 @@ Jobs and what marks them finished (so a re-run skips them and runs only what is 
     finetune   train_diffuser.py --mode finetune   checkpoint.pt whose step reached its total (per dataset, ε, seed)
     sample     train_diffuser.py --mode sample     samples.npz (written next to the fine-tuned checkpoint)
     baseline   baselines.py --method <m>           samples.npz
-    agent      <algorithm>.py                      summary.json
+    agent      <algorithm>.py                      summary.json with the planned updates, config.yaml with the job's options
     fidelity   marginal.py                         fidelity.json
     mia        mia.py                              mia.json
 

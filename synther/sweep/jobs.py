@@ -40,19 +40,40 @@ def training_finished(run_dir: Path) -> bool:
         return False
 
 
-def _agent_finished(max_timesteps: int, run_dir: Path) -> bool:
+def _agent_finished(max_timesteps: int, settings: dict[str, str], run_dir: Path) -> bool:
     try:
         steps = json.loads((run_dir / "summary.json").read_text()).get("steps")
     except Exception:  # unreadable: not finished, the job re-runs and the agent script reports it
         return False
-    return steps == max_timesteps
+    if max_timesteps > 0 and steps != max_timesteps:
+        return False
+    return not settings or _settings_match(settings, run_dir / "config.yaml")
 
 
-def agent_finished(max_timesteps: int) -> Callable[[Path], bool] | None:
-    """An agent run whose summary reports the planned number of updates. A run a sweep made with another budget is
-    not counted as done: the job runs, and the agent script refuses the folder with a one-line error, instead of the
-    report silently mixing budgets. None (any summary counts) where the budget is the agent YAML's (0)."""
-    return partial(_agent_finished, max_timesteps) if max_timesteps > 0 else None
+def _settings_match(settings: dict[str, str], config_yaml: Path) -> bool:
+    """Whether the run's saved config holds every `--key value` the job would pass (dotted keys are nested). A false
+    "no" only costs a re-run that the agent script ends at once when the run's own key matches (it is the judge)."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load(config_yaml.read_text())
+        for key, value in settings.items():
+            node: Any = saved
+            for part in key.split("."):
+                node = node[part]
+            if node != yaml.safe_load(value):
+                return False
+        return True
+    except Exception:  # missing or unreadable config, an option it lacks (an alias), a value YAML cannot read
+        return False
+
+
+def agent_finished(max_timesteps: int, settings: dict[str, str] | None = None) -> Callable[[Path], bool]:
+    """An agent run whose summary reports the planned number of updates (any, where the budget is the agent YAML's:
+    0) and whose saved config holds the job's `settings` (the options that shape the run: budgets, extra_args such as
+    --alpha). A run a sweep made with another budget or other settings is not counted as done: the job runs, and the
+    agent script refuses the folder with a one-line error, instead of the report silently mixing configurations."""
+    return partial(_agent_finished, max_timesteps, dict(settings or {}))
 
 
 def topological_order(jobs: list[Job]) -> list[Job]:

@@ -9,7 +9,7 @@ from typing import Any
 
 from synther import layout
 from synther.agents import ALGORITHMS
-from synther.agents.trainer import agent_command
+from synther.agents.trainer import RESUME_IGNORED, agent_command
 from synther.baselines.synthesize import baseline_command
 from synther.diffusion.synthesizer import diffusion_command, public_tag
 from synther.errors import UserError
@@ -49,8 +49,30 @@ def agent_job(*, algorithm: str, dataset: str, seed: int, agents_dir: Path, pyth
                         dp_epsilon=epsilon)
     labels = {"dataset": dataset, "method": method, "epsilon": epsilon, "seed": seed, "agent": algorithm,
               "data": "real" if samples is None else str(samples)}
-    return Job(f"agent/{name}", "agent", agents_dir / name, cmd + list(extra or []), list(deps or []), cpus, gpus,
-               ("summary.json",), labels, finished=agent_finished(max_timesteps))
+    cmd = cmd + list(extra or [])
+    return Job(f"agent/{name}", "agent", agents_dir / name, cmd, list(deps or []), cpus, gpus, ("summary.json",),
+               labels, finished=agent_finished(max_timesteps, _shaping_options(cmd)))
+
+
+# Options that name or place a run, or that a resumed run may change (the agent trainer's own list): not compared
+# with a finished run's config. The samples' path is left out too: a moved runs folder keeps its finished agents.
+_PLACEMENT = {"config_path", "checkpoints_path", "name", "diffusion.path", *RESUME_IGNORED}
+
+
+def _shaping_options(command: list[str]) -> dict[str, str]:
+    """The `--key value` options of a command line that shape the run's result."""
+    options: dict[str, str] = {}
+    for i, token in enumerate(command):
+        if not token.startswith("--"):
+            continue
+        key, eq, value = token[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(command) or command[i + 1].startswith("--"):
+                continue
+            value = command[i + 1]
+        if key not in _PLACEMENT:
+            options[key] = value
+    return options
 
 
 def public_sets(cfg: SweepConfig) -> dict[str, list[str]]:
