@@ -171,6 +171,33 @@ def test_an_agent_run_with_other_settings_is_not_counted_as_done(tmp_path):
     assert not old.is_done()
 
 
+def test_the_ladder_shares_the_quickstarts_jobs(tmp_path):
+    """quickstart-ladder.yaml reuses the quickstart's runs (README): every job the two plan in one runs folder must
+    have the same command, or the ladder would re-train them (or report them under other settings)."""
+    def jobs(name):
+        cfg = parse(SweepConfig, "", ["--config_path", str(ROOT / f"config/sweeps/{name}.yaml"),
+                                      "--runs_dir", str(tmp_path), "--seeds", "[0, 1, 2]"])
+        return {j.id: j.command for j in plan(cfg)}
+
+    quickstart, ladder = jobs("quickstart"), jobs("quickstart-ladder")
+    shared = quickstart.keys() & ladder.keys()
+    assert {i.split("/")[0] for i in shared} >= {"pretrain", "finetune", "sample", "agent", "fidelity", "mia"}
+    assert len(shared) == len(quickstart)
+    assert {i: ladder[i] for i in shared} == {i: quickstart[i] for i in shared}
+
+
+def test_by_agent_extra_args_reach_only_their_algorithm(tmp_path):
+    cfg = SweepConfig(datasets=[UMAZE], public={UMAZE: ["pub-a"]}, methods=["privtranr"], epsilons=[10.0], seeds=[0],
+                      agents=["td3_bc", "iql"], runs_dir=str(tmp_path))
+    cfg.extra_args.agent, cfg.extra_args.by_agent = "--summary_last_k 4", {"td3_bc": "--alpha 10"}
+    agents = [j for j in plan(cfg) if j.kind == "agent"]
+    assert len(agents) == 4 and all(j.command[-2:] == (["--alpha", "10"] if j.labels["agent"] == "td3_bc"
+                                                         else ["--summary_last_k", "4"]) for j in agents)
+    cfg.extra_args.by_agent = {"td3bc": "--alpha 10"}
+    with pytest.raises(UserError, match="extra_args.by_agent: unknown agent 'td3bc'"):
+        plan(cfg)
+
+
 def test_topological_order_rejects_cycles_and_unknown_dependencies(tmp_path):
     a, b = _job(tmp_path, "a", "pass", deps=["b"]), _job(tmp_path, "b", "pass", deps=["a"])
     with pytest.raises(ValueError, match="cycle"):

@@ -49,6 +49,8 @@ class ExtraArgs:
     sample: str = ""  # extra flags for every sampling command, e.g. "--sampler.steps 32"
     baseline: str = ""  # extra flags for every baselines.py command
     agent: str = ""  # extra flags for every agent command, e.g. "--hidden_dim 64"
+    by_agent: dict[str, str] = field(default_factory=dict)  # extra flags for one algorithm's commands, after
+    # `agent`, e.g. {td3_bc: "--alpha 10"} (an option one algorithm has and the others lack)
     fidelity: str = ""  # extra flags for every marginal.py command
     mia: str = ""  # extra flags for every mia.py command
 
@@ -125,6 +127,9 @@ def validate(cfg: SweepConfig) -> None:
     for a in cfg.agents:
         if a not in ALGORITHMS:
             raise UserError(f"agents: unknown agent '{a}' (choose from: {', '.join(ALGORITHMS)})")
+    for a in cfg.extra_args.by_agent:
+        if a not in ALGORITHMS:
+            raise UserError(f"extra_args.by_agent: unknown agent '{a}' (choose from: {', '.join(ALGORITHMS)})")
     for e in cfg.evaluations:
         if e not in EVALUATIONS:
             raise UserError(f"evaluations: unknown evaluation '{e}' (choose from: {', '.join(EVALUATIONS)})")

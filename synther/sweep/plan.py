@@ -24,6 +24,10 @@ def _extra(cfg: SweepConfig, kind: str) -> list[str]:
     return shlex.split(blank(getattr(cfg.extra_args, kind)))
 
 
+def _agent_extra(cfg: SweepConfig, algorithm: str) -> list[str]:
+    return [*_extra(cfg, "agent"), *shlex.split(blank(cfg.extra_args.by_agent.get(algorithm) or ""))]
+
+
 def _res(cfg: SweepConfig, kind: str) -> dict[str, Any]:
     r: Resources = getattr(cfg.resources, kind)
     if r.cpus < 1 or r.gpus < 0:
@@ -105,7 +109,7 @@ def plan(cfg: SweepConfig) -> list[Job]:
     agent_opts = dict(agents_dir=dirs["agents"], python=py, config_dir=config_dir,
                       max_timesteps=budgets.agent_max_timesteps, eval_freq=budgets.agent_eval_freq,
                       n_episodes=budgets.agent_n_episodes, sample_limit=budgets.agent_sample_limit, device=cfg.device,
-                      progress=cfg.progress, extra=_extra(cfg, "agent"), **_res(cfg, "agent"))
+                      progress=cfg.progress, **_res(cfg, "agent"))
 
     def diffusion(mode: str, options: list[str]) -> list[str]:
         return diffusion_command(py, mode, diffusion_config, cfg.device, cfg.progress, [*options, *_extra(cfg, mode)])
@@ -175,8 +179,9 @@ def plan(cfg: SweepConfig) -> list[Job]:
                         **_res(cfg, "fidelity")))
                 for algorithm in cfg.agents:
                     add(agent_job(algorithm=algorithm, dataset=ds, seed=seed, samples=samples, epsilon=eps,
-                                  method=method, deps=[source_id], **agent_opts))
+                                  method=method, deps=[source_id], extra=_agent_extra(cfg, algorithm), **agent_opts))
             if cfg.real_reference:
                 for algorithm in cfg.agents:
-                    add(agent_job(algorithm=algorithm, dataset=ds, seed=seed, **agent_opts))
+                    add(agent_job(algorithm=algorithm, dataset=ds, seed=seed, extra=_agent_extra(cfg, algorithm),
+                                  **agent_opts))
     return topological_order(list(jobs.values()))
