@@ -15,11 +15,13 @@ from synther.agents import ALGORITHMS, get_algorithm
 from synther.agents.buffer import Batch, ReplayBuffer, reward_scale_from_returns
 from synther.agents.data import load_training_data
 from synther.agents.evaluation import episode_seed, eval_target, random_policy, run_episodes
+from synther.agents.graphs import GraphedUpdates
 from synther.agents.networks import EnsembleMLP, return_bounds, soft_update
 from synther.agents.trainer import EVAL_PROTOCOL, DiffusionSource, AgentConfig, run_dir, train
 from synther.data import TransitionDataset
 from synther.data.pointmaze import MAZES, dataset_name
 from synther.errors import DatasetError, UserError
+from devices import DEVICES
 from maze_data import shared_maze
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,6 +237,55 @@ def test_update_reduces_losses_on_a_fixed_batch(algorithm, tmp_path):
             assert last < first - 0.05 * abs(first), (algorithm, overrides, key, first, last)
         actions = agent.act(obs[:5])
         assert actions.shape == (5, act_dim) and actions.abs().max() <= 1.0
+
+
+# --- CUDA-graph cycles --------------------------------------------------------------------------------------
+def test_graph_sampling_gives_the_batches_of_the_plain_sampler_in_order(make_dataset):
+    ds = make_dataset(50)
+    plain, graphed = ReplayBuffer(ds, seed=3, chunk=4), ReplayBuffer(ds, seed=3, chunk=4)
+    for i in range(11):  # across two chunk boundaries
+        if i % 4 == 0:
+            graphed.draw_graph_chunk(8)
+        for a, b in zip(plain.sample(8), graphed.graph_sample()):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_graphed_td3_bc_cycles_train_as_the_plain_loop(make_dataset, tmp_path, device):
+    """On the CPU the cycle runs eagerly and must equal the plain loop exactly; on CUDA it is captured after the
+    warm-up and replayed, and must stay within float tolerance of it (target noise off: random draws inside a
+    graph need not match eager ones)."""
+    ds = make_dataset(300)
+    _, cfg = tiny("td3_bc", tmp_path, policy_noise=0.0, noise_clip=0.0)
+    runs = []
+    for mode in ("plain", "graphed"):
+        torch.manual_seed(0)
+        agent_class, _ = get_algorithm("td3_bc")
+        agent = agent_class(cfg, ds.obs_dim, ds.action_dim, 1.0, device)
+        buffer = ReplayBuffer(ds, device, seed=1, chunk=6)
+        cycles = GraphedUpdates(agent, buffer, 16, capture=device == "cuda") if mode == "graphed" else None
+        for _ in range(10):  # 3 warm-up cycles, then (CUDA) one capture and 7 replays; chunks of 3 cycles
+            losses = cycles.run() if cycles else [agent.update(buffer.sample(16)) for _ in range(2)][-1]
+        assert agent.total_it == 20
+        runs.append(([p.detach().cpu().clone() for m in agent.modules() for p in m.parameters()],
+                     {k: float(v) for k, v in losses.items()}))
+        if cycles and device == "cuda":
+            assert cycles.graph is not None
+    (plain, plain_losses), (graphed, graphed_losses) = runs
+    tol = {} if device == "cuda" else {"rtol": 0, "atol": 0}
+    for a, b in zip(plain, graphed):
+        torch.testing.assert_close(a, b, **tol)
+    assert plain_losses == pytest.approx(graphed_losses, rel=1e-4 if device == "cuda" else 0)
+
+
+def test_cuda_graph_option_is_refused_where_it_cannot_run(umaze_registered, tmp_path):
+    agent_class, cfg = tiny("td3_bc", tmp_path, device="cpu", cuda_graph=True)
+    with pytest.raises(UserError, match="needs a CUDA device"):
+        train(cfg, agent_class)
+    iql_class, iql_cfg = tiny("iql", tmp_path)
+    iql = iql_class(iql_cfg, 4, 2, 1.0)
+    with pytest.raises(ValueError, match="no CUDA-graph cycle"):
+        GraphedUpdates(iql, ReplayBuffer(umaze_registered), 16, capture=False)
 
 
 # --- evaluation targets ------------------------------------------------------------------------------------

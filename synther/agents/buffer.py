@@ -97,6 +97,8 @@ class ReplayBuffer:
         self._indices: torch.Tensor | None = None
         self._batch_size = 0
         self._next = 0
+        self._graph_indices: torch.Tensor | None = None  # graph_sample's chunk and cursor (see draw_graph_chunk)
+        self._graph_cursor = torch.zeros(1, dtype=torch.long, device=self.device)
 
     def normalize(self, observations: np.ndarray) -> np.ndarray:
         return (observations - self.state_mean) / self.state_std
@@ -108,6 +110,25 @@ class ReplayBuffer:
             self._batch_size, self._next = batch_size, 0
         rows = self.data.index_select(0, self._indices[self._next])
         self._next += 1
+        obs, act, rew, next_obs, done = torch.split(rows, self._splits, dim=1)
+        return Batch(obs, act, rew.squeeze(1), next_obs, done.squeeze(1))
+
+    def draw_graph_chunk(self, batch_size: int) -> None:
+        """Start a new chunk for `graph_sample`: the same draw `sample` makes (same generator, same shape), written
+        into a fixed tensor so that a captured CUDA graph keeps reading it; the cursor on the device goes back to 0."""
+        indices = torch.randint(self.size, (self.chunk, batch_size), generator=self.generator, device=self.device)
+        if self._graph_indices is None or self._graph_indices.shape != indices.shape:
+            self._graph_indices = indices
+        else:
+            self._graph_indices.copy_(indices)
+        self._graph_cursor.zero_()
+
+    def graph_sample(self) -> Batch:
+        """The next batch of the current graph chunk, read at a cursor that lives on the device (no host sync, so a
+        CUDA graph can capture it): the batches `sample` would give, in the same order. The caller starts a new chunk
+        (`draw_graph_chunk`) every `chunk` batches."""
+        rows = self.data.index_select(0, self._graph_indices.index_select(0, self._graph_cursor).squeeze(0))
+        self._graph_cursor.add_(1)
         obs, act, rew, next_obs, done = torch.split(rows, self._splits, dim=1)
         return Batch(obs, act, rew.squeeze(1), next_obs, done.squeeze(1))
 

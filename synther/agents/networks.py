@@ -147,6 +147,8 @@ class Agent(ABC):
     """
 
     name = "agent"
+    # Updates per CUDA-graph cycle, for agents whose update is capture-safe (synther.agents.graphs); None: not
+    graph_period: int | None = None
 
     @abstractmethod
     def update(self, batch: Any) -> dict[str, torch.Tensor]:

@@ -47,6 +47,12 @@ class TD3BC(Agent):
         self.target_low, self.target_high = -float("inf"), float("inf")
         self._actor_loss = torch.zeros((), device=device)
 
+    @property
+    def graph_period(self) -> int:
+        """Updates per CUDA-graph cycle (synther.agents.graphs): which branches run depends only on total_it mod
+        policy_freq."""
+        return self.cfg.policy_freq
+
     def fit_to_data(self, reward_low: float, reward_high: float) -> None:
         if self.cfg.bound_targets:
             self.target_low, self.target_high = return_bounds(reward_low, reward_high, self.cfg.discount)
