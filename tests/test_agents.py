@@ -15,7 +15,7 @@ from synther.agents import ALGORITHMS, get_algorithm
 from synther.agents.buffer import Batch, ReplayBuffer, reward_scale_from_returns
 from synther.agents.data import load_training_data
 from synther.agents.evaluation import episode_seed, eval_target, random_policy, run_episodes
-from synther.agents.graphs import GraphedUpdates
+from synther.agents.graphs import GraphedUpdates, capturable_optimizers
 from synther.agents.networks import EnsembleMLP, return_bounds, soft_update
 from synther.agents.trainer import EVAL_PROTOCOL, DiffusionSource, AgentConfig, run_dir, train
 from synther.data import TransitionDataset
@@ -276,6 +276,32 @@ def test_graphed_td3_bc_cycles_train_as_the_plain_loop(make_dataset, tmp_path, d
     for a, b in zip(plain, graphed):
         torch.testing.assert_close(a, b, **tol)
     assert plain_losses == pytest.approx(graphed_losses, rel=1e-4 if device == "cuda" else 0)
+
+
+def test_an_eager_run_can_resume_a_graphed_runs_optimizers(make_dataset, tmp_path):
+    """A graphed run's checkpoint carries capturable=True optimizer groups; an eager CPU resumption switches them
+    off, else Adam's unfused update (used where torch has no fused kernel) refuses to step there."""
+    ds = make_dataset(64)
+    agent_class, cfg = tiny("td3_bc", tmp_path)
+
+    def unfused(agent):
+        agent.actor_optimizer = torch.optim.Adam(agent.actor.parameters(), lr=cfg.actor_lr, foreach=False)
+        agent.critic_optimizer = torch.optim.Adam(agent.critic.parameters(), lr=cfg.critic_lr, foreach=False)
+        return agent
+
+    agent = unfused(agent_class(cfg, ds.obs_dim, ds.action_dim, 1.0))
+    buffer = ReplayBuffer(ds, seed=0)
+    agent.update(buffer.sample(16))
+    state = agent.state_dict()
+    for key in ("actor_optimizer", "critic_optimizer"):
+        for group in state[key]["param_groups"]:
+            group["capturable"] = True
+    resumed = unfused(agent_class(cfg, ds.obs_dim, ds.action_dim, 1.0))
+    resumed.load_state_dict(state)
+    capturable_optimizers(resumed, False)
+    for _ in range(2):
+        resumed.update(buffer.sample(16))
+    assert resumed.total_it == 3
 
 
 def test_cuda_graph_option_is_refused_where_it_cannot_run(umaze_registered, tmp_path):

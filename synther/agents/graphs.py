@@ -7,7 +7,7 @@ A graph holds one cycle of `agent.graph_period` consecutive updates: an agent op
 promising that the Python side of its update (which branches run) depends only on the update count modulo it
 (TD3+BC: the actor and targets move every policy_freq-th update), so one capture serves every cycle. Each update's
 batch is read inside the graph from the replay buffer's index chunk at a cursor on the device, so a graphed run
-trains on exactly the rows, in the order, that the eager loop draws. The agent's optimizers are rebuilt with
+trains on exactly the rows, in the order, that the eager loop draws. The agent's optimizers are switched to
 capturable=True (their step counts then live on the device). With capture=False the same cycle runs eagerly:
 that is how the CPU tests check the cycle against the plain loop (optimizers are then left as they are: capturable
 steps need a GPU).
@@ -22,14 +22,15 @@ from synther.agents.networks import Agent
 WARMUP_CYCLES = 3  # eager cycles before capture: optimizer state and cuBLAS workspaces exist before recording
 
 
-def capturable_optimizers(agent: Agent) -> None:
-    """Switch every optimizer of `agent` to capturable=True in place (state kept): its step counts move to the
-    parameters' device, where a replayed graph can advance them."""
+def capturable_optimizers(agent: Agent, capturable: bool = True) -> None:
+    """Set capturable on every optimizer of `agent` in place, state kept. On: step counts move to the parameters'
+    device, where a replayed graph advances them. Off: for an eager run resumed from a graphed run's checkpoint
+    (capturable steps need a GPU)."""
     for value in vars(agent).values():
         if isinstance(value, torch.optim.Optimizer):
             for group in value.param_groups:
-                group["capturable"] = True
-                for param in group["params"]:
+                group["capturable"] = capturable
+                for param in group["params"] if capturable else []:
                     state = value.state.get(param, {})
                     if "step" in state:
                         state["step"] = torch.as_tensor(state["step"], dtype=torch.float32, device=param.device)

@@ -33,7 +33,7 @@ from synther import layout
 from synther.agents.buffer import ReplayBuffer, reward_scale_from_returns
 from synther.agents.data import check_dimensions, load_training_data
 from synther.agents.evaluation import EvalTarget, eval_target, run_episodes
-from synther.agents.graphs import GraphedUpdates
+from synther.agents.graphs import GraphedUpdates, capturable_optimizers
 from synther.agents.networks import Agent
 from synther.errors import UserError
 from synther.utils.device import resolve_device
@@ -337,6 +337,8 @@ def _train(cfg: AgentConfig, agent_class: type[Agent], out: Path) -> dict[str, A
             torch.save(state, tmp)
 
     graphed = GraphedUpdates(agent, buffer, cfg.batch_size) if cfg.cuda_graph else None
+    if graphed is None and start:
+        capturable_optimizers(agent, False)  # the checkpoint may come from a graphed run
     tracker = Tracker(cfg.wandb, out, run_name(cfg, algorithm), cfg_dict)
     try:
         bar = tqdm(total=cfg.max_timesteps, initial=start, desc=run_name(cfg, algorithm), unit="upd",
