@@ -472,3 +472,18 @@ def test_tiny_sweep_through_a_real_local_ray_cluster(tiny_sweep, ray_cluster):
     state = json.loads((runs / "sweep_state.json").read_text())["jobs"]
     assert state[f"agent/td3_bc-{MEDIUM}-eps8-seed0"]["node"] == socket.gethostname()
     assert all(e["status"] in ("done", "skipped") for e in state.values()) and len(state) == 8
+
+
+def test_jobs_see_relative_data_folders_as_seen_from_where_the_sweep_started(tmp_path, monkeypatch):
+    """Jobs run from the repository root: PRIVTRANR_DATA_DIR=data-loco given in another folder must reach them as
+    that folder's data-loco, not the repository's."""
+    from synther.sweep.process import forwarded_env, job_env
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PRIVTRANR_DATA_DIR", "data-loco")
+    monkeypatch.setenv("PRIVTRANR_RUNS_DIR", "~/runs")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    for env in (job_env(1), forwarded_env()):
+        assert env["PRIVTRANR_DATA_DIR"] == str(tmp_path / "data-loco")
+        assert env["PRIVTRANR_RUNS_DIR"] == str(Path("~/runs").expanduser())
+        assert env["MPLBACKEND"] == "Agg"

@@ -12,7 +12,14 @@ from typing import Any, Callable
 from synther.layout import ROOT
 
 # variables that say where data and runs live: forwarded to jobs on every executor (Ray nodes have their own env)
-FORWARDED_ENV = ("PRIVTRANR_DATA_DIR", "PRIVTRANR_RUNS_DIR", "D4RL_DATASET_DIR", "MINARI_DATASETS_PATH", "MPLBACKEND")
+PATH_ENV = ("PRIVTRANR_DATA_DIR", "PRIVTRANR_RUNS_DIR", "D4RL_DATASET_DIR", "MINARI_DATASETS_PATH")
+FORWARDED_ENV = (*PATH_ENV, "MPLBACKEND")
+
+
+def _absolute_paths(env: dict[str, str]) -> dict[str, str]:
+    """Jobs run from the repository root: a relative folder in PATH_ENV means the one seen from where the sweep
+    was started, so it is made absolute here, in the driver."""
+    return {k: str(Path(v).expanduser().absolute()) if k in PATH_ENV and v else v for k, v in env.items()}
 
 
 @dataclass
@@ -30,11 +37,11 @@ def job_env(cpus: int, overrides: dict[str, str] | None = None) -> dict[str, str
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(cpus)
     env["PYTHONUNBUFFERED"] = "1"
-    return {**env, **(overrides or {})}
+    return {**_absolute_paths(env), **(overrides or {})}
 
 
 def forwarded_env() -> dict[str, str]:
-    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    return _absolute_paths({k: os.environ[k] for k in FORWARDED_ENV if k in os.environ})
 
 
 def log_tail(path: Path, lines: int = 20) -> list[str]:
