@@ -6,6 +6,8 @@ fidelity-<samples' folder name>, where a sweep puts it; never the samples' folde
 - correlation_score: mean over column pairs of 1 − |ρ_real − ρ_syn| / 2 (Pearson, sdmetrics
   CorrelationSimilarity), with the worst pairs and a heat map of every pair's |ρ_real − ρ_syn|;
   columns are [obs, action, reward, next_obs]; the terminal flag is excluded, as in the paper;
+- support: k-NN precision (share of synthetic rows on the real data's support) and recall (share of real rows
+  the synthetic ones cover), on --support_rows rows of each, z-scored columns (Kynkäänniemi et al. 2019);
 - dynamics (unless --dynamics false): set the simulator to synthetic s, step synthetic a, and compare its s' and r
   with the synthetic ones (MSE normalized by the real data's variance: 0 = consistent, ~2 = unrelated).
   Supported: ptr-maze2d-* (PointMaze) and HalfCheetah/Hopper/Walker2d-v5; otherwise null with the reason.
@@ -37,6 +39,7 @@ class MarginalConfig:
     dynamics: bool = True  # also compute the dynamics error by stepping the simulator (PointMaze, MuJoCo locomotion)
     dynamics_rows: int = 10_000  # synthetic rows the dynamics error steps through (0: all)
     max_rows: int = 0  # subsample each table to at most this many rows for the scores (0: all rows)
+    support_rows: int = 10_000  # rows of each table for the k-NN support precision/recall (0: not computed; cost grows as rows²)
     top_pairs: int = 20  # how many worst column pairs per_pair lists
     plot: bool = True  # write the pair-error heat map fidelity_pairs.png
     seed: int = 0  # seed of the row subsamples
@@ -46,12 +49,12 @@ def main() -> None:
     cfg = parse(MarginalConfig, description=__doc__)
     if not cfg.real or not cfg.synthetic:
         raise UserError("--real (dataset name or path) and --synthetic (samples.npz) are required")
-    if cfg.max_rows < 0 or cfg.dynamics_rows < 0 or cfg.top_pairs < 0:
-        raise UserError("--max_rows, --dynamics_rows and --top_pairs must be >= 0")
+    if cfg.max_rows < 0 or cfg.dynamics_rows < 0 or cfg.top_pairs < 0 or cfg.support_rows < 0:
+        raise UserError("--max_rows, --dynamics_rows, --support_rows and --top_pairs must be >= 0")
     out = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(cfg.synthetic)
     report = write_fidelity_report(cfg.real, cfg.synthetic, out, plot=cfg.plot, max_rows=cfg.max_rows or None,
                                    seed=cfg.seed, top_pairs=cfg.top_pairs, dynamics=cfg.dynamics,
-                                   dynamics_rows=cfg.dynamics_rows)
+                                   dynamics_rows=cfg.dynamics_rows, support_rows=cfg.support_rows)
     for line in summary_lines(report):
         print(line)
     print(f"wrote {out / 'fidelity.json'} in {report['seconds']['total'] + report['seconds']['load']:.1f}s")

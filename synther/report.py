@@ -313,7 +313,9 @@ def fidelity_rows(res: Results) -> list[dict[str, Any]]:
                      **_stat(runs, lambda r: r["data"]["marginal_score"], "marginal"),
                      **_stat(runs, lambda r: r["data"]["correlation_score"], "correlation"),
                      **_stat(runs, lambda r: r["data"]["dynamics"]["next_obs_nmse"], "dynamics_next_obs_nmse"),
-                     **_stat(runs, lambda r: r["data"]["dynamics"]["reward_nmse"], "dynamics_reward_nmse")})
+                     **_stat(runs, lambda r: r["data"]["dynamics"]["reward_nmse"], "dynamics_reward_nmse"),
+                     **_stat(runs, lambda r: r["data"]["support"]["precision"], "support_precision"),
+                     **_stat(runs, lambda r: r["data"]["support"]["recall"], "support_recall")})
     return rows
 
 
@@ -401,11 +403,13 @@ def ladder_markdown(rows: list[dict[str, Any]]) -> str:
 def fidelity_markdown(rows: list[dict[str, Any]]) -> str:
     return markdown_table(
         ["dataset", "method", "ε", "seeds", "marginal", "correlation", "dynamics NMSE (next obs)",
-         "dynamics NMSE (reward)"],
+         "dynamics NMSE (reward)", "support precision", "support recall"],
         ([r["dataset"], r["method"], _eps(r["epsilon"]), str(r["n_seeds"]),
           _pm(r["marginal_mean"], r["marginal_std"], 3), _pm(r["correlation_mean"], r["correlation_std"], 3),
           _pm(r["dynamics_next_obs_nmse_mean"], r["dynamics_next_obs_nmse_std"], 3),
-          _pm(r["dynamics_reward_nmse_mean"], r["dynamics_reward_nmse_std"], 3)] for r in rows))
+          _pm(r["dynamics_reward_nmse_mean"], r["dynamics_reward_nmse_std"], 3),
+          _pm(r.get("support_precision_mean"), r.get("support_precision_std"), 3),
+          _pm(r.get("support_recall_mean"), r.get("support_recall_std"), 3)] for r in rows))
 
 
 def mia_markdown(rows: list[dict[str, Any]]) -> str:
@@ -560,7 +564,8 @@ UTILITY_COLUMNS = ["dataset", "agent", "method", "epsilon", "n_seeds", "mean", "
                    "ratio_ci_low", "ratio_ci_high", "seeds"]
 FIDELITY_COLUMNS = ["dataset", "method", "epsilon", "n_seeds", "marginal_mean", "marginal_std", "correlation_mean",
                     "correlation_std", "dynamics_next_obs_nmse_mean", "dynamics_next_obs_nmse_std",
-                    "dynamics_reward_nmse_mean", "dynamics_reward_nmse_std"]
+                    "dynamics_reward_nmse_mean", "dynamics_reward_nmse_std", "support_precision_mean",
+                    "support_precision_std", "support_recall_mean", "support_recall_std"]
 MIA_COLUMNS = ["dataset", "method", "epsilon", "n_seeds", "auc_mean", "auc_std", "auc_ci_low", "auc_ci_high",
                *(f"tpr_at_fpr_{f}" for f in FPRS), "accountant_epsilon", "audit_epsilon_lower_bound",
                "audit_accountant_epsilon", "audit_max_attainable_bound"]

@@ -14,7 +14,7 @@ from synther.data.dataset import TransitionDataset
 from synther.evaluation.dynamics import DynamicsUnsupported, dynamics_error
 from synther.evaluation.fidelity import (REFERENCE_NOTE, column_names, correlation_matrices, correlation_score,
                                          default_out_dir, evaluate_fidelity, ks_statistics, marginal_score,
-                                         write_fidelity_report)
+                                         support_scores, write_fidelity_report)
 from maze_data import shared_maze
 from tests.script_helpers import assert_user_error, run_script
 
@@ -118,6 +118,27 @@ def test_report_structure_and_subsampling(maze):
     assert report["reference_note"] == REFERENCE_NOTE and "sensitive" in REFERENCE_NOTE
     assert report["dynamics"] is None and "not requested" in report["dynamics_note"]
     assert {"marginal", "correlation", "total"} <= set(report["seconds"])
+
+
+def test_support_precision_and_recall_see_what_the_marginals_miss():
+    """Same distribution: both high. Rows from half of the space only (every marginal but one unchanged): recall
+    falls, precision stays. Rows spread 3× wider: precision falls, recall stays."""
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(3000, 6))
+    same = support_scores(real, rng.normal(size=(3000, 6)))
+    pool = rng.normal(size=(8000, 6))
+    half = support_scores(real, pool[pool[:, 0] < 0][:3000])
+    wide = support_scores(real, 3 * rng.normal(size=(3000, 6)))
+    assert same["precision"] > 0.85 and same["recall"] > 0.85
+    assert half["recall"] < same["recall"] - 0.15 and half["precision"] > 0.85
+    assert wide["precision"] < 0.3 and wide["recall"] > 0.95
+
+
+def test_report_holds_support_scores_on_a_subsample(maze):
+    report = evaluate_fidelity(maze, maze, max_rows=2000, support_rows=800)
+    assert report["support"]["rows"] == {"real": 800, "synthetic": 800}
+    assert report["support"]["precision"] > 0.85 and report["support"]["recall"] > 0.85
+    assert evaluate_fidelity(maze, maze, max_rows=500, support_rows=0)["support"] is None
 
 
 def test_dynamics_error_is_zero_for_real_maze_transitions_and_large_for_shuffled(maze):

@@ -3,6 +3,12 @@
 Marginal     = mean over columns j of 1 − KS(real_j, synthetic_j)          (sdmetrics KSComplement)
 Correlation  = mean over column pairs of 1 − |ρ_real − ρ_syn| / 2 (Pearson) (sdmetrics CorrelationSimilarity)
 
+Support      = k-NN precision and recall (Kynkäänniemi et al. 2019, https://arxiv.org/abs/1904.06991) on z-scored
+               rows: precision = share of synthetic rows inside the real rows' k-NN balls (no off-support rows),
+               recall = share of real rows inside the synthetic rows' balls (no dropped regions). The marginal and
+               correlation scores see neither: a model that repeats half the data, or adds rows between distant
+               real ones, can keep both high.
+
 Columns are the flat SynthER vector [obs, action, reward, next_obs] without the terminal flag (our choice, as the
 paper's). Edge cases follow sdmetrics: NaNs are dropped per column (KS) or per pair of columns (correlation); values
 are rounded to 14 decimals before KS; a pair involving a column that is constant in either table has no score and
@@ -65,6 +71,10 @@ class Columns:
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) as a float64 block."""
         return np.hstack([p[start:stop] for p in self.parts], dtype=np.float64)
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        """The rows at `indices` as a float64 block."""
+        return np.hstack([p[indices] for p in self.parts], dtype=np.float64)
 
 
 def ks_statistics(real: "np.ndarray | Columns", synthetic: "np.ndarray | Columns") -> np.ndarray:
@@ -171,6 +181,42 @@ def correlation_score(real: np.ndarray, synthetic: np.ndarray) -> float:
 
 
 # --- names and the full report --------------------------------------------------------------------------------
+def _kth_neighbour_radii(x: "torch.Tensor", k: int, chunk: int = 2048) -> "torch.Tensor":
+    """Distance from each row of x to its k-th nearest other row of x."""
+    import torch
+
+    out = torch.empty(len(x), dtype=x.dtype)
+    for i in range(0, len(x), chunk):
+        d = torch.cdist(x[i:i + chunk], x)
+        out[i:i + chunk] = d.kthvalue(k + 1, dim=1).values  # +1: the row itself is at distance 0
+    return out
+
+
+def _inside(points: "torch.Tensor", centres: "torch.Tensor", radii: "torch.Tensor", chunk: int = 2048
+            ) -> "torch.Tensor":
+    """For each point: does it lie within radii[j] of some centre j?"""
+    import torch
+
+    out = torch.empty(len(points), dtype=torch.bool)
+    for i in range(0, len(points), chunk):
+        out[i:i + chunk] = (torch.cdist(points[i:i + chunk], centres) <= radii).any(dim=1)
+    return out
+
+
+def support_scores(real: np.ndarray, synthetic: np.ndarray, k: int = 5) -> dict[str, float]:
+    """k-NN precision and recall of `synthetic` against `real` (rows × columns), columns z-scored with the real
+    rows' mean and std (a constant column is only centred). See the module docstring."""
+    import torch
+
+    mean, std = real.mean(0), real.std(0)
+    std = np.where(std > 0, std, 1.0)
+    r = torch.from_numpy(((real - mean) / std).astype(np.float32))
+    s = torch.from_numpy(((synthetic - mean) / std).astype(np.float32))
+    precision = _inside(s, r, _kth_neighbour_radii(r, k)).float().mean().item()
+    recall = _inside(r, s, _kth_neighbour_radii(s, k)).float().mean().item()
+    return {"precision": precision, "recall": recall, "k": k, "rows": {"real": len(r), "synthetic": len(s)}}
+
+
 def column_names(layout: TransitionLayout) -> list[str]:
     """Names of the scored columns, in SynthER order without the terminal: obs[i], action[i], reward, next_obs[i]."""
     return ([f"obs[{i}]" for i in range(layout.obs_dim)] + [f"action[{i}]" for i in range(layout.action_dim)]
@@ -195,13 +241,15 @@ def evaluate_fidelity(
     top_pairs: int = 20,
     dynamics: bool = False,
     dynamics_rows: int = 10_000,
+    support_rows: int = 10_000,
 ) -> dict[str, Any]:
     """Marginal and correlation scores with per-column and per-pair breakdowns, and optionally the dynamics error.
 
     `max_rows` subsamples each table to at most that many rows (None/0: all rows). `per_pair` lists the
     `top_pairs` worst pairs; `pair_matrix` holds every pair's |ρ_real − ρ_syn| (for the heat map). `dynamics` asks
     for synther.evaluation.dynamics.dynamics_error on `dynamics_rows` synthetic rows (null when unsupported, with
-    the reason in `dynamics_note`). Keys `real`/`synthetic` describe the two inputs; callers may overwrite them
+    the reason in `dynamics_note`). `support` holds support_scores on `support_rows` random rows of each (0: not
+    computed; pairwise distances cost rows² / 2048 per chunk). Keys `real`/`synthetic` describe the two inputs; callers may overwrite them
     with the spec and path they loaded.
     """
     check_compatible(real, synthetic)
@@ -257,6 +305,17 @@ def evaluate_fidelity(
         "reference_note": REFERENCE_NOTE,
         "seconds": {"marginal": t_marginal, "correlation": t_corr},
     }
+    report["support"] = None
+    if support_rows > 0:
+        t = time.perf_counter()
+        real_rows, synthetic_rows = (x.take(rng.choice(x.shape[0], min(support_rows, x.shape[0]), replace=False))
+                                     for x in (r, s))
+        report["support"] = support_scores(real_rows[np.isfinite(real_rows).all(1)],
+                                           synthetic_rows[np.isfinite(synthetic_rows).all(1)])
+        report["definitions"]["support"] = ("k-NN precision (share of synthetic rows inside the real rows' k-th "
+                                            "neighbour balls) and recall (the converse), z-scored columns "
+                                            "(Kynkäänniemi et al. 2019)")
+        report["seconds"]["support"] = time.perf_counter() - t
     if dynamics:
         from synther.evaluation.dynamics import DynamicsUnsupported, dynamics_error
 
@@ -344,6 +403,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         p = report["per_pair"][0]
         lines.append(f"worst pair: {p['columns'][0]} × {p['columns'][1]}: ρ_real {p['real_corr']:+.3f} vs "
                      f"ρ_syn {p['synthetic_corr']:+.3f}")
+    sup = report.get("support")
+    if sup:
+        lines.append(f"support (k-NN, k={sup['k']}): precision {sup['precision']:.3f} (synthetic rows on the real "
+                     f"data's support), recall {sup['recall']:.3f} (real rows covered by the synthetic ones)")
     dyn = report.get("dynamics")
     if dyn:
         lines.append(f"dynamics ({dyn['env']}, {dyn['rows']} rows): next_obs NMSE {dyn['next_obs_nmse']:.4g}, "
