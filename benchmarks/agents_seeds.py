@@ -10,7 +10,9 @@ Three ways to train K seeds, each timed here in the same run on the same random 
 
 With --cuda_graph true (CUDA only), `single` and `stacked` are also timed with two whole updates (batch
 sampling, both losses, backward, Adam with capturable=True, target updates) captured as one CUDA graph and
-replayed: a GPU update of 2×256 networks at batch 256 is bound by kernel launches, which replay removes.
+replayed: a GPU update of 2×256 networks at batch 256 is bound by kernel launches, which replay removes. One
+seed goes through the trainer's own --cuda_graph path (synther.agents.graphs.GraphedUpdates); the stacked agent
+through a capture of the same recipe here.
 
 Prints seed-updates/s for each and the ratios stacked / concurrent and stacked / single. A probe of the speed
 only: the stacked agent here has no evaluation, checkpoints or per-seed random streams (the sweep does not use
@@ -33,6 +35,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from synther.agents.buffer import ReplayBuffer  # noqa: E402
+from synther.agents.graphs import WARMUP_CYCLES, GraphedUpdates, capturable_optimizers  # noqa: E402
 from synther.agents.networks import EnsembleMLP, adam, critic_input, frozen_copy, soft_update  # noqa: E402
 from synther.agents.td3_bc import TD3BC, TD3BCConfig  # noqa: E402
 
@@ -103,21 +106,13 @@ def timed(step, seconds: float, sync) -> float:
     return done / (time.perf_counter() - start)
 
 
-def capturable(agent) -> None:
-    """Adams whose step can be captured in a CUDA graph (their step counters live on the GPU)."""
-    for name in ("actor_optimizer", "critic_optimizer"):
-        opt = getattr(agent, name)
-        setattr(agent, name, torch.optim.Adam(opt.param_groups[0]["params"], lr=opt.param_groups[0]["lr"],
-                                              capturable=True))
-
-
 def graphed(body: Callable[[], None]) -> Callable[[], None]:
-    """`body` (two updates) captured once as a CUDA graph; returns its replay. Warm-up runs on a side stream, as
-    torch's whole-network capture recipe asks."""
+    """`body` (two stacked updates) captured once as a CUDA graph; returns its replay. Warm-up runs on a side
+    stream, as torch's whole-network capture recipe asks (the trainer's GraphedUpdates does the same for one seed)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        for _ in range(3):
+        for _ in range(WARMUP_CYCLES):
             body()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
@@ -130,16 +125,9 @@ def single_rate(device: str, seconds: float, start_at: float = 0.0, cuda_graph: 
     buffer = random_buffer(device)
     agent = TD3BC(TD3BCConfig(alpha=10.0), OBS, ACT, 1.0, device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    if cuda_graph:
-        capturable(agent)
-
-        def body() -> None:  # indices drawn inside the graph (a fresh draw on every replay)
-            for _ in range(2):
-                rows = buffer.data.index_select(0, torch.randint(ROWS, (BATCH,), device=device))
-                obs, act, rew, nxt, done = torch.split(rows, (OBS, ACT, 1, OBS, 1), dim=1)
-                agent.update((obs, act, rew.squeeze(1), nxt, done.squeeze(1)))
-
-        return 2 * timed(graphed(body), seconds, sync)
+    if cuda_graph:  # the trainer's --cuda_graph path: a policy_freq cycle replayed, batches drawn in the graph
+        cycles = GraphedUpdates(agent, buffer, BATCH)
+        return cycles.period * timed(cycles.run, seconds, sync)
     agent.update(buffer.sample(BATCH))
     sync()
     while time.time() < start_at:  # concurrent children start their timed loops together
@@ -167,7 +155,7 @@ def stacked_rate(device: str, seeds: int, seconds: float, cuda_graph: bool = Fal
         chunk["i"] += 1
 
     if cuda_graph:
-        capturable(agent)
+        capturable_optimizers(agent)
 
         def body() -> None:
             for _ in range(2):
