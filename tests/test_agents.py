@@ -3,6 +3,7 @@ training on synthetic samples only, and TD3+BC / IQL clearly beating a random po
 import dataclasses
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import gymnasium as gym
@@ -250,32 +251,65 @@ def test_graph_sampling_gives_the_batches_of_the_plain_sampler_in_order(make_dat
             assert torch.equal(a, b)
 
 
+GRAPHED = {"td3_bc": dict(policy_noise=0.0, noise_clip=0.0), "iql": {}, "awac": {}, "edac": {}}
+SAMPLES_INSIDE = {"awac", "edac"}  # draw actions inside the update: a graph's random stream is not the eager one
+
+
 @pytest.mark.parametrize("device", DEVICES)
-def test_graphed_td3_bc_cycles_train_as_the_plain_loop(make_dataset, tmp_path, device):
-    """On the CPU the cycle runs eagerly and must equal the plain loop exactly; on CUDA it is captured after the
-    warm-up and replayed, and must stay within float tolerance of it (target noise off: random draws inside a
-    graph need not match eager ones)."""
+@pytest.mark.parametrize("algorithm", list(GRAPHED))
+def test_graphed_cycles_train_as_the_plain_loop(make_dataset, tmp_path, device, algorithm):
+    """On the CPU the cycle runs eagerly and must equal the plain loop exactly (IQL: its lr schedule stepped on the
+    host between updates as in update()); on CUDA it is captured after the warm-up and replayed, and must stay within
+    float tolerance of it where the update draws nothing at random (TD3+BC with target noise off, IQL); AWAC and
+    EDAC, which sample actions, must capture and train to finite values."""
     ds = make_dataset(300)
-    _, cfg = tiny("td3_bc", tmp_path, policy_noise=0.0, noise_clip=0.0)
+    agent_class, cfg = tiny(algorithm, tmp_path, **GRAPHED[algorithm])
     runs = []
     for mode in ("plain", "graphed"):
         torch.manual_seed(0)
-        agent_class, _ = get_algorithm("td3_bc")
         agent = agent_class(cfg, ds.obs_dim, ds.action_dim, 1.0, device)
-        buffer = ReplayBuffer(ds, device, seed=1, chunk=6)
+        period = agent.graph_period
+        buffer = ReplayBuffer(ds, device, seed=1, chunk=3 * period)
         cycles = GraphedUpdates(agent, buffer, 16, capture=device == "cuda") if mode == "graphed" else None
         for _ in range(10):  # 3 warm-up cycles, then (CUDA) one capture and 7 replays; chunks of 3 cycles
-            losses = cycles.run() if cycles else [agent.update(buffer.sample(16)) for _ in range(2)][-1]
-        assert agent.total_it == 20
+            losses = cycles.run() if cycles else [agent.update(buffer.sample(16)) for _ in range(period)][-1]
         runs.append(([p.detach().cpu().clone() for m in agent.modules() for p in m.parameters()],
-                     {k: float(v) for k, v in losses.items()}))
+                     {k: float(v) for k, v in losses.items()}, agent))
         if cycles and device == "cuda":
             assert cycles.graph is not None
-    (plain, plain_losses), (graphed, graphed_losses) = runs
+    (plain, plain_losses, _), (graphed, graphed_losses, agent) = runs
+    if algorithm == "td3_bc":
+        assert agent.total_it == 20
+    if algorithm == "iql":  # ten updates of the cosine schedule, on the tensor the graph reads
+        assert float(agent.optimizer.param_groups[2]["lr"]) == pytest.approx(agent.scheduler.get_last_lr()[2])
+        assert agent.scheduler.last_epoch == 10
+    if device == "cuda" and algorithm in SAMPLES_INSIDE:
+        assert all(torch.isfinite(p).all() for p in graphed) and all(map(math.isfinite, graphed_losses.values()))
+        assert any(not torch.equal(a, b) for a, b in zip(graphed, runs[0][0]))  # the replays trained something
+        return
     tol = {} if device == "cuda" else {"rtol": 0, "atol": 0}
     for a, b in zip(plain, graphed):
         torch.testing.assert_close(a, b, **tol)
     assert plain_losses == pytest.approx(graphed_losses, rel=1e-4 if device == "cuda" else 0)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")  # the schedule steps with no update here
+def test_a_graphed_runs_schedule_fills_the_lr_tensor_the_graph_reads(tmp_path):
+    """A replayed graph reads each learning rate from the tensor it saw at capture: the schedule must write into
+    that tensor, never replace it; and an eager resumption gets float learning rates back."""
+    agent_class, cfg = tiny("iql", tmp_path, max_timesteps=8)
+    agent = agent_class(cfg, 4, 2, 1.0)
+    capturable_optimizers(agent)
+    groups = agent.optimizer.param_groups
+    captured = [g["lr"] for g in groups]
+    assert all(isinstance(lr, torch.Tensor) for lr in captured)
+    for _ in range(4):
+        agent.host_update()
+    assert all(g["lr"] is lr for g, lr in zip(groups, captured))
+    assert float(captured[2]) == pytest.approx(cfg.actor_lr * 0.5, rel=1e-6)  # cosine at half of max_timesteps
+    assert float(captured[0]) == pytest.approx(cfg.vf_lr, rel=1e-6)
+    capturable_optimizers(agent, False)
+    assert [type(g["lr"]) for g in groups] == [float] * 3 and not any(g["capturable"] for g in groups)
 
 
 def test_an_eager_run_can_resume_a_graphed_runs_optimizers(make_dataset, tmp_path):
@@ -308,10 +342,10 @@ def test_cuda_graph_option_is_refused_where_it_cannot_run(umaze_registered, tmp_
     agent_class, cfg = tiny("td3_bc", tmp_path, device="cpu", cuda_graph=True)
     with pytest.raises(UserError, match="needs a CUDA device"):
         train(cfg, agent_class)
-    iql_class, iql_cfg = tiny("iql", tmp_path)
-    iql = iql_class(iql_cfg, 4, 2, 1.0)
+    cql_class, cql_cfg = tiny("cql", tmp_path)
+    cql = cql_class(cql_cfg, 4, 2, 1.0)  # its branches follow the update count past bc_steps: no cycle declared
     with pytest.raises(ValueError, match="no CUDA-graph cycle"):
-        GraphedUpdates(iql, ReplayBuffer(umaze_registered), 16, capture=False)
+        GraphedUpdates(cql, ReplayBuffer(umaze_registered), 16, capture=False)
 
 
 # --- evaluation targets ------------------------------------------------------------------------------------

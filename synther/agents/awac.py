@@ -61,6 +61,8 @@ class AWAC(Agent):
         self.actor_optimizer = adam(self.actor.parameters(), lr=cfg.learning_rate)
         self.critic_optimizer = adam(self.critic.parameters(), lr=cfg.learning_rate)
 
+    graph_period = 1  # synther.agents.graphs: the update runs the same kernels every time
+
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         obs, actions, rewards, next_obs, dones = batch

@@ -82,6 +82,8 @@ class EDAC(Agent):
         pair_sum = g.sum(0).pow(2).sum(-1) - g.pow(2).sum((0, 2))
         return pair_sum.mean() / (self.cfg.num_critics - 1)
 
+    graph_period = 1  # synther.agents.graphs: the update runs the same kernels every time
+
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         obs, actions, rewards, next_obs, dones = batch

@@ -7,10 +7,13 @@ A graph holds one cycle of `agent.graph_period` consecutive updates: an agent op
 promising that the Python side of its update (which branches run) depends only on the update count modulo it
 (TD3+BC: the actor and targets move every policy_freq-th update), so one capture serves every cycle. Each update's
 batch is read inside the graph from the replay buffer's index chunk at a cursor on the device, so a graphed run
-trains on exactly the rows, in the order, that the eager loop draws. The agent's optimizers are switched to
-capturable=True (their step counts then live on the device). With capture=False the same cycle runs eagerly:
-that is how the CPU tests check the cycle against the plain loop (optimizers are then left as they are: capturable
-steps need a GPU).
+trains on exactly the rows, in the order, that the eager loop draws. What an update does on the host
+(`agent.host_update`: IQL's learning-rate schedule) stays outside the graph and runs once per replayed update, after
+the replay (with a cycle of one update, as IQL's, each update reads the lr the eager loop would give it). The
+agent's optimizers are switched to capturable=True, their step counts and learning rates moved into device tensors
+that the graph reads at each replay (a schedule fills its tensor in place). With capture=False the same cycle runs
+eagerly: that is how the CPU tests check the cycle against the plain loop (optimizers are then left as they are:
+capturable steps need a GPU).
 """
 from typing import Any
 
@@ -23,13 +26,17 @@ WARMUP_CYCLES = 3  # eager cycles before capture: optimizer state and cuBLAS wor
 
 
 def capturable_optimizers(agent: Agent, capturable: bool = True) -> None:
-    """Set capturable on every optimizer of `agent` in place, state kept. On: step counts move to the parameters'
-    device, where a replayed graph advances them. Off: for an eager run resumed from a graphed run's checkpoint
-    (capturable steps need a GPU)."""
+    """Set capturable on every optimizer of `agent` in place, state kept. On: step counts and learning rates move
+    into tensors on the parameters' device, where a replayed graph reads and advances them (a float lr would be
+    frozen into the graph at capture). Off: for an eager run resumed from a graphed run's checkpoint (capturable
+    steps need a GPU); learning rates become floats again."""
     for value in vars(agent).values():
         if isinstance(value, torch.optim.Optimizer):
             for group in value.param_groups:
                 group["capturable"] = capturable
+                device = group["params"][0].device
+                group["lr"] = (torch.tensor(float(group["lr"]), dtype=torch.float32, device=device) if capturable
+                               else float(group["lr"]))
                 for param in group["params"] if capturable else []:
                     state = value.state.get(param, {})
                     if "step" in state:
@@ -52,10 +59,12 @@ class GraphedUpdates:
         if capture:
             capturable_optimizers(agent)
 
-    def _cycle(self) -> dict[str, torch.Tensor]:
+    def _cycle(self, host: bool = True) -> dict[str, torch.Tensor]:
         losses: dict[str, torch.Tensor] = {}
         for _ in range(self.period):
-            losses = self.agent.update(self.buffer.graph_sample())
+            losses = self.agent.device_update(self.buffer.graph_sample())
+            if host:
+                self.agent.host_update()
         return losses
 
     def run(self) -> dict[str, torch.Tensor]:
@@ -69,6 +78,8 @@ class GraphedUpdates:
         if self.graph is not None:
             self.graph.replay()
             self.agent.total_it += self.period
+            for _ in range(self.period):  # the host's share (a schedule's next lr), queued after the replay
+                self.agent.host_update()
             return self.losses
         self._cycles += 1
         if not self.capture:
@@ -84,7 +95,7 @@ class GraphedUpdates:
         total_it = self.agent.total_it  # recording runs no kernels: the cycle's Python side must not count
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self.losses = self._cycle()
+            self.losses = self._cycle(host=False)
         self.agent.total_it = total_it
         self.graph = graph
 

@@ -73,7 +73,17 @@ class IQL(Agent):
         cosine = lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, steps) / steps))  # noqa: E731 (CosineAnnealingLR)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, [lambda t: 1.0, lambda t: 1.0, cosine])
 
+    graph_period = 1  # synther.agents.graphs: the update runs the same kernels every time
+
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        losses = self.device_update(batch)
+        self.host_update()
+        return losses
+
+    def host_update(self) -> None:
+        self.scheduler.step()  # a float on the host; a graphed run's Adam reads it from a device tensor it fills
+
+    def device_update(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         obs, actions, rewards, next_obs, dones = batch
         with torch.no_grad():
@@ -98,7 +108,6 @@ class IQL(Agent):
         self.optimizer.zero_grad(set_to_none=True)
         (value_loss + q_loss + actor_loss).backward()
         self.optimizer.step()
-        self.scheduler.step()
         soft_update(self.q_target, self.qf, cfg.tau)
         return {"value_loss": value_loss.detach(), "q_loss": q_loss.detach(), "actor_loss": actor_loss.detach()}
 

@@ -158,6 +158,14 @@ class Agent(ABC):
     def act(self, observations: torch.Tensor) -> torch.Tensor:
         """Deterministic actions for normalized observations (implementations run under torch.no_grad)."""
 
+    def device_update(self, batch: Any) -> dict[str, torch.Tensor]:
+        """The part of update() a CUDA graph can hold (every kernel of it); update() = device_update + host_update."""
+        return self.update(batch)
+
+    def host_update(self) -> None:
+        """The part of update() that runs on the host after the kernels (learning-rate schedules): a graph replay
+        cannot repeat it, so graphed runs call it once per replayed update."""
+
     def fit_to_data(self, reward_low: float, reward_high: float) -> None:
         """Told the range of the training rewards (as the buffer holds them) before the first update; agents that
         bound their values by it override this."""

@@ -89,7 +89,7 @@ class AgentConfig:
     save_checkpoints: bool = True  # write checkpoint.pt at every evaluation so a killed run resumes
     overwrite: bool = False  # re-run even if the run folder holds a finished run (otherwise it is skipped)
     compile: bool = False  # torch.compile the networks (first updates are slow while it compiles)
-    cuda_graph: bool = False  # CUDA only, TD3+BC so far: replay each cycle of updates as one captured CUDA graph (the same rows in the same order; several times faster on a GPU, where small updates are launch-bound)
+    cuda_graph: bool = False  # CUDA only; TD3+BC, IQL, AWAC, EDAC (not CQL): replay each cycle of updates as one captured CUDA graph (the same rows in the same order; several times faster on a GPU, where small updates are launch-bound)
     progress: bool = True  # show a progress bar
     wandb: WandbConfig = field(default_factory=WandbConfig)  # opt-in copy of metrics.jsonl and eval.jsonl rows to Weights & Biases
 
