@@ -21,7 +21,7 @@ from synther.cli import parse
 from synther.data.pointmaze import MazeCollectConfig, collect_maze2d
 from synther.errors import UserError
 from synther.utils.locks import FolderLock
-from synther.sweep import (Budgets, Job, LocalExecutor, SweepConfig, agent_run_name, plan, run_jobs, summary_table,
+from synther.sweep import (Budgets, ExtraArgs, Job, LocalExecutor, SweepConfig, agent_run_name, plan, run_jobs, summary_table,
                            topological_order)
 from script_helpers import ROOT, assert_user_error, run_script, script_env
 
@@ -171,13 +171,59 @@ def test_an_agent_run_with_other_settings_is_not_counted_as_done(tmp_path):
     assert not old.is_done()
 
 
+def test_fingerprints_follow_what_shapes_a_result_and_flow_downstream(tmp_path):
+    """A job's fingerprint changes with its own shaping options, its config file's content and any job upstream;
+    not with where the runs folder is or how the jobs run (device, progress, threads)."""
+    base = dict(datasets=[UMAZE], epsilons=[10.0], seeds=[0], agents=["td3_bc"], evaluations=["fidelity"])
+
+    def fingerprints(**changes):
+        cfg = SweepConfig(**{**base, "runs_dir": str(tmp_path / "runs"), **changes})
+        return {job.id.split("/")[0] + ("-real" if "real" in job.id else ""): job.fingerprint for job in plan(cfg)}
+
+    first = fingerprints()
+    assert len(set(first.values())) == len(first) == 6 and all(len(f) == 16 for f in first.values())
+    assert fingerprints() == first
+    assert fingerprints(runs_dir=str(tmp_path / "moved"), device="cuda", progress=True) == first
+    longer = fingerprints(budgets=Budgets(pretrain_epochs=25))
+    assert {k for k in first if longer[k] != first[k]} == {"pretrain", "finetune", "sample", "fidelity", "agent"}
+    other_sampler = fingerprints(extra_args=ExtraArgs(sample="--sampler.steps 32"))
+    assert {k for k in first if other_sampler[k] != first[k]} == {"sample", "fidelity", "agent"}
+    edited = tmp_path / "diffusion.yaml"
+    edited.write_text((ROOT / "config" / "diffusion" / "maze2d-quickstart.yaml").read_text() + "\n# edited\n")
+    default_yaml = fingerprints(diffusion_config=str(ROOT / "config" / "diffusion" / "maze2d-quickstart.yaml"))
+    assert fingerprints(diffusion_config=str(edited))["pretrain"] != default_yaml["pretrain"]
+
+
+def test_a_job_finished_under_another_fingerprint_runs_again(tmp_path):
+    """The sweep records a finished job's fingerprint; once it differs the job is not done (it runs again, so its
+    script can refuse or redo the folder) and the dry run says why. Folders without a record keep the old rule."""
+    from synther.sweep import describe_plan
+
+    job = _job(tmp_path, "a", WRITE)
+    job.fingerprint = "one"
+    state = tmp_path / "state.json"
+    assert _run([job], state)[0].status == {"a": "done"}
+    assert json.loads(job.marker.read_text())["fingerprint"] == "one"
+    assert _run([job], state)[0].status == {"a": "skipped"}
+    job.fingerprint = "two"
+    assert not job.is_done() and job.outputs_finished()
+    lines: list[str] = []
+    describe_plan([job], lines.append)
+    assert "to run again: its options, config file or an upstream job changed" in lines[0]
+    assert _run([job], state)[0].status == {"a": "done"}
+    assert json.loads(job.marker.read_text())["fingerprint"] == "two"
+    job.marker.unlink()  # a folder finished before markers existed (or by a script alone)
+    job.fingerprint = "three"
+    assert job.is_done()
+
+
 def test_the_ladder_shares_the_quickstarts_jobs(tmp_path):
     """quickstart-ladder.yaml reuses the quickstart's runs (README): every job the two plan in one runs folder must
-    have the same command, or the ladder would re-train them (or report them under other settings)."""
+    have the same command and fingerprint, or the ladder would re-train them (or report them under other settings)."""
     def jobs(name):
         cfg = parse(SweepConfig, "", ["--config_path", str(ROOT / f"config/sweeps/{name}.yaml"),
                                       "--runs_dir", str(tmp_path), "--seeds", "[0, 1, 2]"])
-        return {j.id: j.command for j in plan(cfg)}
+        return {j.id: (j.command, j.fingerprint) for j in plan(cfg)}
 
     quickstart, ladder = jobs("quickstart"), jobs("quickstart-ladder")
     shared = quickstart.keys() & ladder.keys()
@@ -400,6 +446,11 @@ def test_tiny_privtranr_sweep_end_to_end_on_the_local_pool(tiny_sweep):
 
     again = run_script("sweep.py", *tiny_sweep["args"], "--epsilons", "[2]", env_extra=tiny_sweep["env"])
     assert again.returncode == 0 and again.stdout.count("done, skipped") == 5 and "started" not in again.stdout
+    # a longer pre-training: it and everything downstream of it are no longer done; the real-data agent is
+    longer = run_script("sweep.py", *tiny_sweep["args"], "--epsilons", "[2]", "--budgets.pretrain_epochs", "9",
+                        "--dry_run", "true", env_extra=tiny_sweep["env"])
+    assert longer.returncode == 0 and longer.stdout.count("to run again") == 4, longer.stdout
+    assert re.search(r"agent +td3_bc-\S+-real-seed0: done", longer.stdout)
 
     out = runs.parent / "results"
     rep = run_script("report.py", "--runs_dir", str(runs), "--out_dir", str(out))

@@ -5,6 +5,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
+from synther.utils.io import atomic_write_json
+
 
 @dataclass
 class Job:
@@ -18,15 +20,42 @@ class Job:
     outputs: tuple[str, ...] = ()  # files in run_dir whose presence marks the job finished
     labels: dict[str, Any] = field(default_factory=dict)  # dataset, method, epsilon, seed, agent
     finished: Callable[[Path], bool] | None = None  # a further test on run_dir once the outputs exist
+    # what the result depends on (the plan sets it): the options that shape it, the content of its config file and
+    # its dependencies' fingerprints; a sweep records it when the job finishes
+    fingerprint: str = ""
 
     @property
     def log(self) -> Path:
         return self.run_dir / f"job-{self.kind}.log"
 
-    def is_done(self) -> bool:
+    @property
+    def marker(self) -> Path:
+        return self.run_dir / f"job-{self.kind}.done.json"
+
+    def outputs_finished(self) -> bool:
         if not self.outputs or not all((self.run_dir / f).exists() for f in self.outputs):
             return False
         return self.finished is None or self.finished(self.run_dir)
+
+    def changed(self) -> bool:
+        """Whether a sweep finished this job under another fingerprint: its options, its config file or a job
+        upstream changed since. Folders without a marker (finished by a script alone, or by a sweep before markers
+        existed) count as unchanged."""
+        if not self.fingerprint:
+            return False
+        try:
+            return json.loads(self.marker.read_text())["fingerprint"] != self.fingerprint
+        except FileNotFoundError:
+            return False
+        except Exception:  # a damaged marker: let the job run; its script judges the folder
+            return True
+
+    def is_done(self) -> bool:
+        return self.outputs_finished() and not self.changed()
+
+    def mark_finished(self) -> None:
+        if self.fingerprint:  # jobs built outside a plan have none
+            atomic_write_json(self.marker, {"fingerprint": self.fingerprint, "command": self.command})
 
 
 def training_finished(run_dir: Path) -> bool:

@@ -2,6 +2,8 @@
 
 Folder names come from synther.layout, each command line from the builder beside its script's config.
 """
+import hashlib
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -77,6 +79,35 @@ def _shaping_options(command: list[str]) -> dict[str, str]:
         if key not in _PLACEMENT:
             options[key] = value
     return options
+
+
+# Further options that place a job's inputs or outputs: inputs made by other jobs count by those jobs' fingerprints
+_NOT_FINGERPRINTED = {"run_dir", "out_dir", "checkpoint", "synthetic"}
+
+
+def fingerprint(jobs: list[Job]) -> list[Job]:
+    """Set each job's fingerprint (jobs in dependency order): its script, the options that shape its result, the
+    content of its --config_path and its dependencies' fingerprints. A sweep re-run after any of them changed
+    runs the job again instead of counting the old result as done (its script then refuses a folder of another
+    configuration with a one-line error, or redoes the work: nothing is silently mixed)."""
+    by_id = {job.id: job for job in jobs}
+    for job in jobs:
+        options = {k: v for k, v in _shaping_options(job.command).items() if k not in _NOT_FINGERPRINTED}
+        config = _value(job.command, "config_path")
+        content = hashlib.sha256(Path(config).read_bytes()).hexdigest() if config and Path(config).is_file() else config
+        job.fingerprint = hashlib.sha256(json.dumps(
+            [job.kind, Path(job.command[1]).name if len(job.command) > 1 else "", options, content,
+             sorted(by_id[d].fingerprint for d in job.deps)], sort_keys=True).encode()).hexdigest()[:16]
+    return jobs
+
+
+def _value(command: list[str], key: str) -> str | None:
+    for i, token in enumerate(command):
+        if token == f"--{key}" and i + 1 < len(command):
+            return command[i + 1]
+        if token.startswith(f"--{key}="):
+            return token.split("=", 1)[1]
+    return None
 
 
 def public_sets(cfg: SweepConfig) -> dict[str, list[str]]:
@@ -184,4 +215,4 @@ def plan(cfg: SweepConfig) -> list[Job]:
                 for algorithm in cfg.agents:
                     add(agent_job(algorithm=algorithm, dataset=ds, seed=seed, extra=_agent_extra(cfg, algorithm),
                                   **agent_opts))
-    return topological_order(list(jobs.values()))
+    return fingerprint(topological_order(list(jobs.values())))

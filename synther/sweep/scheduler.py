@@ -121,7 +121,8 @@ def run_jobs(jobs: list[Job], executor: Executor, state_path: Path, name: str = 
                 if pending and not started and not executor.running():
                     raise RuntimeError(f"sweep stalled: {pending[0].id} can never start")  # a scheduler bug
                 for job, out in executor.wait(poll):
-                    if out.returncode == 0 and job.is_done():
+                    if out.returncode == 0 and job.outputs_finished():
+                        job.mark_finished()
                         settle(job, "done", f"{out.seconds:.1f}s", returncode=0, seconds=out.seconds, node=out.node)
                         continue
                     last = next((ln for ln in reversed(out.tail) if ln.strip()), "")
@@ -182,7 +183,9 @@ def describe_plan(jobs: list[Job], echo: Callable[[str], None] = print, commands
         c = counts.setdefault(job.kind, [0, 0])
         c[0 if done else 1] += 1
         deps = f" (after {', '.join(job.deps)})" if job.deps and not done else ""
-        echo(f"[{i}/{len(jobs)}] {_short(job)}: {'done' if done else 'to run'}{deps}")
+        why = " again: its options, config file or an upstream job changed since it finished" \
+            if not done and job.outputs_finished() and job.changed() else ""
+        echo(f"[{i}/{len(jobs)}] {_short(job)}: {'done' if done else 'to run'}{why}{deps}")
         if commands and not done:
             echo(f"    {shlex.join(job.command)}")
     echo("\n" + ", ".join(f"{k}: {d + t} ({t} to run)" for k, (d, t) in counts.items())
