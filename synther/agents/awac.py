@@ -50,6 +50,7 @@ class GaussianActor(nn.Module):
 
 class AWAC(Agent):
     name = "awac"
+    graph_period = 1  # synther.agents.graphs: the update runs the same kernels every time
 
     def __init__(self, cfg: AWACConfig, obs_dim: int, action_dim: int, max_action: float,
                  device: torch.device | str = "cpu") -> None:
@@ -60,8 +61,6 @@ class AWAC(Agent):
         self.critic_target = frozen_copy(self.critic)
         self.actor_optimizer = adam(self.actor.parameters(), lr=cfg.learning_rate)
         self.critic_optimizer = adam(self.critic.parameters(), lr=cfg.learning_rate)
-
-    graph_period = 1  # synther.agents.graphs: the update runs the same kernels every time
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.cfg

@@ -57,6 +57,7 @@ class TanhGaussianActor(nn.Module):
 
 class EDAC(Agent):
     name = "edac"
+    graph_period = 1  # synther.agents.graphs: the update runs the same kernels every time
 
     def __init__(self, cfg: EDACConfig, obs_dim: int, action_dim: int, max_action: float,
                  device: torch.device | str = "cpu") -> None:
@@ -81,8 +82,6 @@ class EDAC(Agent):
         # Σ_{i≠j} g_i·g_j = ‖Σ_i g_i‖² − Σ_i ‖g_i‖²  (same value as EDAC's masked bmm, without the N×N matrices)
         pair_sum = g.sum(0).pow(2).sum(-1) - g.pow(2).sum((0, 2))
         return pair_sum.mean() / (self.cfg.num_critics - 1)
-
-    graph_period = 1  # synther.agents.graphs: the update runs the same kernels every time
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.cfg

@@ -51,6 +51,7 @@ class GaussianPolicy(nn.Module):
 
 class IQL(Agent):
     name = "iql"
+    graph_period = 1  # synther.agents.graphs: the update runs the same kernels every time
 
     def __init__(self, cfg: IQLConfig, obs_dim: int, action_dim: int, max_action: float,
                  device: torch.device | str = "cpu") -> None:
@@ -72,8 +73,6 @@ class IQL(Agent):
         steps = max(cfg.max_timesteps, 1)
         cosine = lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, steps) / steps))  # noqa: E731 (CosineAnnealingLR)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, [lambda t: 1.0, lambda t: 1.0, cosine])
-
-    graph_period = 1  # synther.agents.graphs: the update runs the same kernels every time
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         losses = self.device_update(batch)
