@@ -19,7 +19,14 @@ machine's speed hit both alike; it prints each one's updates/s and the ratio.
 
   python benchmarks/agents.py                      # all agents, torch's default threads
   python benchmarks/agents.py --threads 1 --agents td3_bc,iql --updates 2000
+--cuda_graph true (CUDA only; the agents with a graph cycle) times the trainer's eager update against its
+--cuda_graph path (synther.agents.graphs.GraphedUpdates: each cycle captured once, then replayed) in alternating
+blocks on two agents of the same seed, and prints each one's updates/s and the ratio.
+
+  python benchmarks/agents.py                      # all agents, torch's default threads
+  python benchmarks/agents.py --threads 1 --agents td3_bc,iql --updates 2000
   python benchmarks/agents.py --threads 1 --agents td3_bc,iql --reference true
+  python benchmarks/agents.py --device cuda --agents td3_bc,iql,awac,edac --cuda_graph true
 """
 import sys
 import time
@@ -56,8 +63,9 @@ class BenchConfig:
     device: str = "cpu"  # cpu or cuda
     seed: int = 0  # seeds the data and the networks
     reference: bool = False  # compare with the CORL-structured reference loop instead (td3_bc, iql), alternating blocks
-    block: int = 50  # updates per block in the reference comparison
-    rounds: int = 10  # blocks of each loop in the reference comparison
+    cuda_graph: bool = False  # compare eager updates with CUDA-graph replays instead (CUDA only), alternating blocks
+    block: int = 50  # updates per block in the reference and CUDA-graph comparisons
+    rounds: int = 10  # blocks of each loop in the reference and CUDA-graph comparisons
 
 
 def random_dataset(rows: int, obs_dim: int, action_dim: int, seed: int) -> TransitionDataset:
@@ -125,21 +133,52 @@ def compare_with_reference(name: str, buffer: ReplayBuffer, ds: TransitionDatase
     sync = torch.cuda.synchronize if cfg.device.startswith("cuda") else (lambda: None)
     loops = {"ours": lambda: ours.update(buffer.sample(cfg.batch_size)),
              "reference": lambda: ref.update(ref_buffer.sample(cfg.batch_size))}
+    rates = alternate(loops, {"ours": 1, "reference": 1}, cfg)
+    return {"agent": name, **rates, "ratio": rates["ours"] / rates["reference"], "updates": cfg.block * cfg.rounds}
+
+
+def compare_with_graph(name: str, ds: TransitionDataset, cfg: BenchConfig) -> dict:
+    """The trainer's eager updates and its --cuda_graph replays, alternating blocks; updates/s of each."""
+    from synther.agents.graphs import WARMUP_CYCLES, GraphedUpdates
+
+    agent_class, config_class = get_algorithm(name)
+    agents = {}
+    for key in ("eager", "graphed"):
+        torch.manual_seed(cfg.seed)
+        agents[key] = agent_class(config_class(batch_size=cfg.batch_size), cfg.obs_dim, cfg.action_dim, 1.0, cfg.device)
+    if not agents["graphed"].graph_period:
+        raise UserError(f"--cuda_graph: {name} declares no CUDA-graph cycle")
+    eager_buffer, graph_buffer = (ReplayBuffer(ds, cfg.device, seed=cfg.seed) for _ in range(2))
+    graphed = GraphedUpdates(agents["graphed"], graph_buffer, cfg.batch_size)
+    for _ in range(WARMUP_CYCLES + 1):  # the capture happens here, untimed
+        graphed.run()
+    period = graphed.period
+    loops = {"eager": lambda: agents["eager"].update(eager_buffer.sample(cfg.batch_size)), "graphed": graphed.run}
+    rates = alternate(loops, {"eager": 1, "graphed": period}, cfg)
+    return {"agent": name, **rates, "ratio": rates["graphed"] / rates["eager"], "updates": cfg.block * cfg.rounds,
+            "captured": graphed.graph is not None}
+
+
+def alternate(loops: dict, updates_per_call: dict[str, int], cfg: BenchConfig) -> dict[str, float]:
+    """Updates/s of each loop over cfg.rounds rounds of about cfg.block updates each, the loops taking turns (ABBA:
+    none always goes first), so drifts of the machine's speed hit all alike."""
+    sync = torch.cuda.synchronize if cfg.device.startswith("cuda") else (lambda: None)
     seconds = dict.fromkeys(loops, 0.0)
+    done = dict.fromkeys(loops, 0)
     for step in loops.values():  # warm-up
         for _ in range(5):
             step()
     for r in range(cfg.rounds):
-        for key in (loops if r % 2 == 0 else reversed(loops)):  # ABBA: neither always goes first
+        for key in (list(loops) if r % 2 == 0 else list(reversed(loops))):
+            calls = max(1, cfg.block // updates_per_call[key])
             sync()
             start = time.perf_counter()
-            for _ in range(cfg.block):
+            for _ in range(calls):
                 loops[key]()
             sync()
             seconds[key] += time.perf_counter() - start
-    n = cfg.block * cfg.rounds
-    return {"agent": name, "ours": n / seconds["ours"], "reference": n / seconds["reference"],
-            "ratio": seconds["reference"] / seconds["ours"], "updates": n}
+            done[key] += calls * updates_per_call[key]
+    return {key: done[key] / seconds[key] for key in loops}
 
 
 def main() -> None:
@@ -152,6 +191,17 @@ def main() -> None:
         torch.set_num_threads(cfg.threads)
     ds = random_dataset(cfg.rows, cfg.obs_dim, cfg.action_dim, cfg.seed)
     buffer = ReplayBuffer(ds, cfg.device, seed=cfg.seed)
+    if cfg.cuda_graph:
+        if not cfg.device.startswith("cuda"):
+            raise UserError("--cuda_graph true needs --device cuda")
+        print(f"torch {torch.__version__}, device {cfg.device}, batch {cfg.batch_size}; {cfg.rounds} alternating "
+              f"blocks of about {cfg.block} updates each")
+        print("| agent | eager upd/s | CUDA graph upd/s | graph / eager |")
+        print("|---|---|---|---|")
+        for name in names:
+            r = compare_with_graph(name, ds, cfg)
+            print(f"| {name} | {r['eager']:.1f} | {r['graphed']:.1f} | {r['ratio']:.2f}× |", flush=True)
+        return
     if cfg.reference:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {cfg.device}, batch "
               f"{cfg.batch_size}; {cfg.rounds} alternating blocks of {cfg.block} updates each")
