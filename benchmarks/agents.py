@@ -130,7 +130,6 @@ def compare_with_reference(name: str, buffer: ReplayBuffer, ds: TransitionDatase
     ref = REFERENCES[name](cfg.obs_dim, cfg.action_dim, device=cfg.device)
     ref_buffer = ReferenceBuffer(buffer.normalize(ds.observations), ds.actions, ds.rewards,
                                  buffer.normalize(ds.next_observations), ds.terminals, cfg.device)
-    sync = torch.cuda.synchronize if cfg.device.startswith("cuda") else (lambda: None)
     loops = {"ours": lambda: ours.update(buffer.sample(cfg.batch_size)),
              "reference": lambda: ref.update(ref_buffer.sample(cfg.batch_size))}
     rates = alternate(loops, {"ours": 1, "reference": 1}, cfg)

@@ -65,8 +65,8 @@ def agent_job(*, algorithm: str, dataset: str, seed: int, agents_dir: Path, pyth
 _PLACEMENT = {"config_path", "checkpoints_path", "name", "diffusion.path", *RESUME_IGNORED}
 
 
-def _shaping_options(command: list[str]) -> dict[str, str]:
-    """The `--key value` options of a command line that shape the run's result."""
+def _options(command: list[str]) -> dict[str, str]:
+    """Every `--key value` (or `--key=value`) option of a command line."""
     options: dict[str, str] = {}
     for i, token in enumerate(command):
         if not token.startswith("--"):
@@ -76,9 +76,13 @@ def _shaping_options(command: list[str]) -> dict[str, str]:
             if i + 1 >= len(command) or command[i + 1].startswith("--"):
                 continue
             value = command[i + 1]
-        if key not in _PLACEMENT:
-            options[key] = value
+        options[key] = value
     return options
+
+
+def _shaping_options(command: list[str]) -> dict[str, str]:
+    """The `--key value` options of a command line that shape the run's result."""
+    return {k: v for k, v in _options(command).items() if k not in _PLACEMENT}
 
 
 # Further options that place a job's inputs or outputs: inputs made by other jobs count by those jobs' fingerprints
@@ -92,22 +96,14 @@ def fingerprint(jobs: list[Job]) -> list[Job]:
     configuration with a one-line error, or redoes the work: nothing is silently mixed)."""
     by_id = {job.id: job for job in jobs}
     for job in jobs:
-        options = {k: v for k, v in _shaping_options(job.command).items() if k not in _NOT_FINGERPRINTED}
-        config = _value(job.command, "config_path")
+        given = _options(job.command)
+        options = {k: v for k, v in given.items() if k not in _PLACEMENT and k not in _NOT_FINGERPRINTED}
+        config = given.get("config_path")
         content = hashlib.sha256(Path(config).read_bytes()).hexdigest() if config and Path(config).is_file() else config
         job.fingerprint = hashlib.sha256(json.dumps(
             [job.kind, Path(job.command[1]).name if len(job.command) > 1 else "", options, content,
              sorted(by_id[d].fingerprint for d in job.deps)], sort_keys=True).encode()).hexdigest()[:16]
     return jobs
-
-
-def _value(command: list[str], key: str) -> str | None:
-    for i, token in enumerate(command):
-        if token == f"--{key}" and i + 1 < len(command):
-            return command[i + 1]
-        if token.startswith(f"--{key}="):
-            return token.split("=", 1)[1]
-    return None
 
 
 def public_sets(cfg: SweepConfig) -> dict[str, list[str]]:

@@ -179,12 +179,13 @@ def describe_plan(jobs: list[Job], echo: Callable[[str], None] = print, commands
     """The dry run: every job, whether it is finished, and its command."""
     counts: dict[str, list[int]] = {}
     for i, job in enumerate(jobs, 1):
-        done = job.is_done()
+        finished = job.outputs_finished()
+        changed = finished and job.changed()
+        done = finished and not changed  # job.is_done(), each check once
         c = counts.setdefault(job.kind, [0, 0])
         c[0 if done else 1] += 1
         deps = f" (after {', '.join(job.deps)})" if job.deps and not done else ""
-        why = " again: its options, config file or an upstream job changed since it finished" \
-            if not done and job.outputs_finished() and job.changed() else ""
+        why = " again: its options, config file or an upstream job changed since it finished" if changed else ""
         echo(f"[{i}/{len(jobs)}] {_short(job)}: {'done' if done else 'to run'}{why}{deps}")
         if commands and not done:
             echo(f"    {shlex.join(job.command)}")
