@@ -3,7 +3,6 @@ training on synthetic samples only, and TD3+BC / IQL clearly beating a random po
 import dataclasses
 import importlib.util
 import json
-import math
 from pathlib import Path
 
 import gymnasium as gym
@@ -252,7 +251,6 @@ def test_graph_sampling_gives_the_batches_of_the_plain_sampler_in_order(make_dat
 
 
 GRAPHED = {"td3_bc": dict(policy_noise=0.0, noise_clip=0.0), "iql": {}, "awac": {}, "edac": {}}
-SAMPLES_INSIDE = {"awac", "edac"}  # draw actions inside the update: a graph's random stream is not the eager one
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -260,8 +258,8 @@ SAMPLES_INSIDE = {"awac", "edac"}  # draw actions inside the update: a graph's r
 def test_graphed_cycles_train_as_the_plain_loop(make_dataset, tmp_path, device, algorithm):
     """On the CPU the cycle runs eagerly and must equal the plain loop exactly (IQL: its lr schedule stepped on the
     host between updates as in update()); on CUDA it is captured after the warm-up and replayed, and must stay within
-    float tolerance of it where the update draws nothing at random (TD3+BC with target noise off, IQL); AWAC and
-    EDAC, which sample actions, must capture and train to finite values."""
+    float tolerance of it, AWAC and EDAC included: they draw actions inside the update, and a replayed graph
+    advances the CUDA generator's offset as the eager kernels do, so the draws are the same (seen on an H200)."""
     ds = make_dataset(300)
     agent_class, cfg = tiny(algorithm, tmp_path, **GRAPHED[algorithm])
     runs = []
@@ -281,12 +279,8 @@ def test_graphed_cycles_train_as_the_plain_loop(make_dataset, tmp_path, device, 
     if algorithm == "td3_bc":
         assert agent.total_it == 20
     if algorithm == "iql":  # ten updates of the cosine schedule, on the tensor the graph reads
-        assert float(agent.optimizer.param_groups[2]["lr"]) == pytest.approx(agent.scheduler.get_last_lr()[2])
+        assert float(agent.optimizer.param_groups[2]["lr"]) == pytest.approx(float(agent.scheduler.get_last_lr()[2]))
         assert agent.scheduler.last_epoch == 10
-    if device == "cuda" and algorithm in SAMPLES_INSIDE:
-        assert all(torch.isfinite(p).all() for p in graphed) and all(map(math.isfinite, graphed_losses.values()))
-        assert any(not torch.equal(a, b) for a, b in zip(graphed, runs[0][0]))  # the replays trained something
-        return
     tol = {} if device == "cuda" else {"rtol": 0, "atol": 0}
     for a, b in zip(plain, graphed):
         torch.testing.assert_close(a, b, **tol)

@@ -53,6 +53,9 @@ class GraphedUpdates:
                              f"multiple of it ({period})")
         self.agent, self.buffer, self.batch_size, self.period = agent, buffer, batch_size, period
         self.capture = capture
+        # TD3+BC counts updates on the host (its branches follow the count): a replay runs no Python, so the count
+        # is advanced here, and a capture (which records without training) must not advance it
+        self.counts_updates = hasattr(agent, "total_it")
         self.graph: torch.cuda.CUDAGraph | None = None
         self.losses: dict[str, torch.Tensor] = {}
         self._cycles, self._left_in_chunk = 0, 0
@@ -77,7 +80,8 @@ class GraphedUpdates:
             self._capture()
         if self.graph is not None:
             self.graph.replay()
-            self.agent.total_it += self.period
+            if self.counts_updates:
+                self.agent.total_it += self.period
             for _ in range(self.period):  # the host's share (a schedule's next lr), queued after the replay
                 self.agent.host_update()
             return self.losses
@@ -92,11 +96,12 @@ class GraphedUpdates:
         return losses
 
     def _capture(self) -> None:
-        total_it = self.agent.total_it  # recording runs no kernels: the cycle's Python side must not count
+        total_it = getattr(self.agent, "total_it", None)  # recording runs no kernels: it must not count
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             self.losses = self._cycle(host=False)
-        self.agent.total_it = total_it
+        if self.counts_updates:
+            self.agent.total_it = total_it
         self.graph = graph
 
     def describe(self) -> dict[str, Any]:
