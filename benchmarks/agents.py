@@ -17,8 +17,6 @@ bound; updates/s are measured without it.
 in the same process: blocks of --block updates alternate between the two for --rounds rounds, so drifts of the
 machine's speed hit both alike; it prints each one's updates/s and the ratio.
 
-  python benchmarks/agents.py                      # all agents, torch's default threads
-  python benchmarks/agents.py --threads 1 --agents td3_bc,iql --updates 2000
 --cuda_graph true (CUDA only; the agents with a graph cycle) times the trainer's eager update against its
 --cuda_graph path (synther.agents.graphs.GraphedUpdates: each cycle captured once, then replayed) in alternating
 blocks on two agents of the same seed, and prints each one's updates/s and the ratio.
@@ -27,6 +25,11 @@ blocks on two agents of the same seed, and prints each one's updates/s and the r
   python benchmarks/agents.py --threads 1 --agents td3_bc,iql --updates 2000
   python benchmarks/agents.py --threads 1 --agents td3_bc,iql --reference true
   python benchmarks/agents.py --device cuda --agents td3_bc,iql,awac,edac --cuda_graph true
+
+--lent_threads N times one agent's updates on 1 thread against N threads, switching between alternating blocks as
+the trainer switches when a local sweep lends its last running jobs the idle cores (synther/utils/threads.py).
+
+  python benchmarks/agents.py --agents td3_bc,iql --lent_threads 2 --block 200 --rounds 6
 """
 import sys
 import time
@@ -64,8 +67,9 @@ class BenchConfig:
     seed: int = 0  # seeds the data and the networks
     reference: bool = False  # compare with the CORL-structured reference loop instead (td3_bc, iql), alternating blocks
     cuda_graph: bool = False  # compare eager updates with CUDA-graph replays instead (CUDA only), alternating blocks
-    block: int = 50  # updates per block in the reference and CUDA-graph comparisons
-    rounds: int = 10  # blocks of each loop in the reference and CUDA-graph comparisons
+    lent_threads: int = 0  # compare 1 thread with this many (the cores a sweep lends its last jobs) instead, alternating blocks
+    block: int = 50  # updates per block in the reference, CUDA-graph and thread comparisons
+    rounds: int = 10  # blocks of each loop in the reference, CUDA-graph and thread comparisons
 
 
 def random_dataset(rows: int, obs_dim: int, action_dim: int, seed: int) -> TransitionDataset:
@@ -158,6 +162,23 @@ def compare_with_graph(name: str, ds: TransitionDataset, cfg: BenchConfig) -> di
             "captured": graphed.graph is not None}
 
 
+def compare_threads(name: str, buffer: ReplayBuffer, cfg: BenchConfig) -> dict:
+    """One agent updated with 1 thread and with cfg.lent_threads threads, switched between blocks as the trainer
+    switches when a sweep lends it cores (synther.utils.threads); updates/s of each."""
+    agent_class, config_class = get_algorithm(name)
+    torch.manual_seed(cfg.seed)
+    agent = agent_class(config_class(batch_size=cfg.batch_size), cfg.obs_dim, cfg.action_dim, 1.0, cfg.device)
+
+    def update_with(threads: int) -> None:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        agent.update(buffer.sample(cfg.batch_size))
+
+    loops = {"one": lambda: update_with(1), "lent": lambda: update_with(cfg.lent_threads)}
+    rates = alternate(loops, {"one": 1, "lent": 1}, cfg)
+    return {"agent": name, **rates, "ratio": rates["lent"] / rates["one"], "updates": cfg.block * cfg.rounds}
+
+
 def alternate(loops: dict, updates_per_call: dict[str, int], cfg: BenchConfig) -> dict[str, float]:
     """Updates/s of each loop over cfg.rounds rounds of about cfg.block updates each, the loops taking turns (ABBA:
     none always goes first), so drifts of the machine's speed hit all alike."""
@@ -200,6 +221,15 @@ def main() -> None:
         for name in names:
             r = compare_with_graph(name, ds, cfg)
             print(f"| {name} | {r['eager']:.1f} | {r['graphed']:.1f} | {r['ratio']:.2f}× |", flush=True)
+        return
+    if cfg.lent_threads:
+        print(f"torch {torch.__version__}, device {cfg.device}, batch {cfg.batch_size}; {cfg.rounds} alternating "
+              f"blocks of {cfg.block} updates each")
+        print(f"| agent | 1 thread upd/s | {cfg.lent_threads} threads upd/s | ratio |")
+        print("|---|---|---|---|")
+        for name in names:
+            r = compare_threads(name, buffer, cfg)
+            print(f"| {name} | {r['one']:.1f} | {r['lent']:.1f} | {r['ratio']:.2f}× |", flush=True)
         return
     if cfg.reference:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {cfg.device}, batch "

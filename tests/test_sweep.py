@@ -21,6 +21,7 @@ from synther.cli import parse
 from synther.data.pointmaze import MazeCollectConfig, collect_maze2d
 from synther.errors import UserError
 from synther.utils.locks import FolderLock
+from synther.utils.threads import THREADS_FILE_ENV
 from synther.sweep import (Budgets, ExtraArgs, Job, LocalExecutor, SweepConfig, agent_run_name, plan, run_jobs, summary_table,
                            topological_order)
 from script_helpers import ROOT, assert_user_error, run_script, script_env
@@ -302,6 +303,36 @@ def _run(jobs, state, workers=2):
     lines: list[str] = []
     result = run_jobs(jobs, LocalExecutor(workers), state, echo=lines.append, poll=0.05)
     return result, lines
+
+
+def test_idle_cores_go_to_elastic_jobs_once_nothing_is_left_to_start(tmp_path):
+    """The tail of a sweep: a running elastic job (an agent run) is lent the cores other jobs leave idle, but only
+    once no job waits to start (a lent core is never needed back); plain jobs get no thread file."""
+    elastic = _job(tmp_path, "e", f"""
+f = Path(os.environ[{THREADS_FILE_ENV!r}]); seen = []
+deadline = time.time() + 60
+while time.time() < deadline:
+    n = int(f.read_text())
+    if not seen or seen[-1][0] != n:
+        seen.append((n, time.time()))
+    if n == 3:
+        break
+    time.sleep(0.01)
+OUT.mkdir(parents=True, exist_ok=True); (OUT / 'out.txt').write_text(repr(seen))""")
+    elastic.elastic = True
+    plain = (f"time.sleep({{}}); OUT.mkdir(parents=True, exist_ok=True)\n"
+             f"(OUT / 'out.txt').write_text(repr((time.time(), os.environ.get({THREADS_FILE_ENV!r}))))")
+    # c ends first and frees a core while d still waits for x: that core must not be lent yet
+    jobs = [elastic, _job(tmp_path, "c", plain.format(0.2)), _job(tmp_path, "x", plain.format(1.0)),
+            _job(tmp_path, "d", plain.format(0.5), ["c", "x"])]
+    result, _ = _run(jobs, tmp_path / "state.json", workers=3)
+    assert result.ok
+    seen = eval((tmp_path / "e" / "out.txt").read_text())
+    ended = {name: eval((tmp_path / name / "out.txt").read_text()) for name in "cxd"}
+    assert [n for n, _ in seen] == [1, 2, 3]  # c's core once d had started, then d's
+    assert seen[1][1] > ended["x"][0]  # nothing lent while d waited for x
+    assert all(env is None for _, env in ended.values())
+    assert not (tmp_path / "e" / "job-command.threads").exists()  # the file goes with its job
 
 
 def test_every_job_folder_gets_its_labels_in_run_json(tmp_path):

@@ -4,6 +4,8 @@ import socket
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from synther.errors import UserError
@@ -11,11 +13,13 @@ from synther.sweep.config import blank
 from synther.sweep.jobs import Job
 from synther.sweep.process import (Outcome, start_process, stop_process, forwarded_env, job_env, log_tail,
                                    run_subprocess)
+from synther.utils.threads import THREADS_FILE_ENV, lend_threads
 
 
 class Executor(Protocol):
     """Everything the scheduler calls. `check` sees every job to run before any starts (refuse what can never
-    fit); `fits` says whether a job can start now; `wait` returns the jobs that ended within `timeout` seconds."""
+    fit); `fits` says whether a job can start now; `wait` returns the jobs that ended within `timeout` seconds;
+    `lend_idle_cores` is called while no job is left to start, to give idle cores to running jobs that can use them."""
 
     name: str
 
@@ -24,6 +28,7 @@ class Executor(Protocol):
     def start(self, job: Job) -> None: ...
     def wait(self, timeout: float) -> list[tuple[Job, Outcome]]: ...
     def running(self) -> list[Job]: ...
+    def lend_idle_cores(self) -> None: ...
     def stop_all(self) -> list[Job]: ...
     def close(self) -> None: ...
 
@@ -37,8 +42,19 @@ def _visible_gpus() -> int:
         return 0
 
 
+@dataclass
+class _Running:
+    job: Job
+    proc: subprocess.Popen
+    log: Any  # the open log file
+    started: float
+    cpus: int  # slots it holds: its own, plus any lent to it
+    threads_file: Path | None  # where its thread count is written, for an elastic job (synther.utils.threads)
+
+
 class LocalExecutor:
-    """A pool of CPU slots on this machine; a job takes its cpus (at most all slots) until it exits."""
+    """A pool of CPU slots on this machine; a job takes its cpus (at most all slots) until it exits. Once no job is
+    left to start, idle slots are lent to running elastic jobs (agent runs), which then use more threads."""
 
     name = "local"
 
@@ -47,7 +63,7 @@ class LocalExecutor:
         self.used_cpus = 0
         self.used_gpus = 0.0
         self.gpus: float | None = None  # counted on the first GPU job
-        self._running: dict[str, tuple[Job, subprocess.Popen, Any, float]] = {}
+        self._running: dict[str, _Running] = {}
 
     def check(self, jobs: list[Job]) -> None:
         """Nothing to refuse: a job asking for more cores than the pool has gets the whole pool."""
@@ -71,23 +87,42 @@ class LocalExecutor:
 
     def start(self, job: Job) -> None:
         cpus = self._cpus(job)
-        proc, f = start_process(job.command, job.log, job_env(cpus))
+        env, threads_file = job_env(cpus), None
+        if job.elastic:
+            threads_file = job.run_dir / f"job-{job.kind}.threads"
+            lend_threads(threads_file, cpus)
+            env[THREADS_FILE_ENV] = str(threads_file)
+        proc, f = start_process(job.command, job.log, env)
         self.used_cpus += cpus
         self.used_gpus += self._gpus(job)
-        self._running[job.id] = (job, proc, f, time.time())
+        self._running[job.id] = _Running(job, proc, f, time.time(), cpus, threads_file)
+
+    def lend_idle_cores(self) -> None:
+        """Share the idle slots among the running elastic jobs, one slot at a time in turn. Only called while no job
+        waits to start, so a lent slot is never needed back before its job ends."""
+        elastic = [r for r in self._running.values() if r.threads_file]
+        free = self.slots - self.used_cpus
+        if not elastic or free <= 0:
+            return
+        for i in range(free):
+            elastic[i % len(elastic)].cpus += 1
+        self.used_cpus += free
+        for r in elastic[:free]:
+            lend_threads(r.threads_file, r.cpus)
 
     def _release(self, job_id: str) -> tuple[Job, float]:
-        job, proc, f, start = self._running.pop(job_id)
-        f.close()
-        self.used_cpus -= self._cpus(job)
-        self.used_gpus -= self._gpus(job)
-        return job, start
+        r = self._running.pop(job_id)
+        r.log.close()
+        if r.threads_file:
+            r.threads_file.unlink(missing_ok=True)
+        self.used_cpus -= r.cpus
+        self.used_gpus -= self._gpus(r.job)
+        return r.job, r.started
 
     def wait(self, timeout: float) -> list[tuple[Job, Outcome]]:
         deadline = time.time() + timeout
         while True:
-            finished = [(jid, proc.returncode) for jid, (_, proc, _, _) in self._running.items()
-                        if proc.poll() is not None]
+            finished = [(jid, r.proc.returncode) for jid, r in self._running.items() if r.proc.poll() is not None]
             if finished or time.time() >= deadline or not self._running:
                 break
             time.sleep(0.05)
@@ -98,11 +133,11 @@ class LocalExecutor:
         return out
 
     def running(self) -> list[Job]:
-        return [job for job, *_ in self._running.values()]
+        return [r.job for r in self._running.values()]
 
     def stop_all(self) -> list[Job]:
         stopped = []
-        threads = [threading.Thread(target=stop_process, args=(proc,)) for _, proc, _, _ in self._running.values()]
+        threads = [threading.Thread(target=stop_process, args=(r.proc,)) for r in self._running.values()]
         for t in threads:
             t.start()
         for t in threads:
@@ -176,6 +211,9 @@ class RayExecutor:
 
     def running(self) -> list[Job]:
         return [job for job, _ in self._running.values()]
+
+    def lend_idle_cores(self) -> None:
+        """Ray reserves each task's cores on its node: nothing to lend."""
 
     def stop_all(self) -> list[Job]:
         refs = list(self._running)

@@ -23,6 +23,8 @@ class Job:
     # what the result depends on (the plan sets it): the options that shape it, the content of its config file and
     # its dependencies' fingerprints; a sweep records it when the job finishes
     fingerprint: str = ""
+    # its process follows the thread count a local pool lends it once nothing is left to start (synther.utils.threads)
+    elastic: bool = False
 
     @property
     def log(self) -> Path:

@@ -57,7 +57,7 @@ def agent_job(*, algorithm: str, dataset: str, seed: int, agents_dir: Path, pyth
               "data": "real" if samples is None else str(samples)}
     cmd = cmd + list(extra or [])
     return Job(f"agent/{name}", "agent", agents_dir / name, cmd, list(deps or []), cpus, gpus, ("summary.json",),
-               labels, finished=agent_finished(max_timesteps, _shaping_options(cmd)))
+               labels, finished=agent_finished(max_timesteps, _shaping_options(cmd)), elastic=True)
 
 
 # Options that name or place a run, or that a resumed run may change (the agent trainer's own list): not compared

@@ -120,6 +120,8 @@ def run_jobs(jobs: list[Job], executor: Executor, state_path: Path, name: str = 
                         started = True
                 if pending and not started and not executor.running():
                     raise RuntimeError(f"sweep stalled: {pending[0].id} can never start")  # a scheduler bug
+                if not pending:  # the tail of the sweep: idle cores go to the jobs still running
+                    executor.lend_idle_cores()
                 for job, out in executor.wait(poll):
                     if out.returncode == 0 and job.outputs_finished():
                         job.mark_finished()
