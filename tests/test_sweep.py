@@ -24,6 +24,7 @@ from synther.utils.locks import FolderLock
 from synther.utils.threads import THREADS_FILE_ENV
 from synther.sweep import (Budgets, ExtraArgs, Job, LocalExecutor, SweepConfig, agent_run_name, plan, run_jobs, summary_table,
                            topological_order)
+from synther.sweep.jobs import dependents
 from script_helpers import ROOT, assert_user_error, run_script, script_env
 
 pytestmark = pytest.mark.slow  # sweeps on a local pool and a real Ray cluster
@@ -305,21 +306,34 @@ def _run(jobs, state, workers=2):
     return result, lines
 
 
-def test_idle_cores_go_to_elastic_jobs_once_nothing_is_left_to_start(tmp_path):
-    """The tail of a sweep: a running elastic job (an agent run) is lent the cores other jobs leave idle, but only
-    once no job waits to start (a lent core is never needed back); plain jobs get no thread file."""
-    elastic = _job(tmp_path, "e", f"""
+def _borrower(root: Path, name: str, until: int, deps: list[str] | None = None) -> Job:
+    """An elastic job that records each thread count the pool lends it (and when), until it holds `until`."""
+    job = _job(root, name, f"""
 f = Path(os.environ[{THREADS_FILE_ENV!r}]); seen = []
-deadline = time.time() + 60
+deadline = time.time() + 30
 while time.time() < deadline:
     n = int(f.read_text())
     if not seen or seen[-1][0] != n:
         seen.append((n, time.time()))
-    if n == 3:
+    if n == {until}:
         break
     time.sleep(0.01)
-OUT.mkdir(parents=True, exist_ok=True); (OUT / 'out.txt').write_text(repr(seen))""")
-    elastic.elastic = True
+OUT.mkdir(parents=True, exist_ok=True); (OUT / 'out.txt').write_text(repr(seen))""", deps)
+    job.elastic = True
+    return job
+
+
+def test_dependents_are_transitive():
+    jobs = [Job(i, "command", Path(i), [], deps) for i, deps in
+            (("a", []), ("b", ["a"]), ("c", ["b"]), ("d", []), ("e", ["c", "d"]))]
+    assert dependents(jobs) == {"a": {"b", "c", "e"}, "b": {"c", "e"}, "c": {"e"}, "d": {"e"}, "e": set()}
+
+
+def test_idle_cores_go_to_elastic_jobs_once_nothing_is_left_to_start(tmp_path):
+    """The tail of a sweep: a running elastic job with no dependents (an agent run) is lent the cores other jobs
+    leave idle, but only once no job waits to start (a lent core is never needed back); plain jobs get no thread
+    file."""
+    elastic = _borrower(tmp_path, "e", until=3)
     plain = (f"time.sleep({{}}); OUT.mkdir(parents=True, exist_ok=True)\n"
              f"(OUT / 'out.txt').write_text(repr((time.time(), os.environ.get({THREADS_FILE_ENV!r}))))")
     # c ends first and frees a core while d still waits for x: that core must not be lent yet
@@ -333,6 +347,16 @@ OUT.mkdir(parents=True, exist_ok=True); (OUT / 'out.txt').write_text(repr(seen))
     assert seen[1][1] > ended["x"][0]  # nothing lent while d waited for x
     assert all(env is None for _, env in ended.values())
     assert not (tmp_path / "e" / "job-command.threads").exists()  # the file goes with its job
+
+
+def test_a_job_every_waiting_job_needs_borrows_idle_cores(tmp_path):
+    """A sampling job that the waiting jobs all need is lent the core another job leaves: none of them could start
+    before it ends, when the core comes back."""
+    sampler = _borrower(tmp_path, "s", until=2)
+    jobs = [sampler, _job(tmp_path, "y", "time.sleep(0.3)\n" + WRITE), _job(tmp_path, "t", WRITE, ["s"])]
+    result, _ = _run(jobs, tmp_path / "state.json", workers=2)
+    assert result.ok
+    assert [n for n, _ in eval((tmp_path / "s" / "out.txt").read_text())] == [1, 2]
 
 
 def test_every_job_folder_gets_its_labels_in_run_json(tmp_path):

@@ -348,9 +348,7 @@ def _train(cfg: AgentConfig, agent_class: type[Agent], out: Path) -> dict[str, A
         for step in range(start + period, cfg.max_timesteps + 1, period):
             losses = graphed.run() if graphed else agent.update(buffer.sample(cfg.batch_size))
             if step % cfg.log_every == 0:
-                if (threads := follow_lent_threads()) is not None:
-                    print(f"step {step}: now {threads} threads (cores the sweep lent: nothing else left to run)",
-                          flush=True)
+                follow_lent_threads()
                 metrics_log.append({"step": step, **{k: float(v) for k, v in losses.items()}})
                 tracker.log({f"train/{k}": float(v) for k, v in losses.items()}, step)
             if step % cfg.eval_freq == 0 or step == cfg.max_timesteps:

@@ -39,6 +39,7 @@ from synther.utils.io import file_sha256
 from synther.utils.locks import FolderLock
 from synther.utils.options import comma_list
 from synther.utils.provenance import package_versions
+from synther.utils.threads import follow_lent_threads
 from synther.utils.tracking import WandbConfig
 
 
@@ -451,6 +452,7 @@ class Synthesizer:
                                     "(0 turns the filter off)")
                 pass_rate = max(passed / drawn, 1 / MAX_DRAWS_PER_ROW) if support and drawn else 1.0
                 k = min(batch_size, math.ceil((wanted - (passed if support else drawn)) / pass_rate))
+                follow_lent_threads()
                 x = self.model.sample(k, sampler, generator=gen, guide=guide).cpu().numpy()
                 drawn += k
                 finite = np.isfinite(x).all(axis=1)

@@ -6,7 +6,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from synther.errors import UserError
 from synther.sweep.config import blank
@@ -19,7 +19,8 @@ from synther.utils.threads import THREADS_FILE_ENV, lend_threads
 class Executor(Protocol):
     """Everything the scheduler calls. `check` sees every job to run before any starts (refuse what can never
     fit); `fits` says whether a job can start now; `wait` returns the jobs that ended within `timeout` seconds;
-    `lend_idle_cores` is called while no job is left to start, to give idle cores to running jobs that can use them."""
+    `lend_idle_cores(may_borrow)` gives idle cores to the running jobs that can use them and that `may_borrow`
+    (the scheduler's test that no waiting job could start before they end)."""
 
     name: str
 
@@ -28,7 +29,7 @@ class Executor(Protocol):
     def start(self, job: Job) -> None: ...
     def wait(self, timeout: float) -> list[tuple[Job, Outcome]]: ...
     def running(self) -> list[Job]: ...
-    def lend_idle_cores(self) -> None: ...
+    def lend_idle_cores(self, may_borrow: Callable[[Job], bool]) -> None: ...
     def stop_all(self) -> list[Job]: ...
     def close(self) -> None: ...
 
@@ -53,8 +54,9 @@ class _Running:
 
 
 class LocalExecutor:
-    """A pool of CPU slots on this machine; a job takes its cpus (at most all slots) until it exits. Once no job is
-    left to start, idle slots are lent to running elastic jobs (agent runs), which then use more threads."""
+    """A pool of CPU slots on this machine; a job takes its cpus (at most all slots) until it exits. Slots left idle
+    are lent to running elastic jobs (agent runs, sampling) that every waiting job needs (at a sweep's tail: all of
+    them), which then use more threads."""
 
     name = "local"
 
@@ -97,10 +99,10 @@ class LocalExecutor:
         self.used_gpus += self._gpus(job)
         self._running[job.id] = _Running(job, proc, f, time.time(), cpus, threads_file)
 
-    def lend_idle_cores(self) -> None:
-        """Share the idle slots among the running elastic jobs, one slot at a time in turn. Only called while no job
-        waits to start, so a lent slot is never needed back before its job ends."""
-        elastic = [r for r in self._running.values() if r.threads_file]
+    def lend_idle_cores(self, may_borrow: Callable[[Job], bool]) -> None:
+        """Share the idle slots among the running elastic jobs that `may_borrow`, one slot at a time in turn. No
+        waiting job can start before such a job ends, so a lent slot is never needed back before it comes back."""
+        elastic = [r for r in self._running.values() if r.threads_file and may_borrow(r.job)]
         free = self.slots - self.used_cpus
         if not elastic or free <= 0:
             return
@@ -212,7 +214,7 @@ class RayExecutor:
     def running(self) -> list[Job]:
         return [job for job, _ in self._running.values()]
 
-    def lend_idle_cores(self) -> None:
+    def lend_idle_cores(self, may_borrow: Callable[[Job], bool]) -> None:
         """Ray reserves each task's cores on its node: nothing to lend."""
 
     def stop_all(self) -> list[Job]:

@@ -23,7 +23,7 @@ class Job:
     # what the result depends on (the plan sets it): the options that shape it, the content of its config file and
     # its dependencies' fingerprints; a sweep records it when the job finishes
     fingerprint: str = ""
-    # its process follows the thread count a local pool lends it once nothing is left to start (synther.utils.threads)
+    # its process follows the thread count a local pool lends it when cores sit idle (synther.utils.threads)
     elastic: bool = False
 
     @property
@@ -135,3 +135,12 @@ def topological_order(jobs: list[Job]) -> list[Job]:
     for job in jobs:
         visit(job, ())
     return order
+
+
+def dependents(jobs: list[Job]) -> dict[str, set[str]]:
+    """Each job's id -> the ids of every job that needs it, directly or through others (jobs in dependency order)."""
+    out: dict[str, set[str]] = {job.id: set() for job in jobs}
+    for job in reversed(jobs):  # a job's dependents come after it: theirs are complete when it is reached
+        for d in job.deps:
+            out[d] |= {job.id} | out[job.id]
+    return out

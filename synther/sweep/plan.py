@@ -154,7 +154,8 @@ def plan(cfg: SweepConfig) -> list[Job]:
     def sample_job(model_dir: Path, out_dir: Path, dep: str, labels: dict[str, Any]) -> Job:
         return Job(f"sample/{out_dir.name}", "sample", out_dir, diffusion("sample", [
             "--checkpoint", str(model_dir / "checkpoint.pt"), *num_samples, "--seed", str(labels["seed"]),
-            "--run_dir", str(out_dir)]), [dep], outputs=("samples.npz",), labels=labels, **_res(cfg, "sample"))
+            "--run_dir", str(out_dir)]), [dep], outputs=("samples.npz",), labels=labels, elastic=True,
+            **_res(cfg, "sample"))
 
     for seed in cfg.seeds:
         for ds in cfg.datasets:

@@ -11,7 +11,7 @@ from typing import Any, Callable
 from synther import layout
 from synther.sweep.config import SweepConfig, layout_dirs
 from synther.sweep.executors import Executor, make_executor
-from synther.sweep.jobs import Job, topological_order
+from synther.sweep.jobs import Job, dependents, topological_order
 from synther.sweep.plan import plan
 from synther.utils.io import atomic_write_json
 from synther.utils.locks import FolderLock
@@ -79,6 +79,7 @@ def run_jobs(jobs: list[Job], executor: Executor, state_path: Path, name: str = 
     re-raises KeyboardInterrupt; they re-run (resuming from their checkpoints) next time.
     """
     order = topological_order(jobs)
+    needed_by = dependents(order)
     n = len(order)
     status: dict[str, str] = {}
     notes: dict[str, str] = {}
@@ -120,8 +121,8 @@ def run_jobs(jobs: list[Job], executor: Executor, state_path: Path, name: str = 
                         started = True
                 if pending and not started and not executor.running():
                     raise RuntimeError(f"sweep stalled: {pending[0].id} can never start")  # a scheduler bug
-                if not pending:  # the tail of the sweep: idle cores go to the jobs still running
-                    executor.lend_idle_cores()
+                # idle cores go to a running job only if every waiting job needs it: none can start before it ends
+                executor.lend_idle_cores(lambda job: all(p.id in needed_by[job.id] for p in pending))
                 for job, out in executor.wait(poll):
                     if out.returncode == 0 and job.outputs_finished():
                         job.mark_finished()

@@ -1,10 +1,12 @@
-"""Cores a local sweep lends its running jobs once nothing is left to start (the tail of a sweep).
+"""Cores a local sweep lends its running jobs while no other job could use them.
 
 At the end of a sweep (the quickstart's last job is the agent on the synthetic samples) one job often runs alone on a
-machine whose other cores sit idle. The local pool (synther.sweep.executors.LocalExecutor) then writes a larger
-thread count into a file named by $PRIVTRANR_THREADS_FILE, and a job that follows it (the agent trainer, at each log
-step) switches torch's intra-op threads. Cores are lent only when no job waits to start, so a count never has to
-shrink again: two multi-threaded torch processes on the same cores collapse ~100×.
+machine whose other cores sit idle; earlier, a sampling job may be what every waiting job waits for. The local pool
+(synther.sweep.executors.LocalExecutor) then writes a larger thread count into a file named by
+$PRIVTRANR_THREADS_FILE, and a job that follows it (the agent trainer at each log step, sampling at each chunk)
+switches torch's intra-op threads. A job borrows only if every waiting job needs it, so no job can claim a lent core
+before it comes back and a count never has to shrink again: two multi-threaded torch processes on the same cores
+collapse ~100×.
 """
 import os
 from pathlib import Path
@@ -23,7 +25,8 @@ def lend_threads(path: Path, threads: int) -> None:
 
 
 def follow_lent_threads() -> int | None:
-    """Switch torch to the thread count the sweep lent this process, if there is one and it changed; returns it."""
+    """Switch torch to the thread count the sweep lent this process, if there is one and it changed (said on
+    stdout, the job's log); returns it."""
     path = os.environ.get(THREADS_FILE_ENV)
     if not path:
         return None
@@ -33,5 +36,6 @@ def follow_lent_threads() -> int | None:
         return None
     if threads < 1 or threads == torch.get_num_threads():
         return None
+    print(f"now {threads} threads: cores the sweep lent while no other job could use them", flush=True)
     torch.set_num_threads(threads)
     return threads
