@@ -7,7 +7,7 @@
   5. fidelity (marginal / correlation vs the real data) and a membership-inference attack on the fine-tuned model
   6. write the report (tables + plots) and print a summary table
 
-Profiles: default (about 15 minutes on 2 CPU cores, by the machine), tiny (a plumbing check in under a minute, what CI
+Profiles: default (13.5–16 minutes on 2 CPU cores, by the machine), tiny (a plumbing check in under a minute, what CI
 runs), ladder (the utility ladder: real data, fine-tuned without DP, DP at ε = 10 and 1, public pre-training only
 with and without curiosity, 3 seeds each, at the default's settings; about an hour) and paper (PrivORL's scale:
 D4RL-sized data, W=2048x6 denoiser, 1M samples, 500k agent updates; for a GPU machine). --seed N runs another seed;
