@@ -70,3 +70,19 @@ def data_roots(tmp_path_factory, monkeypatch):
         path.mkdir()
         monkeypatch.setenv(var, str(path))
     return roots
+
+
+@pytest.fixture
+def two_lent_threads(tmp_path, monkeypatch):
+    """A sweep's thread file lending this process 2 threads (synther.utils.threads); torch's count restored after."""
+    import torch
+
+    from synther.utils.threads import THREADS_FILE_ENV, lend_threads
+
+    path = tmp_path / "job.threads"
+    lend_threads(path, 2)
+    monkeypatch.setenv(THREADS_FILE_ENV, str(path))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield path
+    torch.set_num_threads(before)

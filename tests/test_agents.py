@@ -21,7 +21,7 @@ from synther.agents.trainer import EVAL_PROTOCOL, DiffusionSource, AgentConfig, 
 from synther.data import TransitionDataset
 from synther.data.pointmaze import MAZES, dataset_name
 from synther.errors import DatasetError, UserError
-from synther.utils.threads import THREADS_FILE_ENV, follow_lent_threads, lend_threads
+from synther.utils.threads import follow_lent_threads
 from devices import DEVICES
 from maze_data import shared_maze
 
@@ -444,23 +444,16 @@ def test_training_writes_run_folder_and_summary_then_skips(umaze_registered, tmp
     assert (out / "eval.jsonl").stat().st_mtime_ns == before
 
 
-def test_training_follows_the_threads_a_sweep_lends(umaze_registered, tmp_path, monkeypatch, capsys):
+def test_training_follows_the_threads_a_sweep_lends(umaze_registered, tmp_path, two_lent_threads, capsys):
     """A sweep's tail lends idle cores by writing a thread count into $PRIVTRANR_THREADS_FILE: the trainer switches
     torch to it at its next log step, and says so in its log."""
-    lent = tmp_path / "job-agent.threads"
-    lend_threads(lent, 2)
-    monkeypatch.setenv(THREADS_FILE_ENV, str(lent))
     agent_class, cfg = tiny("td3_bc", tmp_path, threads=1)
-    before = torch.get_num_threads()
-    try:
-        train(cfg, agent_class)
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
+    train(cfg, agent_class)
+    assert torch.get_num_threads() == 2
     assert "now 2 threads" in capsys.readouterr().out
     for unusable in ("", "two", "0"):  # a missing, damaged or zero count changes nothing
-        lent.write_text(unusable)
-        assert follow_lent_threads() is None and torch.get_num_threads() == before
+        two_lent_threads.write_text(unusable)
+        assert follow_lent_threads() is None and torch.get_num_threads() == 2
 
 
 def test_training_bounds_td3_bc_targets_by_the_training_rewards(umaze_registered, tmp_path):

@@ -13,7 +13,6 @@ from synther.diffusion.edm import EDM, SAMPLERS, EDMConfig, SamplerConfig, netwo
 from synther.diffusion.synthesizer import DiffusionConfig, DPConfig, finetune, load_model, pretrain, sample
 from synther.diffusion.trainer import DiffusionTrainer, TrainConfig
 from synther.errors import UserError
-from synther.utils.threads import THREADS_FILE_ENV, lend_threads
 from synther.diffusion.support import StateSupport, parse_widths
 from synther.privacy.accounting import calibrate_noise_multiplier, epsilon_spent
 
@@ -492,19 +491,11 @@ def test_every_sampler_produces_finite_transitions(pretrained, name, device):
     assert network_evaluations(cfg) == (11 if "heun" in name else 6)
 
 
-def test_sampling_follows_the_threads_a_sweep_lends(pretrained, tmp_path, monkeypatch, capsys):
+def test_sampling_follows_the_threads_a_sweep_lends(pretrained, two_lent_threads, capsys):
     """A sweep lends a sampling job idle cores (every waiting job needs its samples): it switches torch to the lent
     thread count before its next chunk of rows."""
-    lent = tmp_path / "job-sample.threads"
-    lend_threads(lent, 2)
-    monkeypatch.setenv(THREADS_FILE_ENV, str(lent))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert Synthesizer.load(pretrained, device="cpu").sample(64, SamplerConfig(steps=4), batch_size=32).size == 64
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
+    assert Synthesizer.load(pretrained, device="cpu").sample(64, SamplerConfig(steps=4), batch_size=32).size == 64
+    assert torch.get_num_threads() == 2
     assert "now 2 threads" in capsys.readouterr().out
 
 

@@ -96,7 +96,7 @@ class GraphedUpdates:
         return losses
 
     def _capture(self) -> None:
-        total_it = getattr(self.agent, "total_it", None)  # recording runs no kernels: it must not count
+        total_it = self.agent.total_it if self.counts_updates else None  # recording trains nothing: no count
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             self.losses = self._cycle(host=False)
