@@ -14,6 +14,7 @@ from synther.diffusion.synthesizer import DiffusionConfig, DPConfig, finetune, l
 from synther.diffusion.trainer import DiffusionTrainer, TrainConfig
 from synther.errors import UserError
 from synther.diffusion.support import StateSupport, parse_widths
+from synther.diffusion.saturation import saturated_share
 from synther.privacy.accounting import calibrate_noise_multiplier, epsilon_spent
 
 from devices import DEVICES
@@ -327,6 +328,33 @@ def test_rewards_are_clipped_to_the_public_range_and_the_release_says_so(pretrai
                         sampler=SamplerConfig(name="euler", steps=4)))
     side = json.loads(out.with_suffix(".json").read_text())
     assert "rewards clipped" in side["privacy_ledger"]["statistics"]["sample_postprocessing"]
+
+
+def test_actions_sit_on_their_bounds_as_often_as_in_the_public_data_and_the_release_says_so(pretrained, tmp_path,
+                                                                                           data_dir):
+    public = np.concatenate([load_dataset(n).actions for n in PUBLIC.split(",")])
+    share = saturated_share(public, -np.ones(2), np.ones(2))
+    assert 0.1 < share < 0.9  # the mazes' controller saturates: the test data has a share to match
+    syn = Synthesizer.load(pretrained, device="cpu")
+    assert syn.meta["public_action_saturation"] == pytest.approx(share)
+    sampler = SamplerConfig(name="euler", steps=4)
+    plain = syn.sample(2000, sampler, saturated_actions="none")
+    snapped = syn.sample(2000, sampler)
+    on_bound = lambda a: float(np.mean(np.abs(a) >= 1))  # noqa: E731
+    assert on_bound(plain.actions) < share - 0.05 and on_bound(snapped.actions) == pytest.approx(share, abs=2e-3)
+    moved = plain.actions != snapped.actions
+    assert np.all(np.abs(snapped.actions[moved]) == 1) and np.array_equal(snapped.observations, plain.observations)
+    assert "of a bound moved onto it" in snapped.provenance["postprocessing"]
+    with pytest.raises(UserError, match="saturated_actions"):
+        syn.sample(4, sampler, saturated_actions="sensitive")
+    # a checkpoint pre-trained before the share was recorded reads it from the public datasets its ledger names...
+    del syn.meta["public_action_saturation"]
+    assert on_bound(syn.sample(2000, sampler).actions) == pytest.approx(share, abs=2e-3)
+    # ...only while they are unchanged; otherwise the release says the actions were not snapped
+    syn.ledger.data_uses[0]["datasets"][0]["sha256"] = "0" * 64
+    unsnapped = syn.sample(2000, sampler)
+    assert np.array_equal(unsnapped.actions, plain.actions)
+    assert "actions not snapped" in unsnapped.provenance["postprocessing"]
 
 
 def test_isolated_rows_are_dropped_after_oversampling_and_the_release_says_so(pretrained, monkeypatch, tmp_path):

@@ -24,6 +24,7 @@ from synther.diffusion.edm import EDM, EDMConfig, SamplerConfig, network_evaluat
 from synther.diffusion.identities import count, find_identities, project
 from synther.diffusion.lora import add_adapters, merge_adapters
 from synther.diffusion.normalizer import NUMPY_NORMAL_Z_MAX, Normalizer
+from synther.diffusion.saturation import saturated_share, snap_to_bounds
 from synther.diffusion.sparsity import check_settings, keep_densest, oversampled
 from synther.diffusion.support import MAX_DRAWS_PER_ROW, StateSupport, check_threshold, parse_widths
 from synther.diffusion.trainer import CHECKPOINT, DiffusionTrainer, TrainConfig
@@ -82,6 +83,7 @@ class DiffusionConfig:
     num_samples: int = 100_000  # transitions to generate in mode=sample (alias: the paper's --save_num_samples)
     sample_batch: int = 10_000  # transitions per sampling batch
     reward_range: str = "public"  # sample: 'public' clips synthetic rewards to the public datasets' reward range (post-processing of public facts: no privacy cost), 'none' keeps them
+    saturated_actions: str = "public"  # sample: 'public' moves the synthetic action entries nearest a bound onto it, as many as the public datasets' share of entries on a bound (post-processing of public facts: no privacy cost); 'none' only clips actions to the bounds
     identities: str = "public"  # sample: 'public' projects each row onto the exact linear identities the public data satisfies (PointMaze: x′ = x + dt·v′), found at pre-training (post-processing of public facts: no privacy cost); 'none' keeps rows as sampled
     drop_sparse: float = 0.0  # sample: draw num_samples/(1 − f) rows and drop the fraction f most isolated (largest distance to their sparse_k-th nearest synthetic neighbour): rows off the data's support that make Q-learners fall; reads only the samples (post-processing: no privacy cost)
     sparse_k: int = 20  # sample: the neighbour whose distance measures a row's isolation (drop_sparse only)
@@ -151,11 +153,13 @@ def pretrain(cfg: DiffusionConfig) -> Path:
             "action_low": low.tolist(), "action_high": high.tolist(), "action_bounds_source": bounds_source,
             "public_min": x.min(0).tolist(), "public_max": x.max(0).tolist(), "public_datasets": ds_names,
             "env_dataset": public[0].name, "curiosity": asdict(cfg.curiosity), "versions": package_versions(),
-            "public_identities": identities}
+            "public_identities": identities,
+            "public_action_saturation": saturated_share(np.concatenate([ds.actions for ds in public]), low, high)}
     datasets = [ds.identity() for ds in public]
     ledger = PrivacyLedger(public_datasets=ds_names, statistics={
         "normalizer": f"public datasets {ds_names}", "action_bounds": bounds_source,
-        "linear_identities": f"{count(identities)} exact linear identities of the public datasets {ds_names}"},
+        "linear_identities": f"{count(identities)} exact linear identities of the public datasets {ds_names}",
+        "action_saturation": f"share of the public datasets' action entries on a bound {ds_names}"},
         data_uses=[{"phase": "pretrain", "use": "public", "datasets": datasets, "run": str(default_run_dir(cfg))}])
     meta["identity"] = {"public": datasets}
     run_dir = default_run_dir(cfg)
@@ -369,6 +373,7 @@ def _inherited_uses(base: PrivacyLedger, checkpoint: str) -> list[dict[str, Any]
 
 REWARD_RANGES = ("public", "none")
 IDENTITIES = ("public", "none")
+SATURATED_ACTIONS = ("public", "none")
 
 
 # --- loading and sampling ----------------------------------------------------------------------------------
@@ -418,12 +423,15 @@ class Synthesizer:
 
     def sample(self, n: int, sampler: SamplerConfig = SamplerConfig(), batch_size: int = 10_000, seed: int = 0,
                progress: bool = False, reward_range: str = "public", identities: str = "public",
-               drop_sparse: float = 0.0, sparse_k: int = 20, support_threshold: float = 2.0) -> TransitionDataset:
+               drop_sparse: float = 0.0, sparse_k: int = 20, support_threshold: float = 2.0,
+               saturated_actions: str = "public") -> TransitionDataset:
         """n transitions (fewer if some rows came out NaN/Inf; the count dropped is in provenance).
 
         identities 'public' projects each row onto the exact linear identities of the public pre-training data
         (synther.diffusion.identities); reward_range 'public' clips rewards to the range seen in that data: the
-        model never learned a reward outside it from public data. Both use public facts only: no privacy cost.
+        model never learned a reward outside it from public data; saturated_actions 'public' moves the synthetic
+        action entries nearest a bound onto it, as many as that data's share on a bound (synther.diffusion.saturation).
+        All use public facts only: no privacy cost.
         With a checkpoint that carries a DP state histogram (--dp.support_cells), rows are drawn until n of them
         have s and s′ in cells whose noisy count reaches `support_threshold` noise standard deviations (0: no
         filter); the histogram's cost is already in the ledger, so this is post-processing too.
@@ -435,6 +443,9 @@ class Synthesizer:
             raise UserError(f"unknown reward_range '{reward_range}' (choose from: {', '.join(REWARD_RANGES)})")
         if identities not in IDENTITIES:
             raise UserError(f"unknown identities '{identities}' (choose from: {', '.join(IDENTITIES)})")
+        if saturated_actions not in SATURATED_ACTIONS:
+            raise UserError(f"unknown saturated_actions '{saturated_actions}' "
+                            f"(choose from: {', '.join(SATURATED_ACTIONS)})")
         check_settings(drop_sparse, sparse_k)
         check_threshold(support_threshold)
         wanted = oversampled(n, drop_sparse)
@@ -480,6 +491,14 @@ class Synthesizer:
         low, high = np.asarray(self.meta["action_low"]), np.asarray(self.meta["action_high"])
         x[:, self.layout.action] = np.clip(x[:, self.layout.action], low, high)
         steps.append(f"actions clipped to {self.meta['action_bounds_source']}")
+        if saturated_actions == "public":
+            share, why_not = self._public_saturation()
+            if share is None:
+                steps.append(why_not)
+            else:
+                x[:, self.layout.action], tau, moved = snap_to_bounds(x[:, self.layout.action], low, high, share)
+                steps.append(f"{moved} action entries within {tau:.3g} half-ranges of a bound moved onto it (so that "
+                             f"{share:.3f} of them lie on a bound: the public datasets' share)")
         if reward_range == "public":
             r_low, r_high = (float(self.meta[k][self.layout.reward]) for k in ("public_min", "public_max"))
             x[:, self.layout.reward] = np.clip(x[:, self.layout.reward], r_low, r_high)
@@ -509,6 +528,33 @@ class Synthesizer:
         projected, worst = project(x, found)
         x[:] = projected
         return worst
+
+    def _public_saturation(self) -> tuple[float | None, str]:
+        """The public datasets' share of action entries on a bound, or (None, why it is not known). A checkpoint
+        pre-trained before the share was recorded gets it from the public datasets its ledger names, if they load
+        unchanged (same sha256)."""
+        if "public_action_saturation" in self.meta:
+            return float(self.meta["public_action_saturation"]), ""
+        recorded = [d for use in self.ledger.data_uses if use.get("use") == "public" for d in use.get("datasets", [])]
+        actions = []
+        for d in recorded:
+            ds = None
+            for where in (d.get("source"), d.get("name")):
+                try:
+                    ds = load_dataset(where) if where else None
+                except UserError:  # a missing or unreadable file only means the share stays unknown
+                    continue
+                if ds is not None:
+                    break
+            if ds is None or ds.content_sha256() != d.get("sha256"):
+                return None, (f"actions not snapped to their bounds: the checkpoint predates the recorded public "
+                              f"share and its public dataset {d.get('name') or d.get('source')} is not available "
+                              "unchanged")
+            actions.append(ds.actions)
+        if not actions:
+            return None, "actions not snapped to their bounds: the checkpoint records no public datasets"
+        low, high = np.asarray(self.meta["action_low"]), np.asarray(self.meta["action_high"])
+        return saturated_share(np.concatenate(actions), low, high), ""
 
     def _identities_note(self, worst: float) -> str:
         found = self.meta.get("public_identities")
@@ -553,7 +599,7 @@ def sample(cfg: DiffusionConfig) -> Path:
     # the folder's lock: no sampling from a run still training there, no two samplers writing one file
     with FolderLock(out.parent):
         ds = syn.sample(cfg.num_samples, cfg.sampler, cfg.sample_batch, cfg.seed, cfg.progress, cfg.reward_range,
-                        cfg.identities, cfg.drop_sparse, cfg.sparse_k, cfg.support_threshold)
+                        cfg.identities, cfg.drop_sparse, cfg.sparse_k, cfg.support_threshold, cfg.saturated_actions)
         ledger = syn.ledger.to_dict()  # the release's ledger also says what was done to the samples after the model
         ledger["statistics"] = {**ledger.get("statistics", {}),
                                 "sample_postprocessing": ds.provenance["postprocessing"] +
