@@ -28,13 +28,13 @@ def snap_to_bounds(actions: np.ndarray, low: np.ndarray, high: np.ndarray,
     share, so samples already saturated at least that much are left as they are."""
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"share must be in [0, 1], got {share}")
+    if share == 0.0 or actions.size == 0:
+        return actions, 0.0, 0
     low, high = np.asarray(low, dtype=actions.dtype), np.asarray(high, dtype=actions.dtype)
     half = (high - low) / 2
     to_low, to_high = actions - low, high - actions
     # the distance to the nearer bound in half-ranges: 0 on a bound, 1 in the middle (a fixed column counts as on it)
     gap = np.where(half > 0, np.minimum(to_low, to_high) / np.where(half > 0, half, 1), 0.0)
-    if share == 0.0 or actions.size == 0:
-        return actions, 0.0, 0
     tau = float(np.quantile(gap, share))
     snap = (gap <= tau) & (gap > 0)
     snapped = np.where(snap, np.where(to_high < to_low, high, low), actions).astype(actions.dtype)
