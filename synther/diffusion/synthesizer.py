@@ -538,15 +538,8 @@ class Synthesizer:
         recorded = [d for use in self.ledger.data_uses if use.get("use") == "public" for d in use.get("datasets", [])]
         actions = []
         for d in recorded:
-            ds = None
-            for where in (d.get("source"), d.get("name")):
-                try:
-                    ds = load_dataset(where) if where else None
-                except UserError:  # a missing or unreadable file only means the share stays unknown
-                    continue
-                if ds is not None:
-                    break
-            if ds is None or ds.content_sha256() != d.get("sha256"):
+            ds = _load_unchanged(d)
+            if ds is None:
                 return None, (f"actions not snapped to their bounds: the checkpoint predates the recorded public "
                               f"share and its public dataset {d.get('name') or d.get('source')} is not available "
                               "unchanged")
@@ -587,6 +580,18 @@ class Synthesizer:
                             "needs the public model the fine-tune started from")
         return guide, (f"autoguidance w={sampler.guidance:g} by the public checkpoint {path} (sha256 {sha[:12]}…, "
                        f"public data only: {', '.join(ledger.public_datasets)})")
+
+
+def _load_unchanged(recorded: dict[str, Any]) -> TransitionDataset | None:
+    """The dataset a ledger entry names (its file, else its registry name) if it still has the recorded sha256."""
+    for where in filter(None, (recorded.get("source"), recorded.get("name"))):
+        try:
+            ds = load_dataset(where)
+        except UserError:  # missing or unreadable: try the next place
+            continue
+        if ds.content_sha256() == recorded.get("sha256"):
+            return ds
+    return None
 
 
 def sample(cfg: DiffusionConfig) -> Path:
