@@ -1,6 +1,7 @@
 """The diffusion synthesizer end to end at toy sizes: pre-train, DP fine-tune, resume, sample."""
 import dataclasses
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ from synther.data import load_dataset
 from synther.diffusion import Synthesizer
 from synther.diffusion.denoiser import DenoiserConfig
 from synther.diffusion.edm import EDM, SAMPLERS, EDMConfig, SamplerConfig, network_evaluations
-from synther.diffusion.synthesizer import DiffusionConfig, DPConfig, finetune, load_model, pretrain, sample
+from synther.diffusion.synthesizer import (SAMPLING_FIELDS, DiffusionConfig, DPConfig, finetune, load_model,
+                                          pretrain, sample)
 from synther.diffusion.trainer import DiffusionTrainer, TrainConfig
 from synther.errors import UserError
 from synther.diffusion.support import StateSupport, parse_widths
@@ -471,6 +473,29 @@ def test_noise_multiplicity_fine_tunes_under_the_same_guarantee(pretrained, tmp_
     with pytest.raises(UserError, match="draws_per_record"):
         finetune(config(tmp_path / "k0", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained),
                         dp=DPConfig(draws_per_record=0)))
+
+
+class _SamplingFieldsUnread(DiffusionConfig):
+    """A config whose sampling-only fields may be copied whole (dataclasses.asdict: the run's record) but not read."""
+
+    def __getattribute__(self, name):
+        if name in SAMPLING_FIELDS and sys._getframe(1).f_globals.get("__name__") != "dataclasses":
+            raise AssertionError(f"{object.__getattribute__(self, 'mode')} read --{name}, a sampling-only field")
+        return object.__getattribute__(self, name)
+
+
+def test_training_never_reads_the_sampling_fields(pretrained, tmp_path):
+    """The sweep leaves SAMPLING_FIELDS out of the fingerprints of pre-trainings and fine-tunes (a new sampler does
+    not train a DP fine-tune again): that holds only if neither reads them."""
+    def guarded(cfg: DiffusionConfig) -> DiffusionConfig:
+        return _SamplingFieldsUnread(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
+
+    with pytest.raises(AssertionError, match="sampling-only"):  # the guard itself works
+        guarded(config(tmp_path, "sample")).sampler
+    pretrain(guarded(config(tmp_path, "pretrain", public_datasets=PUBLIC, steps=10)))
+    for dp in (DPConfig(epsilon=5.0), DPConfig(enabled=False)):
+        finetune(guarded(config(tmp_path / str(dp.enabled), "finetune", dataset=SENSITIVE,
+                                checkpoint=str(pretrained), steps=10, dp=dp)))
 
 
 def test_adapters_start_from_the_pretrained_model_and_merge_back_exactly(pretrained):

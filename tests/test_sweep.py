@@ -190,10 +190,20 @@ def test_fingerprints_follow_what_shapes_a_result_and_flow_downstream(tmp_path):
     assert {k for k in first if longer[k] != first[k]} == {"pretrain", "finetune", "sample", "fidelity", "agent"}
     other_sampler = fingerprints(extra_args=ExtraArgs(sample="--sampler.steps 32"))
     assert {k for k in first if other_sampler[k] != first[k]} == {"sample", "fidelity", "agent"}
-    edited = tmp_path / "diffusion.yaml"
-    edited.write_text((ROOT / "config" / "diffusion" / "maze2d-quickstart.yaml").read_text() + "\n# edited\n")
+    yaml_text = (ROOT / "config" / "diffusion" / "maze2d-quickstart.yaml").read_text()
     default_yaml = fingerprints(diffusion_config=str(ROOT / "config" / "diffusion" / "maze2d-quickstart.yaml"))
-    assert fingerprints(diffusion_config=str(edited))["pretrain"] != default_yaml["pretrain"]
+
+    def edited(old: str, new: str) -> dict[str, str]:
+        assert yaml_text.count(old) == 1
+        path = tmp_path / f"diffusion-{len(list(tmp_path.glob('diffusion-*')))}.yaml"
+        path.write_text(yaml_text.replace(old, new))
+        prints = fingerprints(diffusion_config=str(path))
+        return {k for k in first if prints[k] != default_yaml[k]}
+
+    assert edited("steps: 64 ", "steps: 64 # a comment\n#") == set()  # settings count, not how the file reads
+    # the sampler is read only when sampling: a finished pre-training or DP fine-tune stays finished
+    assert edited("steps: 64 ", "steps: 32 ") == {"sample", "fidelity", "agent"}
+    assert edited("ema_decay: 0.995", "ema_decay: 0.99") == {"pretrain", "finetune", "sample", "fidelity", "agent"}
 
 
 def test_a_job_finished_under_another_fingerprint_runs_again(tmp_path):
@@ -217,6 +227,41 @@ def test_a_job_finished_under_another_fingerprint_runs_again(tmp_path):
     job.marker.unlink()  # a folder finished before markers existed (or by a script alone)
     job.fingerprint = "three"
     assert job.is_done()
+
+
+def test_a_job_recorded_under_the_first_fingerprint_scheme_stays_finished(tmp_path):
+    """Markers written when a fingerprint hashed the config file's bytes (sessions 20–22) keep their folders
+    finished, and the sweep rewrites them to the current fingerprint; a marker of another job does not count."""
+    import hashlib
+
+    from synther.sweep.plan import _NOT_FINGERPRINTED, _PLACEMENT, _options
+
+    cfg = SweepConfig(datasets=[UMAZE], epsilons=[10.0], seeds=[0], agents=["td3_bc"], evaluations=["fidelity"],
+                      runs_dir=str(tmp_path / "runs"))
+    jobs, first = plan(cfg), {}
+    for job in jobs:  # the first scheme, written out as it was
+        given = _options(job.command)
+        options = {k: v for k, v in given.items() if k not in _PLACEMENT and k not in _NOT_FINGERPRINTED}
+        path = given.get("config_path")
+        content = hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+        first[job.id] = hashlib.sha256(json.dumps([job.kind, Path(job.command[1]).name, options, content,
+                                                   sorted(first[d] for d in job.deps)], sort_keys=True).encode()
+                                       ).hexdigest()[:16]
+    for job in jobs:
+        assert job.earlier_fingerprints == (first[job.id],) and job.fingerprint != first[job.id]
+        job.run_dir.mkdir(parents=True, exist_ok=True)
+        job.marker.write_text(json.dumps({"fingerprint": first[job.id]}))
+        assert not job.changed()
+        job.marker.write_text(json.dumps({"fingerprint": next(f for i, f in first.items() if i != job.id)}))
+        assert job.changed()
+
+    job = _job(tmp_path, "a", WRITE)
+    job.fingerprint, job.earlier_fingerprints = "now", ("then",)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "out.txt").write_text("ok")
+    job.marker.write_text(json.dumps({"fingerprint": "then"}))
+    assert _run([job], tmp_path / "state.json")[0].status == {"a": "skipped"}
+    assert json.loads(job.marker.read_text())["fingerprint"] == "now"
 
 
 def test_the_ladder_shares_the_quickstarts_jobs(tmp_path):

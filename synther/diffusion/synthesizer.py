@@ -92,6 +92,13 @@ class DiffusionConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)  # opt-in copy of the training metrics to Weights & Biases
 
 
+# What only --mode sample reads. A pre-training or fine-tune does not depend on them (a test holds the training code
+# to it), so a sweep's fingerprint of those jobs leaves them out: a new sampler re-samples, it does not train again
+# (a DP fine-tune trained again is a new release of the sensitive data).
+SAMPLING_FIELDS = ("sampler", "num_samples", "sample_batch", "reward_range", "saturated_actions", "identities",
+                   "drop_sparse", "sparse_k", "support_threshold")
+
+
 # the paper repo's flags, and the (ε, δ) spelling every DP release also accepts (baselines.py's TARGET_ALIASES)
 DIFFUSION_ALIASES = {"--epsilon": "--dp.epsilon", "--delta": "--dp.delta", "--dp_epsilon": "--dp.epsilon",
                      "--dp_delta": "--dp.delta", "--dp_max_grad_norm": "--dp.clip_norm",

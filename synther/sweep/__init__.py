@@ -21,11 +21,13 @@ Jobs and what marks them finished (so a re-run skips them and runs only what is 
     mia        mia.py                              mia.json
 
 A job finished by a sweep also leaves job-<kind>.done.json: its fingerprint (the options that shape its result, the
-content of its config file, its dependencies' fingerprints). When any of them changes (another pre-training budget,
-an edited YAML, other extra_args) the job and everything downstream are no longer done: they run again, and each
-script either redoes the work or refuses a folder of another configuration with a one-line error; an old result is
-never counted under a new configuration. (Folders without the file, finished by a script alone or before the file
-existed, are judged by their outputs only.)
+settings of its config file that its script reads, its dependencies' fingerprints; pre-training and fine-tuning
+do not read the sampling fields). When any of them changes (another pre-training budget, an edited YAML, other
+extra_args) the job and everything downstream are no longer done: they run again, and each script either redoes the
+work or refuses a folder of another configuration with a one-line error; an old result is never counted under a new
+configuration. (Folders without the file, finished by a script alone or before the file existed, are judged by
+their outputs only; files written under the first fingerprint scheme, which hashed the config file's bytes, still
+count and are rewritten.)
 
 Each job is a subprocess of the thin MuJoCo/ script with explicit flags, so a job is isolated, resumable (the
 script resumes from its own checkpoint) and the same under any executor. Its stdout and stderr go to

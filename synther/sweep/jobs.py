@@ -23,6 +23,8 @@ class Job:
     # what the result depends on (the plan sets it): the options that shape it, the content of its config file and
     # its dependencies' fingerprints; a sweep records it when the job finishes
     fingerprint: str = ""
+    # the same job's fingerprints under earlier schemes: a folder recorded under one of them is still finished
+    earlier_fingerprints: tuple[str, ...] = ()
     # its process follows the thread count a local pool lends it when cores sit idle (synther.utils.threads)
     elastic: bool = False
 
@@ -46,11 +48,14 @@ class Job:
         if not self.fingerprint:
             return False
         try:
-            return json.loads(self.marker.read_text())["fingerprint"] != self.fingerprint
+            return self._recorded() not in (self.fingerprint, *self.earlier_fingerprints)
         except FileNotFoundError:
             return False
         except Exception:  # a damaged marker: let the job run; its script judges the folder
             return True
+
+    def _recorded(self) -> str:
+        return json.loads(self.marker.read_text())["fingerprint"]
 
     def is_done(self) -> bool:
         return self.outputs_finished() and not self.changed()
@@ -58,6 +63,14 @@ class Job:
     def mark_finished(self) -> None:
         if self.fingerprint:  # jobs built outside a plan have none
             atomic_write_json(self.marker, {"fingerprint": self.fingerprint, "command": self.command})
+
+    def update_marker(self) -> None:
+        """A finished job recorded under an earlier scheme's fingerprint gets the current one."""
+        try:
+            if self._recorded() in self.earlier_fingerprints:
+                self.mark_finished()
+        except Exception:  # no marker or a damaged one: nothing to update
+            pass
 
 
 def training_finished(run_dir: Path) -> bool:

@@ -7,13 +7,13 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from synther import layout
 from synther.agents import ALGORITHMS
 from synther.agents.trainer import RESUME_IGNORED, agent_command
 from synther.baselines.synthesize import baseline_command
-from synther.diffusion.synthesizer import diffusion_command, public_tag
+from synther.diffusion.synthesizer import SAMPLING_FIELDS, diffusion_command, public_tag
 from synther.errors import UserError
 from synther.evaluation.fidelity import fidelity_command
 from synther.evaluation.mia import mia_command
@@ -89,20 +89,50 @@ def _shaping_options(command: list[str]) -> dict[str, str]:
 _NOT_FINGERPRINTED = {"run_dir", "out_dir", "checkpoint", "synthetic"}
 
 
-def fingerprint(jobs: list[Job]) -> list[Job]:
-    """Set each job's fingerprint (jobs in dependency order): its script, the options that shape its result, the
-    content of its --config_path and its dependencies' fingerprints. A sweep re-run after any of them changed
-    runs the job again instead of counting the old result as done (its script then refuses a folder of another
-    configuration with a one-line error, or redoes the work: nothing is silently mixed)."""
-    by_id = {job.id: job for job in jobs}
+# Top-level fields of its config file a job's script never reads: a finished pre-training or DP fine-tune stays
+# finished when only the sampler changes
+_UNREAD_CONFIG = {"pretrain": SAMPLING_FIELDS, "finetune": SAMPLING_FIELDS}
+
+
+def _config_content(path: str | None, unread: tuple[str, ...]) -> str | None:
+    """A config file's settings as a hash (comments and layout do not count), without the fields left unread."""
+    if not path or not Path(path).is_file():
+        return path
+    import yaml
+
+    doc = yaml.safe_load(Path(path).read_text())
+    if isinstance(doc, dict):
+        doc = {k: v for k, v in doc.items() if k not in unread}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _file_content(path: str | None, unread: tuple[str, ...]) -> str | None:
+    """The fingerprints' first scheme (sessions 20–22): a config file's bytes, every field and comment counted."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path and Path(path).is_file() else path
+
+
+def _fingerprints(jobs: list[Job], content: Callable[[str | None, tuple[str, ...]], str | None]) -> dict[str, str]:
+    prints: dict[str, str] = {}
     for job in jobs:
         given = _options(job.command)
         options = {k: v for k, v in given.items() if k not in _PLACEMENT and k not in _NOT_FINGERPRINTED}
-        config = given.get("config_path")
-        content = hashlib.sha256(Path(config).read_bytes()).hexdigest() if config and Path(config).is_file() else config
-        job.fingerprint = hashlib.sha256(json.dumps(
-            [job.kind, Path(job.command[1]).name if len(job.command) > 1 else "", options, content,
-             sorted(by_id[d].fingerprint for d in job.deps)], sort_keys=True).encode()).hexdigest()[:16]
+        config = content(given.get("config_path"), _UNREAD_CONFIG.get(job.kind, ()))
+        prints[job.id] = hashlib.sha256(json.dumps(
+            [job.kind, Path(job.command[1]).name if len(job.command) > 1 else "", options, config,
+             sorted(prints[d] for d in job.deps)], sort_keys=True).encode()).hexdigest()[:16]
+    return prints
+
+
+def fingerprint(jobs: list[Job]) -> list[Job]:
+    """Set each job's fingerprint (jobs in dependency order): its script, the options that shape its result, the
+    settings of its --config_path it reads and its dependencies' fingerprints. A sweep re-run after any of them
+    changed runs the job again instead of counting the old result as done (its script then refuses a folder of
+    another configuration with a one-line error, or redoes the work: nothing is silently mixed). A folder recorded
+    under the first scheme's fingerprint of the same job still counts as done."""
+    current, first = _fingerprints(jobs, _config_content), _fingerprints(jobs, _file_content)
+    for job in jobs:
+        job.fingerprint = current[job.id]
+        job.earlier_fingerprints = (first[job.id],) if first[job.id] != current[job.id] else ()
     return jobs
 
 

@@ -100,6 +100,7 @@ def run_jobs(jobs: list[Job], executor: Executor, state_path: Path, name: str = 
         for job in order:
             if job.is_done():
                 layout.write_run_labels(job.run_dir, job.kind, job.labels)  # folders from before run.json get one
+                job.update_marker()
                 settle(job, "skipped", seconds=0.0)
         executor.check([j for j in order if j.id not in status])
         pending = [j for j in order if j.id not in status]
