@@ -356,9 +356,17 @@ def _fmt(v: Any, digits: int = 2) -> str:
 
 
 def _pm(mean: float | None, std: float | None, digits: int = 2) -> str:
+    """mean ± std, the std to the mean's last decimal (0.996 ± 0.001, not 0.996 ± 0.000879)."""
     if mean is None:
         return "—"
-    return _fmt(mean, digits) if std is None else f"{_fmt(mean, digits)} ± {_fmt(std, digits)}"
+    if std is None:
+        return _fmt(mean, digits)
+    shown = _fmt(mean, digits)
+    if "e" in shown:  # a tiny mean in exponent form: the std in the same form
+        return f"{shown} ± {std:.3g}"
+    if "." not in shown:  # an integer
+        return f"{shown} ± {_fmt(std, digits)}"
+    return f"{shown} ± {std:.{len(shown.partition('.')[2])}f}"
 
 
 def _eps(v: float | None) -> str:

@@ -214,3 +214,13 @@ def test_run_json_labels_win_over_folder_names(tmp_path):
     write_run_labels(r / "agents" / f"td3_bc-{D}-eps10-seed2", "agent", {"seed": 9})
     run = next(a for a in collect(r).agents if a.score == 30.0)
     assert (run.method, run.epsilon, run.seed) == ("privtranr", 10.0, 2)
+
+
+def test_a_std_is_shown_to_its_means_last_decimal():
+    from synther.report import _pm
+
+    assert _pm(0.996, 0.000879, 3) == "0.996 ± 0.001"  # not 0.996 ± 0.000879
+    assert _pm(0.000445, 0.000117, 3) == "0.000445 ± 0.000117"  # a small mean keeps its significant digits
+    assert _pm(35.24, 9.31, 1) == "35.2 ± 9.3"
+    assert _pm(1e-7, 2e-8, 3) == "1e-07 ± 2e-08"
+    assert _pm(0.5, None, 3) == "0.500" and _pm(None, 0.1) == "—"
