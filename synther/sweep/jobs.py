@@ -20,8 +20,8 @@ class Job:
     outputs: tuple[str, ...] = ()  # files in run_dir whose presence marks the job finished
     labels: dict[str, Any] = field(default_factory=dict)  # dataset, method, epsilon, seed, agent
     finished: Callable[[Path], bool] | None = None  # a further test on run_dir once the outputs exist
-    # what the result depends on (the plan sets it): the options that shape it, the content of its config file and
-    # its dependencies' fingerprints; a sweep records it when the job finishes
+    # what the result depends on (the plan sets it): the options that shape it, the settings it reads from its config
+    # file and its dependencies' fingerprints; a sweep records it when the job finishes
     fingerprint: str = ""
     # the same job's fingerprints under earlier schemes: a folder recorded under one of them is still finished
     earlier_fingerprints: tuple[str, ...] = ()

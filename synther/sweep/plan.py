@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import yaml
+
 from synther import layout
 from synther.agents import ALGORITHMS
 from synther.agents.trainer import RESUME_IGNORED, agent_command
@@ -98,8 +100,6 @@ def _config_content(path: str | None, unread: tuple[str, ...]) -> str | None:
     """A config file's settings as a hash (comments and layout do not count), without the fields left unread."""
     if not path or not Path(path).is_file():
         return path
-    import yaml
-
     doc = yaml.safe_load(Path(path).read_text())
     if isinstance(doc, dict):
         doc = {k: v for k, v in doc.items() if k not in unread}
@@ -107,7 +107,7 @@ def _config_content(path: str | None, unread: tuple[str, ...]) -> str | None:
 
 
 def _file_content(path: str | None, unread: tuple[str, ...]) -> str | None:
-    """The fingerprints' first scheme (sessions 20–22): a config file's bytes, every field and comment counted."""
+    """The fingerprints' first scheme (2026-12-04 to 12-05): a config file's bytes, every field and comment counted."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path and Path(path).is_file() else path
 
 
