@@ -359,9 +359,9 @@ def _pm(mean: float | None, std: float | None, digits: int = 2) -> str:
     """mean ± std, the std to the mean's last decimal (0.996 ± 0.001, not 0.996 ± 0.000879)."""
     if mean is None:
         return "—"
-    if std is None:
-        return _fmt(mean, digits)
     shown = _fmt(mean, digits)
+    if std is None:
+        return shown
     if "e" in shown:  # a tiny mean in exponent form: the std in the same form
         return f"{shown} ± {std:.3g}"
     if "." not in shown:  # an integer

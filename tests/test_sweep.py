@@ -204,6 +204,9 @@ def test_fingerprints_follow_what_shapes_a_result_and_flow_downstream(tmp_path):
     # the sampler is read only when sampling: a finished pre-training or DP fine-tune stays finished
     assert edited("steps: 64 ", "steps: 32 ") == {"sample", "fidelity", "agent"}
     assert edited("ema_decay: 0.995", "ema_decay: 0.99") == {"pretrain", "finetune", "sample", "fidelity", "agent"}
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml_text + "\nsampler: [unclosed\n")  # planned all the same; its script reports the file
+    assert fingerprints(diffusion_config=str(broken))["pretrain"] != default_yaml["pretrain"]
 
 
 def test_a_job_finished_under_another_fingerprint_runs_again(tmp_path):

@@ -67,10 +67,11 @@ class Job:
     def update_marker(self) -> None:
         """A finished job recorded under an earlier scheme's fingerprint gets the current one."""
         try:
-            if self._recorded() in self.earlier_fingerprints:
-                self.mark_finished()
-        except Exception:  # no marker or a damaged one: nothing to update
-            pass
+            recorded = self._recorded()
+        except (OSError, ValueError, KeyError, TypeError):  # no marker or a damaged one: nothing to update
+            return
+        if recorded in self.earlier_fingerprints:
+            self.mark_finished()
 
 
 def training_finished(run_dir: Path) -> bool:
