@@ -359,6 +359,44 @@ def test_actions_sit_on_their_bounds_as_often_as_in_the_public_data_and_the_rele
     assert "actions not snapped" in unsnapped.provenance["postprocessing"]
 
 
+def _squashed_copy(name: str, folder) -> str:
+    """The maze dataset `name` as a tanh-squashed policy would log it: no action entry on a bound."""
+    ds = load_dataset(name)
+    ds = dataclasses.replace(ds, actions=(np.tanh(2 * ds.actions) * 0.9).astype(np.float32))
+    return str(ds.save(folder / f"{name}-squashed.npz"))
+
+
+def test_squashed_public_actions_are_modelled_in_atanh_space_end_to_end(pretrained, tmp_path):
+    public = ",".join(_squashed_copy(n, tmp_path) for n in PUBLIC.split(","))
+    pre = pretrain(config(tmp_path / "pre", "pretrain", public_datasets=public, steps=60))
+    model, meta, ledger = load_model(pre)
+    assert meta["action_space"] == "atanh" and meta["public_action_saturation"] == 0.0
+    assert "0 of the public datasets' action entries lie on a bound" in ledger.statistics["action_space"]
+    # the model's statistics are those of atanh(a): wider than the actions' own (|a| ≤ 0.9·tanh(2))
+    public_actions = np.concatenate([load_dataset(p).actions for p in public.split(",")])
+    assert np.allclose(model.normalizer.std[model.normalizer.squashed].numpy(), np.arctanh(public_actions).std(0),
+                       rtol=1e-3)
+    assert load_model(pretrained)[1]["action_space"] == "raw"  # the saturating mazes keep raw actions
+    sampler = SamplerConfig(name="euler", steps=4)
+    ds = Synthesizer.load(pre, device="cpu").sample(2000, sampler)
+    assert np.all(np.abs(ds.actions) < 1) and "mapped back with tanh" in ds.provenance["postprocessing"]
+    # DP fine-tuning keeps the representation; guidance by a model of another action space is refused
+    fine = finetune(config(tmp_path / "fine", "finetune", checkpoint=str(pre), dataset=_squashed_copy(SENSITIVE,
+                           tmp_path), steps=10, dp=DPConfig(epsilon=10.0, normalizer="dp")))
+    fine_model, fine_meta, _ = load_model(fine)
+    assert fine_meta["action_space"] == "atanh" and fine_model.normalizer.source["kind"] == "dp"
+    assert np.all(np.abs(Synthesizer.load(fine, device="cpu").sample(500, sampler).actions) < 1)
+    with pytest.raises(UserError, match="action space"):
+        Synthesizer.load(fine, device="cpu").sample(10, SamplerConfig(name="euler", steps=4, guidance=1.0,
+                                                                      guide_checkpoint=str(pretrained)))
+    with pytest.raises(UserError, match="finite"):
+        unbounded = load_dataset(SENSITIVE)
+        unbounded = dataclasses.replace(unbounded, action_low=np.full(2, -np.inf), action_high=np.full(2, np.inf))
+        pretrain(config(tmp_path / "bad", "pretrain", public_datasets=str(unbounded.save(tmp_path / "inf.npz")),
+                        action_space="atanh"))
+    assert not (tmp_path / "bad").exists()
+
+
 def test_isolated_rows_are_dropped_after_oversampling_and_the_release_says_so(pretrained, monkeypatch, tmp_path):
     syn = Synthesizer.load(pretrained, device="cpu")
     real_sample = syn.model.sample

@@ -24,7 +24,7 @@ from synther.diffusion.edm import EDM, EDMConfig, SamplerConfig, network_evaluat
 from synther.diffusion.identities import count, find_identities, project
 from synther.diffusion.lora import add_adapters, merge_adapters
 from synther.diffusion.normalizer import NUMPY_NORMAL_Z_MAX, Normalizer
-from synther.diffusion.saturation import saturated_share, snap_to_bounds
+from synther.diffusion.saturation import choose_action_space, saturated_share, snap_to_bounds
 from synther.diffusion.sparsity import check_settings, keep_densest, oversampled
 from synther.diffusion.support import MAX_DRAWS_PER_ROW, StateSupport, check_threshold, parse_widths
 from synther.diffusion.trainer import CHECKPOINT, DiffusionTrainer, TrainConfig
@@ -72,6 +72,7 @@ class DiffusionConfig:
     run_dir: str = ""  # output folder; default runs/diffusion/<mode>-<dataset>[-eps<ε>]-seed<seed> ($PRIVTRANR_RUNS_DIR replaces runs/); sample: the checkpoint's folder
     seed: int = 0  # seeds torch, numpy and the data split (never the DP mechanisms' randomness, which comes from OS entropy)
     device: str = "auto"  # auto (CUDA when available), cpu or cuda
+    action_space: str = "auto"  # pretrain: how the model represents actions: 'atanh' of their position within the bounds (samples map back with tanh, never onto a bound: tanh-squashed policies such as SAC's), 'raw', or 'auto' (atanh when no PUBLIC action entry lies on a bound, raw otherwise); fine-tuning and sampling keep the checkpoint's
     profile: str = "cpu-small"  # denoiser size: cpu-small (W=256×3), synther (W=1024×6), paper (W=2048×6)
     width: int = 0  # override the profile's residual width (0 = profile's)
     depth: int = 0  # override the profile's number of residual blocks (0 = profile's)
@@ -131,6 +132,12 @@ def diffusion_command(python: str, mode: str, config_path: str | Path, device: s
             "--progress", str(progress).lower(), "--mode", mode, *options]
 
 
+def _squash(action_space: str, layout: TransitionLayout, low: Any, high: Any
+            ) -> tuple[slice, np.ndarray, np.ndarray] | None:
+    """The normalizer's squashed columns for a model of `action_space` (see synther.diffusion.saturation)."""
+    return (layout.action, np.asarray(low), np.asarray(high)) if action_space == "atanh" else None
+
+
 def _denoiser_config(cfg: DiffusionConfig) -> DenoiserConfig:
     if cfg.profile not in PROFILES:
         raise UserError(f"unknown profile '{cfg.profile}' (choose from: {', '.join(PROFILES)})")
@@ -151,8 +158,13 @@ def pretrain(cfg: DiffusionConfig) -> Path:
     ds_names = [ds.name or ds.source for ds in public]
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    normalizer = Normalizer.from_public(x, layout, ds_names)
     low, high, bounds_source = public_action_bounds(public)
+    share = saturated_share(np.concatenate([ds.actions for ds in public]), low, high)
+    try:
+        action_space, action_space_why = choose_action_space(cfg.action_space, share, low, high)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    normalizer = Normalizer.from_public(x, layout, ds_names, _squash(action_space, layout, low, high))
     identities = find_identities(x, layout)
     model = EDM(layout.dim, normalizer, _denoiser_config(cfg), cfg.edm).to(device)
     meta = {"phase": "pretrain", "obs_dim": layout.obs_dim, "action_dim": layout.action_dim,
@@ -160,13 +172,13 @@ def pretrain(cfg: DiffusionConfig) -> Path:
             "action_low": low.tolist(), "action_high": high.tolist(), "action_bounds_source": bounds_source,
             "public_min": x.min(0).tolist(), "public_max": x.max(0).tolist(), "public_datasets": ds_names,
             "env_dataset": public[0].name, "curiosity": asdict(cfg.curiosity), "versions": package_versions(),
-            "public_identities": identities,
-            "public_action_saturation": saturated_share(np.concatenate([ds.actions for ds in public]), low, high)}
+            "public_identities": identities, "public_action_saturation": share, "action_space": action_space}
     datasets = [ds.identity() for ds in public]
     ledger = PrivacyLedger(public_datasets=ds_names, statistics={
         "normalizer": f"public datasets {ds_names}", "action_bounds": bounds_source,
         "linear_identities": f"{count(identities)} exact linear identities of the public datasets {ds_names}",
-        "action_saturation": f"share of the public datasets' action entries on a bound {ds_names}"},
+        "action_saturation": f"share of the public datasets' action entries on a bound {ds_names}",
+        "action_space": f"{action_space_why} (public datasets {ds_names})"},
         data_uses=[{"phase": "pretrain", "use": "public", "datasets": datasets, "run": str(default_run_dir(cfg))}])
     meta["identity"] = {"public": datasets}
     run_dir = default_run_dir(cfg)
@@ -243,7 +255,7 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
         box_low, box_high = np.asarray(meta["public_min"]) - pad, np.asarray(meta["public_max"]) + pad
         # a mechanism's noise: OS entropy, never --seed, never saved
         normalizer = Normalizer.dp_estimate(x, layout, box_low, box_high, dp.normalizer_noise_multiplier,
-                                            secret_numpy_rng())
+                                            secret_numpy_rng(), model.normalizer.squash)
         model.normalizer.mean.copy_(normalizer.mean)
         model.normalizer.std.copy_(normalizer.std)
         model.normalizer.source = normalizer.source
@@ -398,7 +410,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", ema: bool =
         raise UserError(f"{path}: not a PrivTranR diffusion checkpoint")
     meta = state["meta"]
     layout = TransitionLayout(meta["obs_dim"], meta["action_dim"])
-    normalizer = Normalizer.identity(layout.dim)
+    normalizer = Normalizer.identity(layout.dim, _squash(meta.get("action_space", "raw"), layout,
+                                                         meta["action_low"], meta["action_high"]))
     normalizer.source = meta["normalizer_source"]
     model = EDM(layout.dim, normalizer, DenoiserConfig(**meta["denoiser"]), EDMConfig(**meta["edm"]))
     if meta.get("state_support"):  # the DP histogram of the sensitive states released with the model
@@ -496,6 +509,9 @@ class Synthesizer:
                          f"whose DP state-histogram count is below {min_count:g} ({support_threshold:g} noise "
                          "standard deviations; the histogram is accounted in the ledger)")
         low, high = np.asarray(self.meta["action_low"]), np.asarray(self.meta["action_high"])
+        if self.meta.get("action_space") == "atanh":
+            steps.append("actions modelled as atanh of their position within the bounds, mapped back with tanh "
+                         "(the representation chosen at pre-training from the public data)")
         x[:, self.layout.action] = np.clip(x[:, self.layout.action], low, high)
         steps.append(f"actions clipped to {self.meta['action_bounds_source']}")
         if saturated_actions == "public":
@@ -582,9 +598,10 @@ class Synthesizer:
                 any(u.get("use") != "public" for u in ledger.data_uses):
             raise UserError(f"{path}: its ledger shows sensitive data; only a public pre-trained model may guide")
         if (meta["obs_dim"], meta["action_dim"]) != (self.meta["obs_dim"], self.meta["action_dim"]) or \
-                meta["normalizer_source"] != self.meta["normalizer_source"]:
-            raise UserError(f"{path}: another data space (dimensions or normalizer) than {self.source}; guidance "
-                            "needs the public model the fine-tune started from")
+                meta["normalizer_source"] != self.meta["normalizer_source"] or \
+                meta.get("action_space", "raw") != self.meta.get("action_space", "raw"):
+            raise UserError(f"{path}: another data space (dimensions, normalizer or action space) than "
+                            f"{self.source}; guidance needs the public model the fine-tune started from")
         return guide, (f"autoguidance w={sampler.guidance:g} by the public checkpoint {path} (sha256 {sha[:12]}…, "
                        f"public data only: {', '.join(ledger.public_datasets)})")
 

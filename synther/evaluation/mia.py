@@ -180,6 +180,7 @@ def run_audit(cfg: DiffusionConfig, out_dir: str | Path, canaries: int = 1000, r
     pretrained, _, _ = load_model(cfg.checkpoint, "cpu")  # its public normalizer places the canaries
     rng = np.random.default_rng([cfg.seed, 0xA0D17])
     x = make_canaries(pretrained.normalizer.mean.numpy(), pretrained.normalizer.std.numpy(), canaries, radius, rng)
+    x = pretrained.normalizer.from_model_space(torch.as_tensor(x)).numpy()  # squashed actions: back inside the bounds
     inserted = rng.random(canaries) < 0.5
     run_cfg = dataclasses.replace(cfg, mode="finetune", run_dir=str(out_dir / "audit-run"), progress=progress)
     checkpoint = finetune(run_cfg, extra_train_rows=x[inserted])
