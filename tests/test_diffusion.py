@@ -368,7 +368,7 @@ def _squashed_copy(name: str, folder) -> str:
 
 def test_squashed_public_actions_are_modelled_in_atanh_space_end_to_end(pretrained, tmp_path):
     public = ",".join(_squashed_copy(n, tmp_path) for n in PUBLIC.split(","))
-    pre = pretrain(config(tmp_path / "pre", "pretrain", public_datasets=public, steps=60))
+    pre = pretrain(config(tmp_path / "pre", "pretrain", public_datasets=public, steps=60, action_space="auto"))
     model, meta, ledger = load_model(pre)
     assert meta["action_space"] == "atanh" and meta["public_action_saturation"] == 0.0
     assert "0 of the public datasets' action entries lie on a bound" in ledger.statistics["action_space"]
@@ -376,7 +376,7 @@ def test_squashed_public_actions_are_modelled_in_atanh_space_end_to_end(pretrain
     public_actions = np.concatenate([load_dataset(p).actions for p in public.split(",")])
     assert np.allclose(model.normalizer.std[model.normalizer.squashed].numpy(), np.arctanh(public_actions).std(0),
                        rtol=1e-3)
-    assert load_model(pretrained)[1]["action_space"] == "raw"  # the saturating mazes keep raw actions
+    assert load_model(pretrained)[1]["action_space"] == "raw"  # the default
     sampler = SamplerConfig(name="euler", steps=4)
     ds = Synthesizer.load(pre, device="cpu").sample(2000, sampler)
     assert np.all(np.abs(ds.actions) < 1) and "mapped back with tanh" in ds.provenance["postprocessing"]
