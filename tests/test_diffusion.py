@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -466,6 +467,54 @@ def test_samples_keep_the_public_datas_exact_identities_and_the_release_says_so(
     # a checkpoint from before identities were recorded samples as before, and says why nothing was projected
     del syn.meta["public_identities"]
     assert "pre-trained before they were recorded" in syn.sample(10, sampler).provenance["postprocessing"]
+
+
+def test_relabelling_fits_on_the_public_datasets_only_and_the_release_says_so(pretrained, tmp_path, monkeypatch):
+    import synther.diffusion.synthesizer as synthesizer
+    from synther.diffusion.relabel import fit_public_dynamics
+
+    ft = finetune(config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=10,
+                         dp=DPConfig(epsilon=5.0)))
+    loaded = []
+    real_load = synthesizer.load_dataset
+    monkeypatch.setattr(synthesizer, "load_dataset", lambda where: loaded.append(where) or real_load(where))
+    syn = Synthesizer.load(ft, device="cpu")
+    sampler = SamplerConfig(name="euler", steps=4)
+    plain = syn.sample(300, sampler, seed=1, identities="none", reward_range="none")
+    relabelled = syn.sample(300, sampler, seed=1, identities="none", reward_range="none", relabel="public",
+                            relabel_steps=50)
+    # the model is fitted on the public mazes the ledger names, never on the sensitive one
+    assert sorted(Path(w).stem for w in loaded) == sorted(PUBLIC.split(","))
+    # s, a and the terminal flag are the sampled ones; s′ and r are the public model's prediction at (s, a)
+    for key in ("observations", "actions", "terminals"):
+        np.testing.assert_array_equal(getattr(relabelled, key), getattr(plain, key))
+    model, _ = fit_public_dynamics([real_load(n) for n in PUBLIC.split(",")], 50, seed=1)
+    next_obs, reward = model.predict(plain.observations.astype(np.float64), plain.actions.astype(np.float64))
+    np.testing.assert_allclose(relabelled.next_observations, next_obs, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(relabelled.rewards, reward, rtol=1e-5, atol=1e-5)
+    assert "replaced by a dynamics model (s, a) → (s′ − s, r) fitted to the public datasets" in \
+        relabelled.provenance["postprocessing"]
+    out = sample(config(tmp_path, "sample", checkpoint=str(ft), num_samples=50, sampler=sampler, relabel="public",
+                        relabel_steps=20))
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert "fitted to the public datasets" in side["privacy_ledger"]["statistics"]["sample_postprocessing"]
+    with pytest.raises(UserError, match="unknown relabel"):
+        syn.sample(4, sampler, relabel="sensitive")
+    # a public dataset the ledger also lists as sensitive is refused; a changed one too, before any row is drawn
+    uses = syn.ledger.data_uses
+    sensitive_sha = next(u for u in uses if u["use"] != "public")["datasets"][0]["sha256"]
+    public_use = next(u for u in uses if u["use"] == "public")
+    monkeypatch.setattr(syn.model, "sample", lambda *a, **k: pytest.fail("sampled before refusing"))
+    original = public_use["datasets"][0]["sha256"]
+    with monkeypatch.context() as m:
+        m.setattr(synthesizer, "_load_unchanged", lambda d: real_load(d["name"]))
+        public_use["datasets"][0]["sha256"] = sensitive_sha
+        with pytest.raises(UserError, match="as sensitive data too"):
+            syn.sample(4, sampler, relabel="public", relabel_steps=5)
+    public_use["datasets"][0]["sha256"] = "0" * 64
+    with pytest.raises(UserError, match="unchanged"):
+        syn.sample(4, sampler, relabel="public", relabel_steps=5)
+    public_use["datasets"][0]["sha256"] = original
 
 
 def test_guidance_by_the_public_model_only_and_said_in_the_release(pretrained, tmp_path):

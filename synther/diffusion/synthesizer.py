@@ -24,6 +24,7 @@ from synther.diffusion.edm import EDM, EDMConfig, SamplerConfig, network_evaluat
 from synther.diffusion.identities import count, find_identities, project
 from synther.diffusion.lora import add_adapters, merge_adapters
 from synther.diffusion.normalizer import NUMPY_NORMAL_Z_MAX, Normalizer
+from synther.diffusion.relabel import HELD_OUT, PublicDynamics, fit_public_dynamics, relabel_rows
 from synther.diffusion.saturation import choose_action_space, saturated_share, snap_to_bounds
 from synther.diffusion.sparsity import check_settings, keep_densest, oversampled
 from synther.diffusion.support import MAX_DRAWS_PER_ROW, StateSupport, check_threshold, parse_widths
@@ -86,6 +87,8 @@ class DiffusionConfig:
     reward_range: str = "public"  # sample: 'public' clips synthetic rewards to the public datasets' reward range (post-processing of public facts: no privacy cost), 'none' keeps them
     saturated_actions: str = "public"  # sample: 'public' moves the synthetic action entries nearest a bound onto it, as many as the public datasets' share of entries on a bound (post-processing of public facts: no privacy cost); 'none' only clips actions to the bounds
     identities: str = "public"  # sample: 'public' projects each row onto the exact linear identities the public data satisfies (PointMaze: x′ = x + dt·v′), found at pre-training (post-processing of public facts: no privacy cost); 'none' keeps rows as sampled
+    relabel: str = "none"  # sample: 'public' replaces every row's s′ and r by a dynamics model (s, a) → (s′ − s, r) fitted to the PUBLIC datasets the checkpoint's ledger names (post-processing with public facts: no privacy cost); for data whose public and sensitive sets share the physics (one robot, one world; not mazes with other walls); 'none' keeps the sampled s′ and r
+    relabel_steps: int = 20_000  # sample: training steps of that dynamics model (relabel 'public' only; about 2 minutes on one CPU core)
     drop_sparse: float = 0.0  # sample: draw num_samples/(1 − f) rows and drop the fraction f most isolated (largest distance to their sparse_k-th nearest synthetic neighbour): rows off the data's support that make Q-learners fall; reads only the samples (post-processing: no privacy cost)
     sparse_k: int = 20  # sample: the neighbour whose distance measures a row's isolation (drop_sparse only)
     support_threshold: float = 2.0  # sample: with a checkpoint fine-tuned with --dp.support_cells, keep only rows whose s and s′ lie in cells whose noisy count reaches this many noise standard deviations (post-processing of the accounted histogram; 0 keeps every row)
@@ -97,7 +100,7 @@ class DiffusionConfig:
 # to it), so a sweep's fingerprint of those jobs leaves them out: a new sampler re-samples, it does not train again
 # (a DP fine-tune trained again is a new release of the sensitive data).
 SAMPLING_FIELDS = ("sampler", "num_samples", "sample_batch", "reward_range", "saturated_actions", "identities",
-                   "drop_sparse", "sparse_k", "support_threshold")
+                   "relabel", "relabel_steps", "drop_sparse", "sparse_k", "support_threshold")
 
 
 # the paper repo's flags, and the (ε, δ) spelling every DP release also accepts (baselines.py's TARGET_ALIASES)
@@ -393,6 +396,7 @@ def _inherited_uses(base: PrivacyLedger, checkpoint: str) -> list[dict[str, Any]
 REWARD_RANGES = ("public", "none")
 IDENTITIES = ("public", "none")
 SATURATED_ACTIONS = ("public", "none")
+RELABEL = ("public", "none")
 
 
 # --- loading and sampling ----------------------------------------------------------------------------------
@@ -444,7 +448,8 @@ class Synthesizer:
     def sample(self, n: int, sampler: SamplerConfig = SamplerConfig(), batch_size: int = 10_000, seed: int = 0,
                progress: bool = False, reward_range: str = "public", identities: str = "public",
                drop_sparse: float = 0.0, sparse_k: int = 20, support_threshold: float = 2.0,
-               saturated_actions: str = "public") -> TransitionDataset:
+               saturated_actions: str = "public", relabel: str = "none", relabel_steps: int = 20_000
+               ) -> TransitionDataset:
         """n transitions (fewer if some rows came out NaN/Inf; the count dropped is in provenance).
 
         identities 'public' projects each row onto the exact linear identities of the public pre-training data
@@ -456,7 +461,9 @@ class Synthesizer:
         have s and s′ in cells whose noisy count reaches `support_threshold` noise standard deviations (0: no
         filter); the histogram's cost is already in the ledger, so this is post-processing too.
         drop_sparse f > 0 keeps n of n/(1 − f) such rows, dropping the most isolated among them
-        (synther.diffusion.sparsity): it reads only the samples, post-processing again."""
+        (synther.diffusion.sparsity): it reads only the samples, post-processing again. relabel 'public' replaces
+        every row's s′ and r by a dynamics model fitted to the public datasets (synther.diffusion.relabel), fitted
+        before any row is drawn, from `seed`."""
         if n <= 0:
             raise UserError(f"number of samples must be positive, got {n}")
         if reward_range not in REWARD_RANGES:
@@ -466,8 +473,11 @@ class Synthesizer:
         if saturated_actions not in SATURATED_ACTIONS:
             raise UserError(f"unknown saturated_actions '{saturated_actions}' "
                             f"(choose from: {', '.join(SATURATED_ACTIONS)})")
+        if relabel not in RELABEL:
+            raise UserError(f"unknown relabel '{relabel}' (choose from: {', '.join(RELABEL)})")
         check_settings(drop_sparse, sparse_k)
         check_threshold(support_threshold)
+        dynamics, dynamics_note = self._public_dynamics(relabel_steps, seed) if relabel == "public" else (None, "")
         wanted = oversampled(n, drop_sparse)
         guide, guide_note = self._guide(sampler) if sampler.guidance else (None, "")
         support = self.model.support if support_threshold > 0 else None
@@ -522,6 +532,11 @@ class Synthesizer:
                 x[:, self.layout.action], tau, moved = snap_to_bounds(x[:, self.layout.action], low, high, share)
                 steps.append(f"{moved} action entries within {tau:.3g} half-ranges of a bound moved onto it (so that "
                              f"{share:.3f} of them lie on a bound: the public datasets' share)")
+        if dynamics is not None:  # after the actions are final: s′ and r follow the action that is released
+            relabel_rows(x, self.layout, dynamics)
+            if identities == "public":
+                self._project(x)
+            steps.append(dynamics_note)
         if reward_range == "public":
             r_low, r_high = (float(self.meta[k][self.layout.reward]) for k in ("public_min", "public_max"))
             x[:, self.layout.reward] = np.clip(x[:, self.layout.reward], r_low, r_high)
@@ -571,6 +586,36 @@ class Synthesizer:
             return None, "actions not snapped to their bounds: the checkpoint records no public datasets"
         low, high = np.asarray(self.meta["action_low"]), np.asarray(self.meta["action_high"])
         return saturated_share(np.concatenate(actions), low, high), ""
+
+    def _public_dynamics(self, steps: int, seed: int) -> tuple[PublicDynamics, str]:
+        """A dynamics model fitted to the public datasets the ledger names (each loaded only if unchanged), and the
+        provenance line saying so. A dataset the ledger also lists as sensitive is refused: only public data."""
+        if steps < 1:
+            raise UserError(f"relabel_steps must be at least 1, got {steps}")
+        recorded = [d for use in self.ledger.data_uses if use.get("use") == "public" for d in use.get("datasets", [])]
+        if not recorded:
+            raise UserError(f"{self.source}: relabel 'public' needs the public datasets the model was pre-trained on, "
+                            "and its ledger names none")
+        sensitive = {d.get("sha256") for use in self.ledger.data_uses if use.get("use") != "public"
+                     for d in use.get("datasets", [])}
+        public = []
+        for d in recorded:
+            ds = _load_unchanged(d)
+            label = d.get("name") or d.get("source")
+            if ds is None:
+                raise UserError(f"{self.source}: relabel 'public' needs its public dataset {label} unchanged (sha256 "
+                                f"{str(d.get('sha256'))[:12]}…) and cannot find it (set $PRIVTRANR_DATA_DIR, or "
+                                "--relabel none)")
+            if d["sha256"] in sensitive:
+                raise UserError(f"{self.source}: {label} is in the ledger as sensitive data too; relabel 'public' "
+                                "fits only on data that was never sensitive")
+            public.append(ds)
+        model, fit = fit_public_dynamics(public, steps, seed)
+        names = ", ".join(str(d.get("name") or d.get("source")) for d in recorded)
+        return model, (f"s′ and r of every row replaced by a dynamics model (s, a) → (s′ − s, r) fitted to the public "
+                       f"datasets {names} ({fit.rows} transitions, {fit.steps} steps, seed {seed}; error on "
+                       f"{HELD_OUT} held-out public transitions: NMSE of s′ − s {fit.held_out_nmse_next_obs:.3g}, of r "
+                       f"{fit.held_out_nmse_reward:.3g})")
 
     def _identities_note(self, worst: float) -> str:
         found = self.meta.get("public_identities")
@@ -628,7 +673,8 @@ def sample(cfg: DiffusionConfig) -> Path:
     # the folder's lock: no sampling from a run still training there, no two samplers writing one file
     with FolderLock(out.parent):
         ds = syn.sample(cfg.num_samples, cfg.sampler, cfg.sample_batch, cfg.seed, cfg.progress, cfg.reward_range,
-                        cfg.identities, cfg.drop_sparse, cfg.sparse_k, cfg.support_threshold, cfg.saturated_actions)
+                        cfg.identities, cfg.drop_sparse, cfg.sparse_k, cfg.support_threshold, cfg.saturated_actions,
+                        cfg.relabel, cfg.relabel_steps)
         ledger = syn.ledger.to_dict()  # the release's ledger also says what was done to the samples after the model
         ledger["statistics"] = {**ledger.get("statistics", {}),
                                 "sample_postprocessing": ds.provenance["postprocessing"] +

@@ -1,0 +1,60 @@
+"""The public dynamics model behind `--relabel public`: it learns the physics of the public transitions."""
+import numpy as np
+import pytest
+import torch
+
+from synther.data.dataset import TransitionDataset, TransitionLayout
+from synther.diffusion.relabel import fit_public_dynamics, relabel_rows
+from synther.errors import UserError
+
+
+def _physics(s: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth nonlinear system standing in for a robot: s′ and r as functions of (s, a)."""
+    s2 = s + 0.1 * np.tanh(s[:, ::-1]) + 0.2 * np.concatenate([a, a[:, :1]], axis=1)
+    return s2, s[:, 0] - 0.5 * (a ** 2).sum(axis=1)
+
+
+def _dataset(rows: int, seed: int, timeouts: bool = False) -> TransitionDataset:
+    rng = np.random.default_rng(seed)
+    s, a = rng.normal(size=(rows, 3)), rng.uniform(-1, 1, size=(rows, 2))
+    s2, r = _physics(s, a)
+    t = np.zeros(rows, dtype=np.float32)
+    return TransitionDataset(s.astype(np.float32), a.astype(np.float32), r.astype(np.float32), s2.astype(np.float32),
+                             t, timeouts=(rng.random(rows) < 0.1).astype(np.float32) if timeouts else None)
+
+
+def test_the_model_learns_the_public_physics_and_relabels_rows_with_it():
+    public = [_dataset(3000, 0), _dataset(3000, 1, timeouts=True)]
+    model, fit = fit_public_dynamics(public, steps=1500, seed=0)
+    assert fit.rows == 3000 + int((public[1].timeouts == 0).sum())  # timeouts are left out
+    assert fit.held_out_nmse_next_obs < 0.02 and fit.held_out_nmse_reward < 0.02
+    # fresh (s, a) with wrong s′ and r: relabelling puts the physics' s′ and r there, leaving s, a, terminal alone
+    fresh = _dataset(500, 2)
+    layout = TransitionLayout(3, 2)
+    x = fresh.to_vectors().astype(np.float64)
+    x[:, layout.next_obs], x[:, layout.reward], x[:, layout.terminal] = 0.0, 0.0, 1.0
+    before = x.copy()
+    relabel_rows(x, layout, model)
+    want_s2, want_r = _physics(fresh.observations.astype(np.float64), fresh.actions.astype(np.float64))
+    nmse = ((x[:, layout.next_obs] - want_s2) ** 2).mean(0) / (want_s2 - fresh.observations).var(0)
+    assert nmse.max() < 0.05 and np.mean((x[:, layout.reward] - want_r) ** 2) / want_r.var() < 0.05
+    untouched = np.r_[np.arange(layout.reward), layout.terminal]
+    np.testing.assert_array_equal(x[:, untouched], before[:, untouched])
+
+
+def test_the_fit_is_a_function_of_the_seed_and_leaves_the_global_stream_alone():
+    public = [_dataset(2500, 0)]
+    torch.manual_seed(5)
+    expected_next = torch.rand(1)
+    torch.manual_seed(5)
+    a, _ = fit_public_dynamics(public, steps=20, seed=3)
+    assert torch.rand(1) == expected_next
+    b, _ = fit_public_dynamics(public, steps=20, seed=3)
+    c, _ = fit_public_dynamics(public, steps=20, seed=4)
+    x = torch.randn(8, 5)
+    assert torch.equal(a(x), b(x)) and not torch.equal(a(x), c(x))
+
+
+def test_too_few_public_rows_is_a_user_error():
+    with pytest.raises(UserError, match="at least 2000 public transitions"):
+        fit_public_dynamics([_dataset(1500, 0)], steps=10, seed=0)
