@@ -88,7 +88,7 @@ class DiffusionConfig:
     saturated_actions: str = "public"  # sample: 'public' moves the synthetic action entries nearest a bound onto it, as many as the public datasets' share of entries on a bound (post-processing of public facts: no privacy cost); 'none' only clips actions to the bounds
     identities: str = "public"  # sample: 'public' projects each row onto the exact linear identities the public data satisfies (PointMaze: x′ = x + dt·v′), found at pre-training (post-processing of public facts: no privacy cost); 'none' keeps rows as sampled
     relabel: str = "none"  # sample: 'public' replaces every row's s′ and r by a dynamics model (s, a) → (s′ − s, r) fitted to the PUBLIC datasets the checkpoint's ledger names (post-processing with public facts: no privacy cost); for data whose public and sensitive sets share the physics (one robot, one world; not mazes with other walls); 'none' keeps the sampled s′ and r
-    relabel_steps: int = 20_000  # sample: training steps of that dynamics model (relabel 'public' only; 20k took 7.5 minutes on one core of a loaded 2-core machine)
+    relabel_steps: int = 20_000  # sample: training steps of that dynamics model (relabel 'public' only; minutes on one CPU core)
     drop_sparse: float = 0.0  # sample: draw num_samples/(1 − f) rows and drop the fraction f most isolated (largest distance to their sparse_k-th nearest synthetic neighbour): rows off the data's support that make Q-learners fall; reads only the samples (post-processing: no privacy cost)
     sparse_k: int = 20  # sample: the neighbour whose distance measures a row's isolation (drop_sparse only)
     support_threshold: float = 2.0  # sample: with a checkpoint fine-tuned with --dp.support_cells, keep only rows whose s and s′ lie in cells whose noisy count reaches this many noise standard deviations (post-processing of the accounted histogram; 0 keeps every row)
@@ -573,7 +573,7 @@ class Synthesizer:
         unchanged (same sha256)."""
         if "public_action_saturation" in self.meta:
             return float(self.meta["public_action_saturation"]), ""
-        recorded = [d for use in self.ledger.data_uses if use.get("use") == "public" for d in use.get("datasets", [])]
+        recorded = self._recorded_public()
         actions = []
         for d in recorded:
             ds = _load_unchanged(d)
@@ -587,12 +587,16 @@ class Synthesizer:
         low, high = np.asarray(self.meta["action_low"]), np.asarray(self.meta["action_high"])
         return saturated_share(np.concatenate(actions), low, high), ""
 
+    def _recorded_public(self) -> list[dict[str, Any]]:
+        """The ledger's records (name, source, sha256) of the public datasets the model was pre-trained on."""
+        return [d for use in self.ledger.data_uses if use.get("use") == "public" for d in use.get("datasets", [])]
+
     def _public_dynamics(self, steps: int, seed: int) -> tuple[PublicDynamics, str]:
         """A dynamics model fitted to the public datasets the ledger names (each loaded only if unchanged), and the
         provenance line saying so. A dataset the ledger also lists as sensitive is refused: only public data."""
         if steps < 1:
             raise UserError(f"relabel_steps must be at least 1, got {steps}")
-        recorded = [d for use in self.ledger.data_uses if use.get("use") == "public" for d in use.get("datasets", [])]
+        recorded = self._recorded_public()
         if not recorded:
             raise UserError(f"{self.source}: relabel 'public' needs the public datasets the model was pre-trained on, "
                             "and its ledger names none")
