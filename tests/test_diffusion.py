@@ -517,6 +517,36 @@ def test_relabelling_fits_on_the_public_datasets_only_and_the_release_says_so(pr
     public_use["datasets"][0]["sha256"] = original
 
 
+def test_relabel_drop_keeps_the_rows_the_public_models_agree_on(pretrained, tmp_path):
+    from synther.diffusion.relabel import fit_public_dynamics, least_disputed
+
+    ft = finetune(config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=10,
+                         dp=DPConfig(epsilon=5.0)))
+    syn = Synthesizer.load(ft, device="cpu")
+    sampler = SamplerConfig(name="euler", steps=4)
+    # 300 rows with half dropped are 600 draws: the same draws as 600 plain rows from the same seed
+    plain = syn.sample(600, sampler, seed=1, identities="none", reward_range="none")
+    kept = syn.sample(300, sampler, seed=1, identities="none", reward_range="none", relabel="public",
+                      relabel_steps=50, relabel_models=3, relabel_drop=0.5)
+    assert kept.size == 300 and kept.provenance["drawn"] == 600
+    ensemble, _ = fit_public_dynamics([load_dataset(n) for n in PUBLIC.split(",")], 50, seed=1, members=3)
+    s, a = plain.observations.astype(np.float64), plain.actions.astype(np.float64)
+    agreed = least_disputed(ensemble.disagreement(s, a), 300)
+    np.testing.assert_array_equal(kept.observations, plain.observations[agreed])
+    np.testing.assert_array_equal(kept.actions, plain.actions[agreed])
+    next_obs, reward = ensemble.predict(s[agreed], a[agreed])
+    np.testing.assert_allclose(kept.next_observations, next_obs, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(kept.rewards, reward, rtol=1e-5, atol=1e-5)
+    assert "the mean of 3 dynamics models" in kept.provenance["postprocessing"]
+    assert "300 of 600 rows dropped where those models disagree most" in kept.provenance["postprocessing"]
+    # settings that cannot work are refused before any row is drawn
+    for kwargs, match in (({"relabel": "public", "relabel_drop": 0.2}, "needs an ensemble"),
+                          ({"relabel_models": 3}, "--relabel public only"),
+                          ({"relabel": "public", "relabel_models": 2, "relabel_drop": 1.0}, "fraction in")):
+        with pytest.raises(UserError, match=match):
+            syn.sample(4, sampler, **kwargs)
+
+
 def test_guidance_by_the_public_model_only_and_said_in_the_release(pretrained, tmp_path):
     from synther.diffusion.edm import _Guided
 

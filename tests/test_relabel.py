@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from synther.data.dataset import TransitionDataset, TransitionLayout
-from synther.diffusion.relabel import fit_public_dynamics, relabel_rows
+from synther.diffusion.relabel import fit_public_dynamics, least_disputed, relabel_rows
 from synther.errors import UserError
 
 
@@ -52,7 +52,36 @@ def test_the_fit_is_a_function_of_the_seed_and_leaves_the_global_stream_alone():
     b, _ = fit_public_dynamics(public, steps=20, seed=3)
     c, _ = fit_public_dynamics(public, steps=20, seed=4)
     x = torch.randn(8, 5)
-    assert torch.equal(a(x), b(x)) and not torch.equal(a(x), c(x))
+    first = [m.members[0] for m in (a, b, c)]
+    assert torch.equal(first[0](x), first[1](x)) and not torch.equal(first[0](x), first[2](x))
+
+
+def test_an_ensemble_disagrees_off_the_public_data_and_the_filter_keeps_the_agreed_rows():
+    public = [_dataset(3000, 0)]
+    ensemble, fit = fit_public_dynamics(public, steps=600, seed=0, members=4)
+    single, _ = fit_public_dynamics(public, steps=600, seed=0)
+    assert len(ensemble.members) == 4 and fit.held_out_nmse_next_obs < 0.05
+    # member 0 is the single model of the same seed; the others start elsewhere
+    x = torch.randn(16, 5)
+    assert torch.equal(ensemble.members[0](x), single.members[0](x))
+    assert not torch.equal(ensemble.members[0](x), ensemble.members[1](x))
+    # the labels are the members' mean
+    inside = _dataset(400, 3)
+    s, a = inside.observations.astype(np.float64), inside.actions.astype(np.float64)
+    each = [m.predict(s, a) for m in ensemble.members]
+    mean_next, mean_r = ensemble.predict(s, a)
+    np.testing.assert_allclose(mean_next, np.mean([e[0] for e in each], axis=0))
+    np.testing.assert_allclose(mean_r, np.mean([e[1] for e in each], axis=0))
+    # where the public states never go (|s| ≈ 6 standard deviations) the members extrapolate apart
+    far = s + 6.0 * np.sign(s)
+    on, off = ensemble.disagreement(s, a), ensemble.disagreement(far, a)
+    assert np.median(off) > 10 * np.median(on)
+    mixed = np.concatenate([on, off])
+    kept = least_disputed(mixed, 400)
+    assert (kept < 400).mean() > 0.95 and np.all(np.diff(kept) > 0)
+    np.testing.assert_array_equal(least_disputed(mixed, 900), np.arange(800))
+    with pytest.raises(UserError, match="relabel_models must be at least 1"):
+        fit_public_dynamics(public, steps=10, seed=0, members=0)
 
 
 def test_too_few_public_rows_is_a_user_error():
