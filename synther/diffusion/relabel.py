@@ -104,8 +104,7 @@ def fit_public_dynamics(public: list[TransitionDataset], steps: int, seed: int,
 
     The held-out rows are drawn from `seed` and left out of every member's training; the report gives the
     ensemble mean's error on them."""
-    if members < 1:
-        raise UserError(f"relabel_models must be at least 1, got {members}")
+    check_relabel("public", members, 0.0)
     obs, act, rew, nxt = [], [], [], []
     for ds in public:
         keep = ~ds.timeouts if ds.timeouts is not None else np.ones(ds.size, dtype=bool)
