@@ -494,6 +494,15 @@ def test_relabelling_fits_on_the_public_datasets_only_and_the_release_says_so(pr
     np.testing.assert_allclose(relabelled.rewards, reward, rtol=1e-5, atol=1e-5)
     assert "replaced by a dynamics model (s, a) → (s′ − s, r) fitted to the public datasets" in \
         relabelled.provenance["postprocessing"]
+    assert "256 units wide" in relabelled.provenance["postprocessing"]
+    # --relabel_width: the same fit with wider layers, and the release says how wide
+    wide = syn.sample(300, sampler, seed=1, identities="none", reward_range="none", relabel="public",
+                      relabel_steps=50, relabel_width=64)
+    wide_model, _ = fit_public_dynamics([real_load(n) for n in PUBLIC.split(",")], 50, seed=1, width=64)
+    wide_next, _ = wide_model.predict(plain.observations.astype(np.float64), plain.actions.astype(np.float64))
+    np.testing.assert_allclose(wide.next_observations, wide_next, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(wide.next_observations, relabelled.next_observations, atol=1e-3)
+    assert "64 units wide" in wide.provenance["postprocessing"]
     out = sample(config(tmp_path, "sample", checkpoint=str(ft), num_samples=50, sampler=sampler, relabel="public",
                         relabel_steps=20))
     side = json.loads(out.with_suffix(".json").read_text())
@@ -542,6 +551,8 @@ def test_relabel_drop_keeps_the_rows_the_public_models_agree_on(pretrained, tmp_
     # settings that cannot work are refused before any row is drawn
     for kwargs, match in (({"relabel": "public", "relabel_drop": 0.2}, "needs an ensemble"),
                           ({"relabel_models": 3}, "--relabel public only"),
+                          ({"relabel_width": 512}, "--relabel public only"),
+                          ({"relabel": "public", "relabel_width": 0}, "relabel_width must be at least 1"),
                           ({"relabel": "public", "relabel_models": 2, "relabel_drop": 1.0}, "fraction in")):
         with pytest.raises(UserError, match=match):
             syn.sample(4, sampler, **kwargs)

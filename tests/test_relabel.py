@@ -84,6 +84,18 @@ def test_an_ensemble_disagrees_off_the_public_data_and_the_filter_keeps_the_agre
         fit_public_dynamics(public, steps=10, seed=0, members=0)
 
 
+def test_the_width_sets_every_hidden_layer_and_a_wider_model_fits_at_least_as_well():
+    public = [_dataset(3000, 0)]
+    narrow, narrow_fit = fit_public_dynamics(public, steps=600, seed=0, width=16)
+    wide, wide_fit = fit_public_dynamics(public, steps=600, seed=0, width=128)
+    for model, width in ((narrow, 16), (wide, 128)):
+        hidden = [m.out_features for m in model.members[0].net if isinstance(m, torch.nn.Linear)][:-1]
+        assert hidden == [width] * 3
+    assert wide_fit.held_out_nmse_next_obs < narrow_fit.held_out_nmse_next_obs
+    with pytest.raises(UserError, match="relabel_width must be at least 1"):
+        fit_public_dynamics(public, steps=10, seed=0, width=0)
+
+
 def test_too_few_public_rows_is_a_user_error():
     with pytest.raises(UserError, match="at least 2000 public transitions"):
         fit_public_dynamics([_dataset(1500, 0)], steps=10, seed=0)

@@ -26,7 +26,7 @@ from torch import nn
 from synther.data.dataset import TransitionDataset, TransitionLayout
 from synther.errors import UserError
 
-HIDDEN = 256
+WIDTH = 256  # hidden units per layer by default (--relabel_width)
 BATCH = 512
 HELD_OUT = 1000
 
@@ -40,11 +40,11 @@ class FitReport:
 
 
 class PublicDynamics(nn.Module):
-    def __init__(self, obs_dim: int, action_dim: int) -> None:
+    def __init__(self, obs_dim: int, action_dim: int, width: int = WIDTH) -> None:
         super().__init__()
         self.obs_dim = obs_dim
-        self.net = nn.Sequential(nn.Linear(obs_dim + action_dim, HIDDEN), nn.SiLU(), nn.Linear(HIDDEN, HIDDEN),
-                                 nn.SiLU(), nn.Linear(HIDDEN, HIDDEN), nn.SiLU(), nn.Linear(HIDDEN, obs_dim + 1))
+        self.net = nn.Sequential(nn.Linear(obs_dim + action_dim, width), nn.SiLU(), nn.Linear(width, width),
+                                 nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, obs_dim + 1))
         for name, size in (("in_mean", obs_dim + action_dim), ("in_std", obs_dim + action_dim),
                            ("out_mean", obs_dim + 1), ("out_std", obs_dim + 1)):
             self.register_buffer(name, torch.zeros(size))
@@ -83,14 +83,16 @@ class PublicDynamicsEnsemble:
         return preds.var(dim=0, unbiased=False).mean(dim=1).numpy().astype(np.float64)
 
 
-def check_relabel(relabel: str, members: int, drop: float) -> None:
-    """The ensemble and filter settings, before anything is loaded or drawn."""
+def check_relabel(relabel: str, members: int, drop: float, width: int = WIDTH) -> None:
+    """The model, ensemble and filter settings, before anything is loaded or drawn."""
     if members < 1:
         raise UserError(f"relabel_models must be at least 1, got {members}")
+    if width < 1:
+        raise UserError(f"relabel_width must be at least 1, got {width}")
     if not 0.0 <= drop < 1.0:
         raise UserError(f"relabel_drop must be a fraction in [0, 1), got {drop}")
-    if relabel != "public" and (members > 1 or drop > 0):
-        raise UserError("relabel_models and relabel_drop apply to --relabel public only")
+    if relabel != "public" and (members > 1 or drop > 0 or width != WIDTH):
+        raise UserError("relabel_models, relabel_width and relabel_drop apply to --relabel public only")
     if drop > 0 and members < 2:
         raise UserError(f"relabel_drop needs an ensemble to measure disagreement: --relabel_models ≥ 2, got {members}")
 
@@ -98,13 +100,13 @@ def check_relabel(relabel: str, members: int, drop: float) -> None:
 MEMBER_SEED_STRIDE = 1_000_003  # member k is fitted from seed + k × this (member 0 from the seed itself)
 
 
-def fit_public_dynamics(public: list[TransitionDataset], steps: int, seed: int,
-                        members: int = 1) -> tuple[PublicDynamicsEnsemble, FitReport]:
+def fit_public_dynamics(public: list[TransitionDataset], steps: int, seed: int, members: int = 1,
+                        width: int = WIDTH) -> tuple[PublicDynamicsEnsemble, FitReport]:
     """Fit `members` models on the public datasets' transitions (timeouts left out: their s′ may be a reset).
 
     The held-out rows are drawn from `seed` and left out of every member's training; the report gives the
     ensemble mean's error on them."""
-    check_relabel("public", members, 0.0)
+    check_relabel("public", members, 0.0, width)
     obs, act, rew, nxt = [], [], [], []
     for ds in public:
         keep = ~ds.timeouts if ds.timeouts is not None else np.ones(ds.size, dtype=bool)
@@ -122,7 +124,7 @@ def fit_public_dynamics(public: list[TransitionDataset], steps: int, seed: int,
     yt = (torch.as_tensor(y, dtype=torch.float32) - stats["out_mean"]) / stats["out_std"]
     order = torch.randperm(len(xt), generator=torch.Generator().manual_seed(seed))
     held, train = order[:HELD_OUT], order[HELD_OUT:]
-    fitted = [_fit_member(xt, yt, train, stats, steps, seed + k * MEMBER_SEED_STRIDE, s.shape[1], a.shape[1])
+    fitted = [_fit_member(xt, yt, train, stats, steps, seed + k * MEMBER_SEED_STRIDE, s.shape[1], a.shape[1], width)
               for k in range(members)]
     with torch.no_grad():  # standardized outputs: MSE / variance per dimension
         err = (torch.stack([m(xt[held]) for m in fitted]).mean(0) - yt[held]).pow(2).mean(0)
@@ -130,10 +132,10 @@ def fit_public_dynamics(public: list[TransitionDataset], steps: int, seed: int,
 
 
 def _fit_member(xt: torch.Tensor, yt: torch.Tensor, train: torch.Tensor, stats: dict[str, torch.Tensor], steps: int,
-                seed: int, obs_dim: int, action_dim: int) -> PublicDynamics:
+                seed: int, obs_dim: int, action_dim: int, width: int) -> PublicDynamics:
     with torch.random.fork_rng(devices=[]):  # the MLP's initialization from the seed, leaving the caller's stream alone
         torch.manual_seed(seed)
-        model = PublicDynamics(obs_dim, action_dim)
+        model = PublicDynamics(obs_dim, action_dim, width)
     for name, v in stats.items():
         getattr(model, name).copy_(v)
     gen = torch.Generator().manual_seed(seed)

@@ -24,7 +24,7 @@ from synther.diffusion.edm import EDM, EDMConfig, SamplerConfig, network_evaluat
 from synther.diffusion.identities import count, find_identities, project
 from synther.diffusion.lora import add_adapters, merge_adapters
 from synther.diffusion.normalizer import NUMPY_NORMAL_Z_MAX, Normalizer
-from synther.diffusion.relabel import (HELD_OUT, PublicDynamicsEnsemble, check_relabel, fit_public_dynamics,
+from synther.diffusion.relabel import (HELD_OUT, WIDTH, PublicDynamicsEnsemble, check_relabel, fit_public_dynamics,
                                       least_disputed, relabel_rows)
 from synther.diffusion.saturation import choose_action_space, saturated_share, snap_to_bounds
 from synther.diffusion.sparsity import check_settings, keep_densest, oversampled
@@ -90,6 +90,7 @@ class DiffusionConfig:
     identities: str = "public"  # sample: 'public' projects each row onto the exact linear identities the public data satisfies (PointMaze: x′ = x + dt·v′), found at pre-training (post-processing of public facts: no privacy cost); 'none' keeps rows as sampled
     relabel: str = "none"  # sample: 'public' replaces every row's s′ and r by a dynamics model (s, a) → (s′ − s, r) fitted to the PUBLIC datasets the checkpoint's ledger names (post-processing with public facts: no privacy cost); for data whose public and sensitive sets share the physics (one robot, one world; not mazes with other walls); 'none' keeps the sampled s′ and r
     relabel_steps: int = 20_000  # sample: training steps of that dynamics model (relabel 'public' only; minutes on one CPU core)
+    relabel_width: int = WIDTH  # sample: hidden units in each of the dynamics model's three layers (relabel 'public' only; cost grows about with its square)
     relabel_models: int = 1  # sample: fit this many such models from different seeds and label with their mean (relabel 'public' only; each costs relabel_steps)
     relabel_drop: float = 0.0  # sample: draw num_samples/(1 − f) rows and drop the fraction f whose s′ the relabel_models (≥ 2) public models disagree on most: (s, a) where the public physics is extrapolated (relabel 'public' only; public data and the samples: no privacy cost)
     drop_sparse: float = 0.0  # sample: draw num_samples/(1 − f) rows and drop the fraction f most isolated (largest distance to their sparse_k-th nearest synthetic neighbour): rows off the data's support that make Q-learners fall; reads only the samples (post-processing: no privacy cost)
@@ -103,7 +104,7 @@ class DiffusionConfig:
 # to it), so a sweep's fingerprint of those jobs leaves them out: a new sampler re-samples, it does not train again
 # (a DP fine-tune trained again is a new release of the sensitive data).
 SAMPLING_FIELDS = ("sampler", "num_samples", "sample_batch", "reward_range", "saturated_actions", "identities",
-                   "relabel", "relabel_steps", "relabel_models", "relabel_drop", "drop_sparse", "sparse_k",
+                   "relabel", "relabel_steps", "relabel_width", "relabel_models", "relabel_drop", "drop_sparse", "sparse_k",
                    "support_threshold")
 
 
@@ -453,7 +454,7 @@ class Synthesizer:
                progress: bool = False, reward_range: str = "public", identities: str = "public",
                drop_sparse: float = 0.0, sparse_k: int = 20, support_threshold: float = 2.0,
                saturated_actions: str = "public", relabel: str = "none", relabel_steps: int = 20_000,
-               relabel_models: int = 1, relabel_drop: float = 0.0) -> TransitionDataset:
+               relabel_models: int = 1, relabel_drop: float = 0.0, relabel_width: int = WIDTH) -> TransitionDataset:
         """n transitions (fewer if some rows came out NaN/Inf; the count dropped is in provenance).
 
         identities 'public' projects each row onto the exact linear identities of the public pre-training data
@@ -467,7 +468,7 @@ class Synthesizer:
         drop_sparse f > 0 keeps n of n/(1 − f) such rows, dropping the most isolated among them
         (synther.diffusion.sparsity): it reads only the samples, post-processing again. relabel 'public' replaces
         every row's s′ and r by a dynamics model fitted to the public datasets (synther.diffusion.relabel), fitted
-        before any row is drawn, from `seed` (relabel_models of them: their mean); relabel_drop f > 0 then keeps
+        before any row is drawn, from `seed` (relabel_models of them, relabel_width units wide: their mean); relabel_drop f > 0 then keeps
         the rows those models disagree on least, drawing n/(1 − f) for it."""
         if n <= 0:
             raise UserError(f"number of samples must be positive, got {n}")
@@ -482,9 +483,9 @@ class Synthesizer:
             raise UserError(f"unknown relabel '{relabel}' (choose from: {', '.join(RELABEL)})")
         check_settings(drop_sparse, sparse_k)
         check_threshold(support_threshold)
-        check_relabel(relabel, relabel_models, relabel_drop)
-        dynamics, dynamics_note = (self._public_dynamics(relabel_steps, seed, relabel_models) if relabel == "public"
-                                   else (None, ""))
+        check_relabel(relabel, relabel_models, relabel_drop, relabel_width)
+        dynamics, dynamics_note = (self._public_dynamics(relabel_steps, seed, relabel_models, relabel_width)
+                                   if relabel == "public" else (None, ""))
         wanted = oversampled(oversampled(n, drop_sparse), relabel_drop)
         guide, guide_note = self._guide(sampler) if sampler.guidance else (None, "")
         support = self.model.support if support_threshold > 0 else None
@@ -604,7 +605,8 @@ class Synthesizer:
         """The ledger's records (name, source, sha256) of the public datasets the model was pre-trained on."""
         return [d for use in self.ledger.data_uses if use.get("use") == "public" for d in use.get("datasets", [])]
 
-    def _public_dynamics(self, steps: int, seed: int, members: int) -> tuple[PublicDynamicsEnsemble, str]:
+    def _public_dynamics(self, steps: int, seed: int, members: int,
+                         width: int) -> tuple[PublicDynamicsEnsemble, str]:
         """A dynamics model fitted to the public datasets the ledger names (each loaded only if unchanged), and the
         provenance line saying so. A dataset the ledger also lists as sensitive is refused: only public data."""
         if steps < 1:
@@ -627,11 +629,11 @@ class Synthesizer:
                 raise UserError(f"{self.source}: {label} is in the ledger as sensitive data too; relabel 'public' "
                                 "fits only on data that was never sensitive")
             public.append(ds)
-        model, fit = fit_public_dynamics(public, steps, seed, members)
+        model, fit = fit_public_dynamics(public, steps, seed, members, width)
         names = ", ".join(str(d.get("name") or d.get("source")) for d in recorded)
         what = "a dynamics model" if members == 1 else f"the mean of {members} dynamics models"
         return model, (f"s′ and r of every row replaced by {what} (s, a) → (s′ − s, r) fitted to the public "
-                       f"datasets {names} ({fit.rows} transitions, {fit.steps} steps, seed {seed}; error on "
+                       f"datasets {names} ({fit.rows} transitions, {width} units wide, {fit.steps} steps, seed {seed}; error on "
                        f"{HELD_OUT} held-out public transitions: NMSE of s′ − s {fit.held_out_nmse_next_obs:.3g}, of r "
                        f"{fit.held_out_nmse_reward:.3g})")
 
@@ -686,14 +688,14 @@ def sample(cfg: DiffusionConfig) -> Path:
         raise UserError("sample needs --checkpoint")
     check_settings(cfg.drop_sparse, cfg.sparse_k)
     check_threshold(cfg.support_threshold)
-    check_relabel(cfg.relabel, cfg.relabel_models, cfg.relabel_drop)
+    check_relabel(cfg.relabel, cfg.relabel_models, cfg.relabel_drop, cfg.relabel_width)
     syn = Synthesizer.load(cfg.checkpoint, cfg.device)  # a bad checkpoint is refused before any folder is touched
     out = default_run_dir(cfg) / "samples.npz"
     # the folder's lock: no sampling from a run still training there, no two samplers writing one file
     with FolderLock(out.parent):
         ds = syn.sample(cfg.num_samples, cfg.sampler, cfg.sample_batch, cfg.seed, cfg.progress, cfg.reward_range,
                         cfg.identities, cfg.drop_sparse, cfg.sparse_k, cfg.support_threshold, cfg.saturated_actions,
-                        cfg.relabel, cfg.relabel_steps, cfg.relabel_models, cfg.relabel_drop)
+                        cfg.relabel, cfg.relabel_steps, cfg.relabel_models, cfg.relabel_drop, cfg.relabel_width)
         ledger = syn.ledger.to_dict()  # the release's ledger also says what was done to the samples after the model
         ledger["statistics"] = {**ledger.get("statistics", {}),
                                 "sample_postprocessing": ds.provenance["postprocessing"] +
