@@ -104,8 +104,8 @@ class DiffusionConfig:
 # to it), so a sweep's fingerprint of those jobs leaves them out: a new sampler re-samples, it does not train again
 # (a DP fine-tune trained again is a new release of the sensitive data).
 SAMPLING_FIELDS = ("sampler", "num_samples", "sample_batch", "reward_range", "saturated_actions", "identities",
-                   "relabel", "relabel_steps", "relabel_width", "relabel_models", "relabel_drop", "drop_sparse", "sparse_k",
-                   "support_threshold")
+                   "relabel", "relabel_steps", "relabel_width", "relabel_models", "relabel_drop", "drop_sparse",
+                   "sparse_k", "support_threshold")
 
 
 # the paper repo's flags, and the (ε, δ) spelling every DP release also accepts (baselines.py's TARGET_ALIASES)
@@ -468,8 +468,9 @@ class Synthesizer:
         drop_sparse f > 0 keeps n of n/(1 − f) such rows, dropping the most isolated among them
         (synther.diffusion.sparsity): it reads only the samples, post-processing again. relabel 'public' replaces
         every row's s′ and r by a dynamics model fitted to the public datasets (synther.diffusion.relabel), fitted
-        before any row is drawn, from `seed` (relabel_models of them, relabel_width units wide: their mean); relabel_drop f > 0 then keeps
-        the rows those models disagree on least, drawing n/(1 − f) for it."""
+        before any row is drawn, from `seed` (relabel_models of them, each with relabel_width hidden units per
+        layer: their mean); relabel_drop f > 0 then keeps the rows those models disagree on least, drawing
+        n/(1 − f) for it."""
         if n <= 0:
             raise UserError(f"number of samples must be positive, got {n}")
         if reward_range not in REWARD_RANGES:
@@ -633,9 +634,9 @@ class Synthesizer:
         names = ", ".join(str(d.get("name") or d.get("source")) for d in recorded)
         what = "a dynamics model" if members == 1 else f"the mean of {members} dynamics models"
         return model, (f"s′ and r of every row replaced by {what} (s, a) → (s′ − s, r) fitted to the public "
-                       f"datasets {names} ({fit.rows} transitions, {width} units wide, {fit.steps} steps, seed {seed}; error on "
-                       f"{HELD_OUT} held-out public transitions: NMSE of s′ − s {fit.held_out_nmse_next_obs:.3g}, of r "
-                       f"{fit.held_out_nmse_reward:.3g})")
+                       f"datasets {names} ({fit.rows} transitions, {width} units wide, {fit.steps} steps, seed "
+                       f"{seed}; error on {HELD_OUT} held-out public transitions: NMSE of s′ − s "
+                       f"{fit.held_out_nmse_next_obs:.3g}, of r {fit.held_out_nmse_reward:.3g})")
 
     def _identities_note(self, worst: float) -> str:
         found = self.meta.get("public_identities")
