@@ -524,6 +524,9 @@ def test_relabelling_fits_on_the_public_datasets_only_and_the_release_says_so(pr
     with pytest.raises(UserError, match="unchanged"):
         syn.sample(4, sampler, relabel="public", relabel_steps=5)
     public_use["datasets"][0]["sha256"] = original
+    # floor 'public' needs one robot's model: these public mazes are two environments, refused before any row is drawn
+    with pytest.raises(UserError, match="floor 'public' needs public datasets of one environment"):
+        syn.sample(4, sampler, floor="public")
 
 
 def test_relabel_drop_keeps_the_rows_the_public_models_agree_on(pretrained, tmp_path):

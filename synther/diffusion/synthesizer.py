@@ -21,6 +21,7 @@ from synther.data import TransitionDataset, TransitionLayout, check_compatible, 
 from synther.diffusion.curiosity import Curiosity, CuriosityConfig
 from synther.diffusion.denoiser import PROFILES, DenoiserConfig
 from synther.diffusion.edm import EDM, EDMConfig, SamplerConfig, network_evaluations
+from synther.diffusion.floor import FloorModel
 from synther.diffusion.identities import count, find_identities, project
 from synther.diffusion.lora import add_adapters, merge_adapters
 from synther.diffusion.normalizer import NUMPY_NORMAL_Z_MAX, Normalizer
@@ -93,6 +94,7 @@ class DiffusionConfig:
     relabel_width: int = WIDTH  # sample: hidden units in each of the dynamics model's three layers (relabel 'public' only; cost grows about with its square)
     relabel_models: int = 1  # sample: fit this many such models from different seeds and label with their mean (relabel 'public' only; each costs relabel_steps)
     relabel_drop: float = 0.0  # sample: draw num_samples/(1 − f) rows and drop the fraction f whose s′ the relabel_models (≥ 2) public models disagree on most: (s, a) where the public physics is extrapolated (relabel 'public' only; public data and the samples: no privacy cost)
+    floor: str = "none"  # sample: 'public' raises the root of every state (s and s′) whose body lies deeper in the floor than the public data's 1st percentile of contact depth, by the robot's public MuJoCo model (locomotion only; post-processing of public facts: no privacy cost); before relabel 'public', whose s′ then follows the raised s; 'none' keeps rows as sampled
     drop_sparse: float = 0.0  # sample: draw num_samples/(1 − f) rows and drop the fraction f most isolated (largest distance to their sparse_k-th nearest synthetic neighbour): rows off the data's support that make Q-learners fall; reads only the samples (post-processing: no privacy cost)
     sparse_k: int = 20  # sample: the neighbour whose distance measures a row's isolation (drop_sparse only)
     support_threshold: float = 2.0  # sample: with a checkpoint fine-tuned with --dp.support_cells, keep only rows whose s and s′ lie in cells whose noisy count reaches this many noise standard deviations (post-processing of the accounted histogram; 0 keeps every row)
@@ -104,8 +106,8 @@ class DiffusionConfig:
 # to it), so a sweep's fingerprint of those jobs leaves them out: a new sampler re-samples, it does not train again
 # (a DP fine-tune trained again is a new release of the sensitive data).
 SAMPLING_FIELDS = ("sampler", "num_samples", "sample_batch", "reward_range", "saturated_actions", "identities",
-                   "relabel", "relabel_steps", "relabel_width", "relabel_models", "relabel_drop", "drop_sparse",
-                   "sparse_k", "support_threshold")
+                   "relabel", "relabel_steps", "relabel_width", "relabel_models", "relabel_drop", "floor",
+                   "drop_sparse", "sparse_k", "support_threshold")
 
 
 # the paper repo's flags, and the (ε, δ) spelling every DP release also accepts (baselines.py's TARGET_ALIASES)
@@ -402,6 +404,7 @@ REWARD_RANGES = ("public", "none")
 IDENTITIES = ("public", "none")
 SATURATED_ACTIONS = ("public", "none")
 RELABEL = ("public", "none")
+FLOOR = ("public", "none")
 
 
 # --- loading and sampling ----------------------------------------------------------------------------------
@@ -454,7 +457,8 @@ class Synthesizer:
                progress: bool = False, reward_range: str = "public", identities: str = "public",
                drop_sparse: float = 0.0, sparse_k: int = 20, support_threshold: float = 2.0,
                saturated_actions: str = "public", relabel: str = "none", relabel_steps: int = 20_000,
-               relabel_models: int = 1, relabel_drop: float = 0.0, relabel_width: int = WIDTH) -> TransitionDataset:
+               relabel_models: int = 1, relabel_drop: float = 0.0, relabel_width: int = WIDTH,
+               floor: str = "none") -> TransitionDataset:
         """n transitions (fewer if some rows came out NaN/Inf; the count dropped is in provenance).
 
         identities 'public' projects each row onto the exact linear identities of the public pre-training data
@@ -470,7 +474,8 @@ class Synthesizer:
         every row's s′ and r by a dynamics model fitted to the public datasets (synther.diffusion.relabel), fitted
         before any row is drawn, from `seed` (relabel_models of them, each with relabel_width hidden units per
         layer: their mean); relabel_drop f > 0 then keeps the rows those models disagree on least, drawing
-        n/(1 − f) for it."""
+        n/(1 − f) for it. floor 'public' raises the root of states sunk into the floor deeper than the public data's
+        contacts go (synther.diffusion.floor; the robot's model and the public data only), before the relabel."""
         if n <= 0:
             raise UserError(f"number of samples must be positive, got {n}")
         if reward_range not in REWARD_RANGES:
@@ -485,6 +490,9 @@ class Synthesizer:
         check_settings(drop_sparse, sparse_k)
         check_threshold(support_threshold)
         check_relabel(relabel, relabel_models, relabel_drop, relabel_width)
+        if floor not in FLOOR:
+            raise UserError(f"unknown floor '{floor}' (choose from: {', '.join(FLOOR)})")
+        floor_model, allowed_depth = self._public_floor() if floor == "public" else (None, 0.0)
         dynamics, dynamics_note = (self._public_dynamics(relabel_steps, seed, relabel_models, relabel_width)
                                    if relabel == "public" else (None, ""))
         wanted = oversampled(oversampled(n, drop_sparse), relabel_drop)
@@ -541,6 +549,14 @@ class Synthesizer:
                 x[:, self.layout.action], tau, moved = snap_to_bounds(x[:, self.layout.action], low, high, share)
                 steps.append(f"{moved} action entries within {tau:.3g} half-ranges of a bound moved onto it (so that "
                              f"{share:.3f} of them lie on a bound: the public datasets' share)")
+        if floor_model is not None:  # before the relabel: its s′ follows the raised s
+            lifted = {}
+            for part in ("obs", "next_obs"):
+                x[:, getattr(self.layout, part)], lift = floor_model.lift(x[:, getattr(self.layout, part)], allowed_depth)
+                lifted[part] = int((lift > 0).sum())
+            steps.append(f"the root raised in {lifted['obs']} states s and {lifted['next_obs']} states s′ whose body "
+                         f"lay deeper in the floor than {allowed_depth:.3g} (the public datasets' 1st percentile of "
+                         f"contact depth, measured with the {floor_model.env_id} model)")
         if dynamics is not None:  # after the actions are final: s′ and r follow the action that is released
             if relabel_drop:
                 kept = least_disputed(dynamics.disagreement(x[:, self.layout.obs], x[:, self.layout.action]),
@@ -606,15 +622,22 @@ class Synthesizer:
         """The ledger's records (name, source, sha256) of the public datasets the model was pre-trained on."""
         return [d for use in self.ledger.data_uses if use.get("use") == "public" for d in use.get("datasets", [])]
 
-    def _public_dynamics(self, steps: int, seed: int, members: int,
-                         width: int) -> tuple[PublicDynamicsEnsemble, str]:
-        """A dynamics model fitted to the public datasets the ledger names (each loaded only if unchanged), and the
-        provenance line saying so. A dataset the ledger also lists as sensitive is refused: only public data."""
-        if steps < 1:
-            raise UserError(f"relabel_steps must be at least 1, got {steps}")
+    def _public_floor(self) -> tuple[FloorModel, float]:
+        """The robot's model and the depth its public data's contacts reach (PUBLIC_QUANTILE of them)."""
+        _, public = self._public_datasets("floor 'public'")
+        env_ids = {ds.env_id for ds in public}
+        if len(env_ids) != 1:
+            raise UserError(f"{self.source}: floor 'public' needs public datasets of one environment, they record "
+                            f"{', '.join(sorted(str(e) for e in env_ids))}")
+        model = FloorModel(env_ids.pop())
+        return model, model.allowed_depth(np.concatenate([ds.observations for ds in public]))
+
+    def _public_datasets(self, purpose: str) -> tuple[list[dict[str, Any]], list[TransitionDataset]]:
+        """The public datasets the ledger names (their records, and each loaded only if unchanged). A dataset the
+        ledger also lists as sensitive is refused: only public data."""
         recorded = self._recorded_public()
         if not recorded:
-            raise UserError(f"{self.source}: relabel 'public' needs the public datasets the model was pre-trained on, "
+            raise UserError(f"{self.source}: {purpose} needs the public datasets the model was pre-trained on, "
                             "and its ledger names none")
         sensitive = {d.get("sha256") for use in self.ledger.data_uses if use.get("use") != "public"
                      for d in use.get("datasets", [])}
@@ -623,13 +646,21 @@ class Synthesizer:
             ds = _load_unchanged(d)
             label = d.get("name") or d.get("source")
             if ds is None:
-                raise UserError(f"{self.source}: relabel 'public' needs its public dataset {label} unchanged (sha256 "
+                raise UserError(f"{self.source}: {purpose} needs its public dataset {label} unchanged (sha256 "
                                 f"{str(d.get('sha256'))[:12]}…) and cannot find it (set $PRIVTRANR_DATA_DIR, or "
-                                "--relabel none)")
+                                f"--{purpose.split()[0]} none)")
             if d["sha256"] in sensitive:
-                raise UserError(f"{self.source}: {label} is in the ledger as sensitive data too; relabel 'public' "
-                                "fits only on data that was never sensitive")
+                raise UserError(f"{self.source}: {label} is in the ledger as sensitive data too; {purpose} "
+                                "reads only data that was never sensitive")
             public.append(ds)
+        return recorded, public
+
+    def _public_dynamics(self, steps: int, seed: int, members: int,
+                         width: int) -> tuple[PublicDynamicsEnsemble, str]:
+        """A dynamics model fitted to the public datasets the ledger names, and the provenance line saying so."""
+        if steps < 1:
+            raise UserError(f"relabel_steps must be at least 1, got {steps}")
+        recorded, public = self._public_datasets("relabel 'public'")
         model, fit = fit_public_dynamics(public, steps, seed, members, width)
         names = ", ".join(str(d.get("name") or d.get("source")) for d in recorded)
         what = "a dynamics model" if members == 1 else f"the mean of {members} dynamics models"
@@ -696,7 +727,8 @@ def sample(cfg: DiffusionConfig) -> Path:
     with FolderLock(out.parent):
         ds = syn.sample(cfg.num_samples, cfg.sampler, cfg.sample_batch, cfg.seed, cfg.progress, cfg.reward_range,
                         cfg.identities, cfg.drop_sparse, cfg.sparse_k, cfg.support_threshold, cfg.saturated_actions,
-                        cfg.relabel, cfg.relabel_steps, cfg.relabel_models, cfg.relabel_drop, cfg.relabel_width)
+                        cfg.relabel, cfg.relabel_steps, cfg.relabel_models, cfg.relabel_drop, cfg.relabel_width,
+                        cfg.floor)
         ledger = syn.ledger.to_dict()  # the release's ledger also says what was done to the samples after the model
         ledger["statistics"] = {**ledger.get("statistics", {}),
                                 "sample_postprocessing": ds.provenance["postprocessing"] +
