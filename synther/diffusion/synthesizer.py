@@ -552,7 +552,8 @@ class Synthesizer:
         if floor_model is not None:  # before the relabel: its s′ follows the raised s
             lifted = {}
             for part in ("obs", "next_obs"):
-                x[:, getattr(self.layout, part)], lift = floor_model.lift(x[:, getattr(self.layout, part)], allowed_depth)
+                columns = getattr(self.layout, part)
+                x[:, columns], lift = floor_model.lift(x[:, columns], allowed_depth)
                 lifted[part] = int((lift > 0).sum())
             steps.append(f"the root raised in {lifted['obs']} states s and {lifted['next_obs']} states s′ whose body "
                          f"lay deeper in the floor than {allowed_depth:.3g} (the public datasets' 1st percentile of "
