@@ -74,7 +74,8 @@ def cheetah(tmp_path_factory):
     return pretrain(cfg), names
 
 
-def test_sampling_with_floor_public_lifts_sunk_states_before_the_relabel_and_says_so(cheetah):
+def test_sampling_with_floor_public_lifts_sunk_states_before_the_relabel_and_says_so(cheetah, monkeypatch):
+    import synther.diffusion.synthesizer as synthesizer
     from synther.data import load_dataset
 
     checkpoint, names = cheetah
@@ -96,8 +97,11 @@ def test_sampling_with_floor_public_lifts_sunk_states_before_the_relabel_and_say
         np.testing.assert_array_equal(getattr(lifted, key), getattr(plain, key))
     assert "the root raised in" in lifted.provenance["postprocessing"]
     assert "HalfCheetah-v5 model" in lifted.provenance["postprocessing"]
-    # with the relabel, s′ and r are the public model's at the RAISED s
+    # with the relabel, s′ and r are the public model's at the RAISED s; the public datasets are read once for both
+    loaded = []
+    monkeypatch.setattr(synthesizer, "load_dataset", lambda where: loaded.append(where) or load_dataset(where))
     both = syn.sample(400, sampler, floor="public", relabel="public", relabel_steps=30, **kw)
+    assert sorted(loaded) == sorted(names)
     model, _ = fit_public_dynamics(public, 30, seed=3)
     next_obs, reward = model.predict(lifted.observations.astype(np.float64), lifted.actions.astype(np.float64))
     np.testing.assert_allclose(both.next_observations, next_obs, rtol=1e-5, atol=1e-5)

@@ -492,9 +492,15 @@ class Synthesizer:
         check_relabel(relabel, relabel_models, relabel_drop, relabel_width)
         if floor not in FLOOR:
             raise UserError(f"unknown floor '{floor}' (choose from: {', '.join(FLOOR)})")
-        floor_model, allowed_depth = self._public_floor() if floor == "public" else (None, 0.0)
-        dynamics, dynamics_note = (self._public_dynamics(relabel_steps, seed, relabel_models, relabel_width)
-                                   if relabel == "public" else (None, ""))
+        if relabel == "public" and relabel_steps < 1:
+            raise UserError(f"relabel_steps must be at least 1, got {relabel_steps}")
+        # the public datasets are loaded (and their sha256 checked) once for every step that reads them
+        users = " and ".join(f"{name} 'public'" for name, value in (("relabel", relabel), ("floor", floor))
+                             if value == "public")
+        recorded, public = self._public_datasets(users) if users else ([], [])
+        floor_model, allowed_depth = self._public_floor(public) if floor == "public" else (None, 0.0)
+        dynamics, dynamics_note = (self._public_dynamics(recorded, public, relabel_steps, seed, relabel_models,
+                                                         relabel_width) if relabel == "public" else (None, ""))
         wanted = oversampled(oversampled(n, drop_sparse), relabel_drop)
         guide, guide_note = self._guide(sampler) if sampler.guidance else (None, "")
         support = self.model.support if support_threshold > 0 else None
@@ -623,9 +629,8 @@ class Synthesizer:
         """The ledger's records (name, source, sha256) of the public datasets the model was pre-trained on."""
         return [d for use in self.ledger.data_uses if use.get("use") == "public" for d in use.get("datasets", [])]
 
-    def _public_floor(self) -> tuple[FloorModel, float]:
+    def _public_floor(self, public: list[TransitionDataset]) -> tuple[FloorModel, float]:
         """The robot's model and the depth its public data's contacts reach (PUBLIC_QUANTILE of them)."""
-        _, public = self._public_datasets("floor 'public'")
         env_ids = {ds.env_id for ds in public}
         if len(env_ids) != 1:
             raise UserError(f"{self.source}: floor 'public' needs public datasets of one environment, they record "
@@ -649,19 +654,16 @@ class Synthesizer:
             if ds is None:
                 raise UserError(f"{self.source}: {purpose} needs its public dataset {label} unchanged (sha256 "
                                 f"{str(d.get('sha256'))[:12]}…) and cannot find it (set $PRIVTRANR_DATA_DIR, or "
-                                f"--{purpose.split()[0]} none)")
+                                f"turn off {purpose})")
             if d["sha256"] in sensitive:
                 raise UserError(f"{self.source}: {label} is in the ledger as sensitive data too; {purpose} "
                                 "reads only data that was never sensitive")
             public.append(ds)
         return recorded, public
 
-    def _public_dynamics(self, steps: int, seed: int, members: int,
-                         width: int) -> tuple[PublicDynamicsEnsemble, str]:
+    def _public_dynamics(self, recorded: list[dict[str, Any]], public: list[TransitionDataset], steps: int,
+                         seed: int, members: int, width: int) -> tuple[PublicDynamicsEnsemble, str]:
         """A dynamics model fitted to the public datasets the ledger names, and the provenance line saying so."""
-        if steps < 1:
-            raise UserError(f"relabel_steps must be at least 1, got {steps}")
-        recorded, public = self._public_datasets("relabel 'public'")
         model, fit = fit_public_dynamics(public, steps, seed, members, width)
         names = ", ".join(str(d.get("name") or d.get("source")) for d in recorded)
         what = "a dynamics model" if members == 1 else f"the mean of {members} dynamics models"
