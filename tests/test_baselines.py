@@ -215,8 +215,8 @@ def test_same_seed_fits_differ(tmp_path, tiny_pair, baselines_python, method, mo
         cfg.run_dir = str(tmp_path / run)
         # Without measurement noise only MST/AIM's exponential-mechanism selections can differ. AIM's budget
         # annealing stops it early: on this data at 20 rounds after 3-6 selections, whose sequences had probabilities
-        # up to 2e-3 (40 fits; two fits once came out identical), at 200 rounds after 5-8, up to 4e-6; and three
-        # fits must all agree to fail
+        # up to 2e-3 in 40 fits (a test run once got two identical fits), at 200 rounds after 5-8, up to 4e-6; and
+        # the test fails only if all three fits agree.
         cfg.marginal.aim_rounds = 200
         out = synthesize(cfg, progress=False)
         fits.append(load_dataset(out).to_vectors())
