@@ -509,6 +509,8 @@ def test_relabelling_fits_on_the_public_datasets_only_and_the_release_says_so(pr
     assert "fitted to the public datasets" in side["privacy_ledger"]["statistics"]["sample_postprocessing"]
     with pytest.raises(UserError, match="unknown relabel"):
         syn.sample(4, sampler, relabel="sensitive")
+    with pytest.raises(UserError, match="relabel_steps must be at least 1"):
+        syn.sample(4, sampler, relabel="public", relabel_steps=0)
     # a public dataset the ledger also lists as sensitive is refused; a changed one too, before any row is drawn
     uses = syn.ledger.data_uses
     sensitive_sha = next(u for u in uses if u["use"] != "public")["datasets"][0]["sha256"]

@@ -83,8 +83,10 @@ class PublicDynamicsEnsemble:
         return preds.var(dim=0, unbiased=False).mean(dim=1).numpy().astype(np.float64)
 
 
-def check_relabel(relabel: str, members: int, drop: float, width: int = WIDTH) -> None:
+def check_relabel(relabel: str, members: int, drop: float, width: int = WIDTH, steps: int = 1) -> None:
     """The model, ensemble and filter settings, before anything is loaded or drawn."""
+    if relabel == "public" and steps < 1:
+        raise UserError(f"relabel_steps must be at least 1, got {steps}")
     if members < 1:
         raise UserError(f"relabel_models must be at least 1, got {members}")
     if width < 1:
@@ -106,7 +108,7 @@ def fit_public_dynamics(public: list[TransitionDataset], steps: int, seed: int, 
 
     The held-out rows are drawn from `seed` and left out of every member's training; the report gives the
     ensemble mean's error on them."""
-    check_relabel("public", members, 0.0, width)
+    check_relabel("public", members, 0.0, width, steps)
     obs, act, rew, nxt = [], [], [], []
     for ds in public:
         keep = ~ds.timeouts if ds.timeouts is not None else np.ones(ds.size, dtype=bool)

@@ -489,11 +489,9 @@ class Synthesizer:
             raise UserError(f"unknown relabel '{relabel}' (choose from: {', '.join(RELABEL)})")
         check_settings(drop_sparse, sparse_k)
         check_threshold(support_threshold)
-        check_relabel(relabel, relabel_models, relabel_drop, relabel_width)
+        check_relabel(relabel, relabel_models, relabel_drop, relabel_width, relabel_steps)
         if floor not in FLOOR:
             raise UserError(f"unknown floor '{floor}' (choose from: {', '.join(FLOOR)})")
-        if relabel == "public" and relabel_steps < 1:
-            raise UserError(f"relabel_steps must be at least 1, got {relabel_steps}")
         # the public datasets are loaded (and their sha256 checked) once for every step that reads them
         users = " and ".join(f"{name} 'public'" for name, value in (("relabel", relabel), ("floor", floor))
                              if value == "public")
@@ -723,7 +721,7 @@ def sample(cfg: DiffusionConfig) -> Path:
         raise UserError("sample needs --checkpoint")
     check_settings(cfg.drop_sparse, cfg.sparse_k)
     check_threshold(cfg.support_threshold)
-    check_relabel(cfg.relabel, cfg.relabel_models, cfg.relabel_drop, cfg.relabel_width)
+    check_relabel(cfg.relabel, cfg.relabel_models, cfg.relabel_drop, cfg.relabel_width, cfg.relabel_steps)
     syn = Synthesizer.load(cfg.checkpoint, cfg.device)  # a bad checkpoint is refused before any folder is touched
     out = default_run_dir(cfg) / "samples.npz"
     # the folder's lock: no sampling from a run still training there, no two samplers writing one file
