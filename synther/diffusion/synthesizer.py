@@ -75,7 +75,7 @@ class DiffusionConfig:
     run_dir: str = ""  # output folder; default runs/diffusion/<mode>-<dataset>[-eps<ε>]-seed<seed> ($PRIVTRANR_RUNS_DIR replaces runs/); sample: the checkpoint's folder
     seed: int = 0  # seeds torch, numpy and the data split (never the DP mechanisms' randomness, which comes from OS entropy)
     device: str = "auto"  # auto (CUDA when available), cpu or cuda
-    action_space: str = "raw"  # pretrain: how the model represents actions: 'raw', 'atanh' of their position within the bounds (samples map back with tanh, never onto a bound: for tanh-squashed policies such as SAC's), or 'auto' (atanh where under a thousandth of the PUBLIC action entries lie on a bound, raw otherwise); raw by default: on a HalfCheetah stand-in atanh fixed the action marginals but not agent utility (README); fine-tuning and sampling keep the checkpoint's
+    action_space: str = "raw"  # pretrain: how the model represents actions: 'raw', 'atanh' of their position within the bounds (samples map back with tanh, never onto a bound: for tanh-squashed policies such as SAC's), or 'auto' (atanh where under a thousandth of the PUBLIC action entries lie on a bound, raw otherwise); raw by default: atanh fixed a HalfCheetah stand-in's action marginals, and kept agent utility only together with --relabel public (README); fine-tuning and sampling keep the checkpoint's
     profile: str = "cpu-small"  # denoiser size: cpu-small (W=256×3), synther (W=1024×6), paper (W=2048×6)
     width: int = 0  # override the profile's residual width (0 = profile's)
     depth: int = 0  # override the profile's number of residual blocks (0 = profile's)
