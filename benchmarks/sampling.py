@@ -6,6 +6,10 @@ Target (issue 3): ≥ 8× faster at a marginal score within 0.005.
 
   python benchmarks/sampling.py                              # trains a small maze2d model first (~1 min)
   python benchmarks/sampling.py --checkpoint runs/diffusion/<run>/checkpoint.pt --data <dataset>
+
+--precision true instead times the quickstart's sampler (stochastic Heun, 64 steps) with the denoiser's products in
+fp32 against bf16 (--sampler.precision), in --rounds alternating blocks of --n rows from the same seeds, and prints
+each one's rows/s, the ratio and both marginal scores.
 """
 import argparse
 import os
@@ -37,6 +41,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=50_000, help="transitions per sampler")
     ap.add_argument("--train_steps", type=int, default=4000)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--precision", type=lambda v: v.lower() in ("1", "true", "yes"), default=False,
+                    help="compare fp32 with bf16 products on the quickstart's sampler instead")
+    ap.add_argument("--rounds", type=int, default=3, help="--precision: alternating blocks of each")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -53,6 +60,9 @@ def main() -> None:
         print(f"trained cpu-small model for {args.train_steps} steps in {time.perf_counter() - t:.0f}s")
     real = load_dataset(data).to_vectors()
     syn = Synthesizer.load(ckpt, device="auto")
+    if args.precision:
+        compare_precisions(syn, real, args.n, args.rounds)
+        return
     rows = []
     for cfg in [PAPER_SAMPLER, *CANDIDATES]:
         t = time.perf_counter()
@@ -65,6 +75,24 @@ def main() -> None:
     for cfg, rate, score in rows:
         print(f"{cfg.name + ':' + str(cfg.steps):<22} {network_evaluations(cfg):>4} {rate:>9.0f} "
               f"{rate / ref_rate:>7.1f}× {score:>9.4f} {score - ref_score:>+10.4f}")
+
+
+def compare_precisions(syn: Synthesizer, real, n: int, rounds: int) -> None:
+    """fp32 and bf16 blocks alternate, so a drift of the machine's speed hits both alike; block r of each draws
+    from seed r."""
+    seconds, scores = {"fp32": 0.0, "bf16": 0.0}, {"fp32": [], "bf16": []}
+    for r in range(rounds):
+        for precision in seconds:
+            cfg = SamplerConfig(name="stochastic_heun", steps=64, precision=precision)
+            t = time.perf_counter()
+            x = syn.sample(n, cfg, seed=r).to_vectors()
+            seconds[precision] += time.perf_counter() - t
+            scores[precision].append(marginal_score(real, x))
+            print(f"round {r} {precision}: {n} rows", file=sys.stderr)
+    rate = {p: rounds * n / s for p, s in seconds.items()}
+    for p in seconds:
+        print(f"stochastic_heun:64 {p}: {rate[p]:.0f} rows/s, marginal {sum(scores[p]) / rounds:.4f}")
+    print(f"bf16 / fp32 speed: {rate['bf16'] / rate['fp32']:.2f}×")
 
 
 if __name__ == "__main__":

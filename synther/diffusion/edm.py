@@ -34,10 +34,12 @@ class SamplerConfig:
     s_noise: float = 1.003  # stochastic_heun only: scale of the re-injected noise
     guidance: float = 0.0  # autoguidance weight w (fine-tuned checkpoints): denoise with D + w·(D − D_public), the public pre-trained model as the weak guide, pushing samples toward what fine-tuning learned; post-processing with a public model, no privacy cost (0: off)
     guide_checkpoint: str = ""  # guidance > 0: the public checkpoint to guide with (empty: the one the model was fine-tuned from, checked by its SHA-256); it must never have seen sensitive data
+    precision: str = "fp32"  # the denoiser's matrix products in 'fp32' or 'bf16' (torch.autocast; the solver's arithmetic stays float64): bf16 samples about 3 times faster on CPUs with AMX or AVX-512 BF16 and is emulated (slower) on others; post-processing of the model, no privacy effect
 
 
 PAPER_SAMPLER = SamplerConfig(name="stochastic_heun", steps=128)
 SAMPLERS = ("stochastic_heun", "heun", "euler", "dpm2m")
+PRECISIONS = ("fp32", "bf16")
 
 
 class EDM(nn.Module):
@@ -92,11 +94,14 @@ class EDM(nn.Module):
             raise UserError(f"unknown sampler '{sampler.name}' (choose from: {', '.join(SAMPLERS)})")
         if sampler.steps < 2:
             raise UserError(f"sampler.steps must be at least 2, got {sampler.steps}")
+        if sampler.precision not in PRECISIONS:
+            raise UserError(f"unknown sampler.precision '{sampler.precision}' (choose from: {', '.join(PRECISIONS)})")
         device = next(self.parameters()).device
         sigmas = self.sigmas(sampler.steps, device)
         x = torch.randn(n, self.dim, generator=generator, device="cpu").to(device, torch.float64) * sigmas[0]
         denoiser = self if not sampler.guidance else _Guided(self, guide, sampler.guidance)
-        x = _SOLVERS[sampler.name](denoiser, x, sigmas, sampler, generator)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=sampler.precision == "bf16"):
+            x = _SOLVERS[sampler.name](denoiser, x, sigmas, sampler, generator)
         return self.normalizer.unnormalize(x.float())
 
     def _d(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
