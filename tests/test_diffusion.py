@@ -679,8 +679,8 @@ def test_every_sampler_produces_finite_transitions(pretrained, name, device):
 
 def test_bf16_sampling_follows_the_fp32_trajectory_and_the_release_says_so(pretrained):
     """sampler.precision 'bf16' runs the denoiser's products in bfloat16 from the same noise draws: the rows move
-    by rounding only (under 1 % of each column's spread on average; ≈ 0.1 % measured), they do move (so autocast was on), and the
-    provenance says which precision drew them."""
+    by rounding only (under 1 % of each column's spread on average; ≈ 0.1 % measured), they do move (so autocast
+    was on), and the provenance says which precision drew them."""
     syn = Synthesizer.load(pretrained, device="cpu")
     cfg = SamplerConfig(name="dpm2m", steps=8)
     full = syn.sample(500, cfg, seed=1)
@@ -738,6 +738,9 @@ def test_pipeline_errors_are_user_errors(pretrained, tmp_path):
         finetune(config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(tmp_path / "none.pt")))
     with pytest.raises(UserError, match="unknown sampler"):
         Synthesizer.load(pretrained, device="cpu").sample(4, SamplerConfig(name="ddim"))
+    with pytest.raises(UserError, match="sampler.precision"):  # refused before the checkpoint is even opened
+        sample(config(tmp_path, "sample", checkpoint=str(tmp_path / "none.pt"),
+                      sampler=SamplerConfig(precision="fp16")))
 
 
 @pytest.mark.slow

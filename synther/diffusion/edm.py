@@ -42,6 +42,16 @@ SAMPLERS = ("stochastic_heun", "heun", "euler", "dpm2m")
 PRECISIONS = ("fp32", "bf16")
 
 
+def check_sampler(sampler: SamplerConfig) -> None:
+    """Refuse an unknown sampler, too few steps or an unknown precision (callers check before any costly work)."""
+    if sampler.name not in SAMPLERS:
+        raise UserError(f"unknown sampler '{sampler.name}' (choose from: {', '.join(SAMPLERS)})")
+    if sampler.steps < 2:
+        raise UserError(f"sampler.steps must be at least 2, got {sampler.steps}")
+    if sampler.precision not in PRECISIONS:
+        raise UserError(f"unknown sampler.precision '{sampler.precision}' (choose from: {', '.join(PRECISIONS)})")
+
+
 class EDM(nn.Module):
     def __init__(self, dim: int, normalizer: Normalizer, denoiser: DenoiserConfig = DenoiserConfig(),
                  edm: EDMConfig = EDMConfig()) -> None:
@@ -90,12 +100,7 @@ class EDM(nn.Module):
                guide: "EDM | None" = None) -> torch.Tensor:
         """n raw transition vectors (unnormalized; terminal column still continuous). With `guide` (a model of the
         same space) and sampler.guidance = w, every denoising step uses D + w·(D − D_guide) (autoguidance)."""
-        if sampler.name not in SAMPLERS:
-            raise UserError(f"unknown sampler '{sampler.name}' (choose from: {', '.join(SAMPLERS)})")
-        if sampler.steps < 2:
-            raise UserError(f"sampler.steps must be at least 2, got {sampler.steps}")
-        if sampler.precision not in PRECISIONS:
-            raise UserError(f"unknown sampler.precision '{sampler.precision}' (choose from: {', '.join(PRECISIONS)})")
+        check_sampler(sampler)
         device = next(self.parameters()).device
         sigmas = self.sigmas(sampler.steps, device)
         x = torch.randn(n, self.dim, generator=generator, device="cpu").to(device, torch.float64) * sigmas[0]

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from synther.data import TransitionDataset, TransitionLayout, check_compatible, load_dataset, public_action_bounds
 from synther.diffusion.curiosity import Curiosity, CuriosityConfig
 from synther.diffusion.denoiser import PROFILES, DenoiserConfig
-from synther.diffusion.edm import EDM, EDMConfig, SamplerConfig, network_evaluations
+from synther.diffusion.edm import EDM, EDMConfig, SamplerConfig, check_sampler, network_evaluations
 from synther.diffusion.floor import FloorModel
 from synther.diffusion.identities import count, find_identities, project
 from synther.diffusion.lora import add_adapters, merge_adapters
@@ -490,6 +490,7 @@ class Synthesizer:
         check_settings(drop_sparse, sparse_k)
         check_threshold(support_threshold)
         check_relabel(relabel, relabel_models, relabel_drop, relabel_width, relabel_steps)
+        check_sampler(sampler)
         if floor not in FLOOR:
             raise UserError(f"unknown floor '{floor}' (choose from: {', '.join(FLOOR)})")
         # the public datasets are loaded (and their sha256 checked) once for every step that reads them
@@ -722,6 +723,7 @@ def sample(cfg: DiffusionConfig) -> Path:
     check_settings(cfg.drop_sparse, cfg.sparse_k)
     check_threshold(cfg.support_threshold)
     check_relabel(cfg.relabel, cfg.relabel_models, cfg.relabel_drop, cfg.relabel_width, cfg.relabel_steps)
+    check_sampler(cfg.sampler)
     syn = Synthesizer.load(cfg.checkpoint, cfg.device)  # a bad checkpoint is refused before any folder is touched
     out = default_run_dir(cfg) / "samples.npz"
     # the folder's lock: no sampling from a run still training there, no two samplers writing one file
