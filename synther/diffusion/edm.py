@@ -34,7 +34,7 @@ class SamplerConfig:
     s_noise: float = 1.003  # stochastic_heun only: scale of the re-injected noise
     guidance: float = 0.0  # autoguidance weight w (fine-tuned checkpoints): denoise with D + w·(D − D_public), the public pre-trained model as the weak guide, pushing samples toward what fine-tuning learned; post-processing with a public model, no privacy cost (0: off)
     guide_checkpoint: str = ""  # guidance > 0: the public checkpoint to guide with (empty: the one the model was fine-tuned from, checked by its SHA-256); it must never have seen sensitive data
-    precision: str = "fp32"  # the denoiser's matrix products in 'fp32' or 'bf16' (torch.autocast; the solver's arithmetic stays float64): bf16 samples about 3 times faster on CPUs with AMX or AVX-512 BF16 and is emulated (slower) on others; post-processing of the model, no privacy effect
+    precision: str = "fp32"  # the denoiser's matrix products in 'fp32' or 'bf16' (torch.autocast; the solver's arithmetic stays float64): bf16 samples about 3 times faster on CPUs with AMX or AVX-512 BF16 and is emulated on others (not measured there; possibly slower); post-processing of the model, no privacy effect
 
 
 PAPER_SAMPLER = SamplerConfig(name="stochastic_heun", steps=128)
