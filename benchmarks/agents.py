@@ -30,6 +30,13 @@ blocks on two agents of the same seed, and prints each one's updates/s and the r
 the trainer switches when a local sweep lends its last running jobs the idle cores (synther/utils/threads.py).
 
   python benchmarks/agents.py --agents td3_bc,iql --lent_threads 2 --block 200 --rounds 6
+
+--bf16 true times each agent's fp32 update against the same update under torch.autocast(bfloat16), two agents of
+the same seed in alternating blocks: a probe of what a bf16 option could gain where the hardware multiplies bf16
+natively (AMX, tensor cores). The agents themselves train in fp32; a real option would keep the value heads in fp32
+(Q ≈ 300 resolves to ≈ 2 in bf16) and needs its own utility check.
+
+  python benchmarks/agents.py --threads 1 --agents td3_bc,iql --bf16 true
 """
 import sys
 import time
@@ -68,8 +75,9 @@ class BenchConfig:
     reference: bool = False  # compare with the CORL-structured reference loop instead (td3_bc, iql), alternating blocks
     cuda_graph: bool = False  # compare eager updates with CUDA-graph replays instead (CUDA only), alternating blocks
     lent_threads: int = 0  # compare 1 thread with this many (the cores a sweep lends its last jobs) instead, alternating blocks
-    block: int = 50  # updates per block in the reference, CUDA-graph and thread comparisons
-    rounds: int = 10  # blocks of each loop in the reference, CUDA-graph and thread comparisons
+    bf16: bool = False  # compare fp32 updates with the same updates under autocast bfloat16 instead, alternating blocks
+    block: int = 50  # updates per block in the reference, CUDA-graph, thread and bf16 comparisons
+    rounds: int = 10  # blocks of each loop in the reference, CUDA-graph, thread and bf16 comparisons
 
 
 def random_dataset(rows: int, obs_dim: int, action_dim: int, seed: int) -> TransitionDataset:
@@ -179,6 +187,24 @@ def compare_threads(name: str, buffer: ReplayBuffer, cfg: BenchConfig) -> dict:
     return {"agent": name, **rates, "ratio": rates["lent"] / rates["one"], "updates": cfg.block * cfg.rounds}
 
 
+def compare_bf16(name: str, buffer: ReplayBuffer, cfg: BenchConfig) -> dict:
+    """Two agents of the same seed, one updated in fp32 and one under autocast bfloat16, alternating blocks."""
+    agent_class, config_class = get_algorithm(name)
+    agents = {}
+    for key in ("fp32", "bf16"):
+        torch.manual_seed(cfg.seed)
+        agents[key] = agent_class(config_class(batch_size=cfg.batch_size), cfg.obs_dim, cfg.action_dim, 1.0, cfg.device)
+    device_type = torch.device(cfg.device).type
+
+    def bf16_update() -> None:
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            agents["bf16"].update(buffer.sample(cfg.batch_size))
+
+    loops = {"fp32": lambda: agents["fp32"].update(buffer.sample(cfg.batch_size)), "bf16": bf16_update}
+    rates = alternate(loops, {"fp32": 1, "bf16": 1}, cfg)
+    return {"agent": name, **rates, "ratio": rates["bf16"] / rates["fp32"], "updates": cfg.block * cfg.rounds}
+
+
 def alternate(loops: dict, updates_per_call: dict[str, int], cfg: BenchConfig) -> dict[str, float]:
     """Updates/s of each loop over cfg.rounds rounds of about cfg.block updates each, the loops taking turns (ABBA:
     none always goes first), so drifts of the machine's speed hit all alike."""
@@ -230,6 +256,15 @@ def main() -> None:
         for name in names:
             r = compare_threads(name, buffer, cfg)
             print(f"| {name} | {r['one']:.1f} | {r['lent']:.1f} | {r['ratio']:.2f}× |", flush=True)
+        return
+    if cfg.bf16:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {cfg.device}, batch "
+              f"{cfg.batch_size}; {cfg.rounds} alternating blocks of {cfg.block} updates each")
+        print("| agent | fp32 upd/s | autocast bf16 upd/s | bf16 / fp32 |")
+        print("|---|---|---|---|")
+        for name in names:
+            r = compare_bf16(name, buffer, cfg)
+            print(f"| {name} | {r['fp32']:.1f} | {r['bf16']:.1f} | {r['ratio']:.2f}× |", flush=True)
         return
     if cfg.reference:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {cfg.device}, batch "
