@@ -237,45 +237,31 @@ def main() -> None:
         torch.set_num_threads(cfg.threads)
     ds = random_dataset(cfg.rows, cfg.obs_dim, cfg.action_dim, cfg.seed)
     buffer = ReplayBuffer(ds, cfg.device, seed=cfg.seed)
-    if cfg.cuda_graph:
-        if not cfg.device.startswith("cuda"):
-            raise UserError("--cuda_graph true needs --device cuda")
-        print(f"torch {torch.__version__}, device {cfg.device}, batch {cfg.batch_size}; {cfg.rounds} alternating "
-              f"blocks of about {cfg.block} updates each")
-        print("| agent | eager upd/s | CUDA graph upd/s | graph / eager |")
-        print("|---|---|---|---|")
-        for name in names:
-            r = compare_with_graph(name, ds, cfg)
-            print(f"| {name} | {r['eager']:.1f} | {r['graphed']:.1f} | {r['ratio']:.2f}× |", flush=True)
-        return
-    if cfg.lent_threads:
-        print(f"torch {torch.__version__}, device {cfg.device}, batch {cfg.batch_size}; {cfg.rounds} alternating "
-              f"blocks of {cfg.block} updates each")
-        print(f"| agent | 1 thread upd/s | {cfg.lent_threads} threads upd/s | ratio |")
-        print("|---|---|---|---|")
-        for name in names:
-            r = compare_threads(name, buffer, cfg)
-            print(f"| {name} | {r['one']:.1f} | {r['lent']:.1f} | {r['ratio']:.2f}× |", flush=True)
-        return
-    if cfg.bf16:
+    if cfg.cuda_graph and not cfg.device.startswith("cuda"):
+        raise UserError("--cuda_graph true needs --device cuda")
+    if cfg.reference and not set(names) <= {"td3_bc", "iql"}:
+        raise UserError(f"--reference covers td3_bc and iql, not '{', '.join(sorted(set(names) - {'td3_bc', 'iql'}))}'")
+    # each comparison: the two loops' keys and column titles, and how to run it for one agent
+    comparisons = [
+        (cfg.cuda_graph, ("eager", "graphed"), ("eager upd/s", "CUDA graph upd/s", "graph / eager"),
+         lambda name: compare_with_graph(name, ds, cfg)),
+        (cfg.lent_threads, ("one", "lent"), ("1 thread upd/s", f"{cfg.lent_threads} threads upd/s", "ratio"),
+         lambda name: compare_threads(name, buffer, cfg)),
+        (cfg.bf16, ("fp32", "bf16"), ("fp32 upd/s", "autocast bf16 upd/s", "bf16 / fp32"),
+         lambda name: compare_bf16(name, buffer, cfg)),
+        (cfg.reference, ("ours", "reference"), ("ours upd/s", "CORL-structured reference upd/s", "ours / reference"),
+         lambda name: compare_with_reference(name, buffer, ds, cfg)),
+    ]
+    for wanted, (first, second), titles, compare in comparisons:
+        if not wanted:
+            continue
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {cfg.device}, batch "
-              f"{cfg.batch_size}; {cfg.rounds} alternating blocks of {cfg.block} updates each")
-        print("| agent | fp32 upd/s | autocast bf16 upd/s | bf16 / fp32 |")
+              f"{cfg.batch_size}; {cfg.rounds} alternating blocks of about {cfg.block} updates each")
+        print(f"| agent | {' | '.join(titles)} |")
         print("|---|---|---|---|")
         for name in names:
-            r = compare_bf16(name, buffer, cfg)
-            print(f"| {name} | {r['fp32']:.1f} | {r['bf16']:.1f} | {r['ratio']:.2f}× |", flush=True)
-        return
-    if cfg.reference:
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {cfg.device}, batch "
-              f"{cfg.batch_size}; {cfg.rounds} alternating blocks of {cfg.block} updates each")
-        print("| agent | ours upd/s | CORL-structured reference upd/s | ours / reference |")
-        print("|---|---|---|---|")
-        for name in names:
-            if name not in ("td3_bc", "iql"):
-                raise UserError(f"--reference covers td3_bc and iql, not '{name}'")
-            r = compare_with_reference(name, buffer, ds, cfg)
-            print(f"| {name} | {r['ours']:.1f} | {r['reference']:.1f} | {r['ratio']:.2f}× |", flush=True)
+            r = compare(name)
+            print(f"| {name} | {r[first]:.1f} | {r[second]:.1f} | {r['ratio']:.2f}× |", flush=True)
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {cfg.device}, batch {cfg.batch_size}, "
           f"obs {cfg.obs_dim}, action {cfg.action_dim}{', torch.compile' if cfg.compile else ''}")
