@@ -148,15 +148,21 @@ def compare_with_reference(name: str, buffer: ReplayBuffer, ds: TransitionDatase
     return {"agent": name, **rates, "ratio": rates["ours"] / rates["reference"], "updates": cfg.block * cfg.rounds}
 
 
+def same_seed_agents(name: str, keys: tuple[str, ...], cfg: BenchConfig) -> dict:
+    """One agent per key, each built from cfg.seed: identical starting weights."""
+    agent_class, config_class = get_algorithm(name)
+    agents = {}
+    for key in keys:
+        torch.manual_seed(cfg.seed)
+        agents[key] = agent_class(config_class(batch_size=cfg.batch_size), cfg.obs_dim, cfg.action_dim, 1.0, cfg.device)
+    return agents
+
+
 def compare_with_graph(name: str, ds: TransitionDataset, cfg: BenchConfig) -> dict:
     """The trainer's eager updates and its --cuda_graph replays, alternating blocks; updates/s of each."""
     from synther.agents.graphs import WARMUP_CYCLES, GraphedUpdates
 
-    agent_class, config_class = get_algorithm(name)
-    agents = {}
-    for key in ("eager", "graphed"):
-        torch.manual_seed(cfg.seed)
-        agents[key] = agent_class(config_class(batch_size=cfg.batch_size), cfg.obs_dim, cfg.action_dim, 1.0, cfg.device)
+    agents = same_seed_agents(name, ("eager", "graphed"), cfg)
     if not agents["graphed"].graph_period:
         raise UserError(f"--cuda_graph: {name} declares no CUDA-graph cycle")
     eager_buffer, graph_buffer = (ReplayBuffer(ds, cfg.device, seed=cfg.seed) for _ in range(2))
@@ -189,11 +195,7 @@ def compare_threads(name: str, buffer: ReplayBuffer, cfg: BenchConfig) -> dict:
 
 def compare_bf16(name: str, buffer: ReplayBuffer, cfg: BenchConfig) -> dict:
     """Two agents of the same seed, one updated in fp32 and one under autocast bfloat16, alternating blocks."""
-    agent_class, config_class = get_algorithm(name)
-    agents = {}
-    for key in ("fp32", "bf16"):
-        torch.manual_seed(cfg.seed)
-        agents[key] = agent_class(config_class(batch_size=cfg.batch_size), cfg.obs_dim, cfg.action_dim, 1.0, cfg.device)
+    agents = same_seed_agents(name, ("fp32", "bf16"), cfg)
     device_type = torch.device(cfg.device).type
 
     def bf16_update() -> None:
