@@ -136,9 +136,10 @@ _DEFAULT_RANGE = (0.0, None, False, False)
 
 def agent_main(config_class: type, agent_class: type, description: str, args: list[str] | None = None) -> None:
     """The whole body of MuJoCo/<algorithm>.py: parse the options, train, print the scores."""
-    from synther.agents.trainer import summary_line, train
+    from synther.agents.trainer import summary_line, train_seeds
 
-    print(summary_line(train(parse(config_class, description, args, AGENT_ALIASES), agent_class)))
+    for summary in train_seeds(parse(config_class, description, args, AGENT_ALIASES), agent_class):
+        print(summary_line(summary))
 
 
 def check_numbers(cfg: Any, prefix: str = "") -> None:

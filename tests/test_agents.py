@@ -17,7 +17,8 @@ from synther.agents.data import load_training_data
 from synther.agents.evaluation import episode_seed, eval_target, random_policy, run_episodes
 from synther.agents.graphs import GraphedUpdates, capturable_optimizers
 from synther.agents.networks import EnsembleMLP, return_bounds, soft_update
-from synther.agents.trainer import EVAL_PROTOCOL, DiffusionSource, AgentConfig, run_dir, train
+from synther.agents.trainer import (EVAL_PROTOCOL, DiffusionSource, AgentConfig, run_dir, seed_config, train,
+                                    train_seeds)
 from synther.data import TransitionDataset
 from synther.data.pointmaze import MAZES, dataset_name
 from synther.errors import DatasetError, UserError
@@ -144,7 +145,7 @@ def test_bounded_td3_bc_targets_stay_within_the_returns_the_rewards_allow(tmp_pa
             agent.critic_target.layers[-1].bias.fill_(1e6)
             q = agent.critic(torch.cat([batch.observations, batch.actions], 1))
         losses[bound] = float(agent.update(batch)["critic_loss"])
-    assert agent.target_high == pytest.approx(1.0 / (1.0 - cfg.discount)) and agent.target_low == 0.0
+    assert float(agent.target_high) == pytest.approx(1.0 / (1.0 - cfg.discount)) and float(agent.target_low) == 0.0
     high = 1.0 / (1.0 - cfg.discount)
     assert losses[True] <= 2 * float(((q.abs() + high) ** 2).mean(1).max()) < 1e6 < losses[False]
 
@@ -461,7 +462,7 @@ def test_training_bounds_td3_bc_targets_by_the_training_rewards(umaze_registered
     train(cfg, agent_class)
     state = torch.load(run_dir(cfg, "td3_bc") / "checkpoint.pt", weights_only=False)["agent"]
     expected = return_bounds(float(umaze_registered.rewards.min()), float(umaze_registered.rewards.max()), cfg.discount)
-    assert (state["target_low"], state["target_high"]) == pytest.approx(expected, rel=1e-6)
+    assert (float(state["target_low"]), float(state["target_high"])) == pytest.approx(expected, rel=1e-6)
 
 
 def test_maze_policy_probe_tables_a_trained_checkpoint(umaze_registered, tmp_path):
@@ -529,13 +530,157 @@ def test_killed_run_resumes_from_its_last_checkpoint(umaze_registered, tmp_path,
         train(other, agent_class)
 
 
+def _run_files(out: Path) -> dict:
+    """A run folder's learning curve, losses and final agent state."""
+    rows = lambda name: [json.loads(line) for line in (out / name).read_text().splitlines()]  # noqa: E731
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    return {"evals": rows("eval.jsonl"), "metrics": rows("metrics.jsonl"), "ckpt": ckpt}
+
+
+def _assert_same_run(a: dict, b: dict) -> None:
+    """Two runs took the same steps: same curve and losses, same final networks (to float rounding: a stacked
+    product may sum in another order than a one-seed one)."""
+    for key in ("normalized_score", "return_mean", "step"):
+        np.testing.assert_allclose([e[key] for e in a["evals"]], [e[key] for e in b["evals"]], rtol=1e-4)
+    for key in a["metrics"][0]:
+        np.testing.assert_allclose([m[key] for m in a["metrics"]], [m[key] for m in b["metrics"]], rtol=1e-4)
+    flat_a = torch.cat([t.flatten() for m in a["ckpt"]["agent"].values() if isinstance(m, dict)
+                        for t in m.values() if isinstance(t, torch.Tensor)])
+    flat_b = torch.cat([t.flatten() for m in b["ckpt"]["agent"].values() if isinstance(m, dict)
+                        for t in m.values() if isinstance(t, torch.Tensor)])
+    torch.testing.assert_close(flat_a, flat_b, rtol=1e-4, atol=1e-5)
+    assert torch.equal(a["ckpt"]["buffer_rng"], b["ckpt"]["buffer_rng"])
+    assert a["ckpt"]["buffer_cursor"] == b["ckpt"]["buffer_cursor"]
+    assert torch.equal(a["ckpt"]["noise_rng"], b["ckpt"]["noise_rng"])
+
+
+@pytest.mark.parametrize("algorithm", ["td3_bc", "iql"])
+def test_stacked_seeds_train_as_each_seed_alone(umaze_registered, tmp_path, algorithm):
+    """--stack_seeds 3 trains seeds 1, 2, 3 as one network; each seed's run folder holds what a one-seed run of it
+    writes: the same batches, the same target-policy noise, the same updates, curve and checkpoint."""
+    agent_class, cfg = tiny(algorithm, tmp_path, seed=1, max_timesteps=60, n_episodes=2)
+    stacked = train_seeds(dataclasses.replace(cfg, stack_seeds=3), agent_class)
+    runs = []
+    for seed, summary in zip((1, 2, 3), stacked):
+        alone = train(dataclasses.replace(cfg, seed=seed, checkpoints_path=str(tmp_path / "alone")), agent_class)
+        out, alone_out = Path(summary["run_dir"]), Path(alone["run_dir"])
+        assert out.name == alone_out.name == f"{algorithm}-{UMAZE}-real-seed{seed}" and out != alone_out
+        assert summary["stacked_seeds"] == [1, 2, 3] and alone["stacked_seeds"] is None
+        runs.append(_run_files(out))
+        _assert_same_run(runs[-1], _run_files(alone_out))
+        reparsed = pyrallis.parse(config_class=type(cfg), config_path=str(out / "config.yaml"), args=[])
+        assert reparsed == dataclasses.replace(cfg, seed=seed)  # an ordinary one-seed config
+    # the seeds are not copies of one another
+    assert runs[0]["metrics"][-1] != runs[1]["metrics"][-1] != runs[2]["metrics"][-1]
+
+
+def test_a_killed_stacked_run_resumes_each_seed_where_it_stopped(umaze_registered, tmp_path, monkeypatch):
+    """Killed between two seeds' checkpoints: seed 1 stopped at update 20, seeds 2 and 3 at none; the resumed
+    process trains the two groups apart and every seed ends as it would alone."""
+    import synther.agents.trainer as trainer
+
+    agent_class, cfg = tiny("td3_bc", tmp_path, seed=1, max_timesteps=60, n_episodes=2)
+    real_evaluate, calls = trainer.evaluate, []
+
+    def dies_on_second_eval(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate", dies_on_second_eval)
+    with pytest.raises(KeyboardInterrupt):
+        train_seeds(dataclasses.replace(cfg, stack_seeds=3), agent_class)
+    outs = [run_dir(dataclasses.replace(cfg, seed=seed), "td3_bc") for seed in (1, 2, 3)]
+    assert [(out / "checkpoint.pt").exists() for out in outs] == [True, False, False]
+    monkeypatch.setattr(trainer, "evaluate", real_evaluate)
+    summaries = train_seeds(dataclasses.replace(cfg, stack_seeds=3), agent_class)
+    assert [s["stacked_seeds"] for s in summaries] == [None, [2, 3], [2, 3]]
+    for seed, out in zip((1, 2, 3), outs):
+        alone = train(dataclasses.replace(cfg, seed=seed, checkpoints_path=str(tmp_path / "alone")), agent_class)
+        _assert_same_run(_run_files(out), _run_files(Path(alone["run_dir"])))
+    # finished seeds are skipped, as a one-seed run's are
+    assert train_seeds(dataclasses.replace(cfg, stack_seeds=3), agent_class) == summaries
+
+
+def test_stacked_seeds_each_train_on_their_own_samples(umaze_registered, tmp_path):
+    """{seed} in --diffusion.path and --name: seed s reads seed s's samples, with its own state statistics and
+    reward bounds, as a one-seed run on that file does."""
+    for seed, shift in ((1, 0.5), (2, -0.7)):
+        _samples(umaze_registered, tmp_path / f"samples-seed{seed}.npz", shift=shift, reward_factor=seed)
+    agent_class, cfg = tiny("td3_bc", tmp_path, seed=1, bound_targets=True, dp_epsilon=10.0,
+                            diffusion=DiffusionSource(path=str(tmp_path / "samples-seed{seed}.npz")))
+    stacked = train_seeds(dataclasses.replace(cfg, stack_seeds=2, name="mine-{seed}"), agent_class)
+    for seed, summary in zip((1, 2), stacked):
+        alone = train(seed_config(dataclasses.replace(cfg, checkpoints_path=str(tmp_path / "alone")), seed),
+                      agent_class)
+        assert Path(summary["run_dir"]).name == f"mine-{seed}"
+        assert summary["data"]["path"] == alone["data"]["path"] == str(tmp_path / f"samples-seed{seed}.npz")
+        assert summary["normalization"] == alone["normalization"]
+        _assert_same_run(_run_files(Path(summary["run_dir"])), _run_files(Path(alone["run_dir"])))
+    assert stacked[0]["normalization"]["state_mean"] != stacked[1]["normalization"]["state_mean"]
+    highs = [float(_run_files(Path(s["run_dir"]))["ckpt"]["agent"]["target_high"]) for s in stacked]
+    assert highs[1] == pytest.approx(2 * highs[0])  # each seed's TD targets bounded by its own rewards
+
+
+def test_stack_seeds_is_refused_where_it_cannot_run(umaze_registered, tmp_path):
+    agent_class, cfg = tiny("cql", tmp_path, stack_seeds=2)
+    with pytest.raises(UserError, match="one seed per process"):
+        train_seeds(cfg, agent_class)
+    agent_class, cfg = tiny("td3_bc", tmp_path, stack_seeds=2)
+    for bad, match in ((dict(name="mine"), "give no --name"), (dict(cuda_graph=True), "--cuda_graph"),
+                       (dict(stack_seeds=0), "at least 1")):
+        with pytest.raises(UserError, match=match):
+            train_seeds(dataclasses.replace(cfg, **bad), agent_class)
+    with pytest.raises(UserError, match="train_seeds"):
+        train(cfg, agent_class)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("summary.json"))
+
+
+def test_bf16_multiplies_hidden_layers_in_bf16_and_keeps_outputs_in_fp32():
+    torch.manual_seed(0)
+    critic = EnsembleMLP(6, 1, 64, 2, members=2)
+    x = torch.randn(128, 6) * 3
+    exact = critic(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = critic(x)
+        one = critic(x, member=1)
+    assert mixed.dtype == one.dtype == torch.float32
+    spread = (exact - mixed).abs().max() / exact.abs().max()
+    assert 0 < spread < 0.05  # bf16 products: rounded, not equal (autocast on), and close (fp32 output layer)
+    torch.testing.assert_close(one, mixed[1])
+
+
+@pytest.mark.parametrize("algorithm", ["td3_bc", "iql"])
+def test_bf16_precision_trains_close_to_fp32_and_is_refused_where_untested(umaze_registered, tmp_path, algorithm):
+    agent_class, cfg = tiny(algorithm, tmp_path, max_timesteps=60)
+    fp32 = _run_files(Path(train(cfg, agent_class)["run_dir"]))
+    bf16 = _run_files(Path(train(dataclasses.replace(cfg, precision="bf16", name="bf16"), agent_class)["run_dir"]))
+    for key in fp32["metrics"][0]:
+        if key == "step":
+            continue
+        a, b = np.array([m[key] for m in fp32["metrics"]]), np.array([m[key] for m in bf16["metrics"]])
+        assert np.isfinite(b).all() and not np.array_equal(a, b)  # the products did change precision
+        np.testing.assert_allclose(b, a, rtol=0.1, atol=0.05)  # and the losses follow fp32's
+    assert bf16["ckpt"]["config"]["precision"] == "bf16"
+    with pytest.raises(UserError, match="--precision"):
+        train(dataclasses.replace(cfg, precision="fp16", name="x"), agent_class)
+    with pytest.raises(UserError, match="cuda_graph"):
+        train(dataclasses.replace(cfg, precision="bf16", cuda_graph=True, name="x"), agent_class)
+    cql_class, cql = tiny("cql", tmp_path, precision="bf16")
+    with pytest.raises(UserError, match="bf16: td3_bc, iql"):
+        train(cql, cql_class)
+
+
 # --- synthetic data only -----------------------------------------------------------------------------------
-def _samples(umaze_data, path: Path, rows: int = 3000, shift: float = 0.5) -> TransitionDataset:
+def _samples(umaze_data, path: Path, rows: int = 3000, shift: float = 0.5, reward_factor: float = 1.0
+             ) -> TransitionDataset:
     """A stand-in for diffusion samples: shuffled rows, shifted so their statistics differ from the real data's."""
     idx = np.random.default_rng(0).permutation(umaze_data.size)[:rows]
     arrays = {k: v[idx] for k, v in umaze_data.arrays().items() if k != "timeouts"}
     arrays["observations"] = arrays["observations"] + shift
     arrays["next_observations"] = arrays["next_observations"] + shift
+    arrays["rewards"] = arrays["rewards"] * reward_factor
     ds = TransitionDataset(**arrays, name="synthetic", source=str(path))
     ds.save(path, extra_metadata={"privacy_ledger": {"target_epsilon": 10.0, "guarantee": "(10, 1e-06)-DP (test)"}})
     return ds

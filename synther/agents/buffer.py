@@ -25,6 +25,19 @@ class Batch(NamedTuple):
     dones: torch.Tensor
 
 
+def seed_major(batch: Batch) -> Batch:
+    """A batch as (seeds, batch, ·) tensors (rewards and dones (seeds, batch)): one seed's batch gains a leading
+    seed dimension of 1 (views); a stacked batch is returned as it is."""
+    if batch.rewards.dim() == 2:
+        return batch
+    return Batch(*(t.unsqueeze(0) for t in batch))
+
+
+def stacked_batch(buffers: list["ReplayBuffer"], batch_size: int) -> Batch:
+    """One batch from each seed's buffer (its own rows, drawn by its own generator), stacked (seeds, batch, ·)."""
+    return Batch(*(torch.stack(parts) for parts in zip(*(b.sample(batch_size) for b in buffers))))
+
+
 def state_statistics(observations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """CORL's state normalization: mean and std (+1e-3) of the observations given."""
     obs = observations.astype(np.float64)
@@ -97,6 +110,8 @@ class ReplayBuffer:
         self._indices: torch.Tensor | None = None
         self._batch_size = 0
         self._next = 0
+        self._chunk_state: torch.Tensor | None = None  # the generator's state before the current chunk was drawn
+        self._resume_at = 0  # set_rng_state's cursor, applied when the chunk is drawn again
         self._graph_indices: torch.Tensor | None = None  # graph_sample's chunk and cursor (see draw_graph_chunk)
         self._graph_cursor = torch.zeros(1, dtype=torch.long, device=self.device)
 
@@ -105,9 +120,10 @@ class ReplayBuffer:
 
     def sample(self, batch_size: int) -> Batch:
         if self._indices is None or self._next == self.chunk or batch_size != self._batch_size:
+            self._chunk_state = self.generator.get_state()
             self._indices = torch.randint(self.size, (self.chunk, batch_size), generator=self.generator,
                                           device=self.device)
-            self._batch_size, self._next = batch_size, 0
+            self._batch_size, self._next, self._resume_at = batch_size, self._resume_at, 0
         rows = self.data.index_select(0, self._indices[self._next])
         self._next += 1
         obs, act, rew, next_obs, done = torch.split(rows, self._splits, dim=1)
@@ -141,9 +157,14 @@ class ReplayBuffer:
         return {"state_mean": self.state_mean.tolist(), "state_std": self.state_std.tolist(),
                 "reward_scale": self.reward_scale, "reward_bias": self.reward_bias}
 
-    def rng_state(self) -> torch.Tensor:
-        return self.generator.get_state()
+    def rng_state(self) -> tuple[torch.Tensor, int]:
+        """Where sampling stands: the generator's state before the current chunk, and the batches taken from it
+        (a checkpoint keeps both, so a resumed run draws the batches the uninterrupted one would)."""
+        if self._indices is None:
+            return self.generator.get_state(), 0
+        return self._chunk_state, self._next
 
-    def set_rng_state(self, state: torch.Tensor) -> None:
+    def set_rng_state(self, state: torch.Tensor, cursor: int = 0) -> None:
         self.generator.set_state(state)
-        self._indices = None  # draw a fresh chunk from the restored generator
+        self._indices = None  # the next sample draws the chunk again from the restored generator ...
+        self._resume_at = cursor  # ... and continues it where it stood

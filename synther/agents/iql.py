@@ -6,6 +6,9 @@ its learning rate follows a cosine schedule over max_timesteps.
 
 All three losses depend only on the parameters from before the update (every cross term is detached, exactly as
 in CORL's three sequential steps), so they are summed and take one backward pass.
+
+Tensors carry a leading seed dimension (Agent's stacked seeds): batches are (seeds, batch, ·); V and the actor are
+ensembles of one member per seed, Q of two per seed (seed k's are members 2k and 2k + 1).
 """
 import math
 from dataclasses import dataclass
@@ -13,8 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from synther.agents.buffer import Batch
-from synther.agents.networks import Agent, adam, EnsembleMLP, critic_input, frozen_copy, mlp, soft_update
+from synther.agents.buffer import Batch, seed_major
+from synther.agents.networks import Agent, adam, EnsembleMLP, frozen_copy, seed_critic_input, soft_update
 from synther.agents.trainer import AgentConfig
 
 EXP_ADV_MAX = 100.0
@@ -35,35 +38,40 @@ class IQLConfig(AgentConfig):
 
 
 class GaussianPolicy(nn.Module):
-    """Tanh-squashed mean, state-independent log-std (CORL's IQL GaussianPolicy)."""
+    """Tanh-squashed mean, state-independent log-std (CORL's IQL GaussianPolicy), one per seed."""
 
-    def __init__(self, obs_dim: int, action_dim: int, hidden: list[int]) -> None:
+    def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int, n_hidden: int, seeds: int) -> None:
         super().__init__()
-        self.net = mlp([obs_dim, *hidden, action_dim], output_activation=nn.Tanh)
-        self.log_std = nn.Parameter(torch.zeros(action_dim))
+        self.net = EnsembleMLP(obs_dim, action_dim, hidden_dim, n_hidden, members=seeds)
+        self.log_std = nn.Parameter(torch.zeros(seeds, 1, action_dim))
+
+    def mean(self, obs: torch.Tensor, seed_index: int | None = None) -> torch.Tensor:
+        """(seeds, batch, obs) -> (seeds, batch, act); with seed_index, that seed's for (batch, obs)."""
+        return torch.tanh(self.net(obs, member=seed_index))
 
     def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        mean = self.net(obs)
+        """(seeds, batch, ·) -> (seeds, batch)."""
         log_std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
-        z = (actions - mean) * torch.exp(-log_std)
+        z = (actions - self.mean(obs)) * torch.exp(-log_std)
         return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
 class IQL(Agent):
     name = "iql"
     graph_period = 1  # synther.agents.graphs: the update runs the same kernels every time
+    stackable = True
+    precisions = ("fp32", "bf16")
 
     def __init__(self, cfg: IQLConfig, obs_dim: int, action_dim: int, max_action: float,
-                 device: torch.device | str = "cpu") -> None:
-        self.cfg, self.max_action = cfg, max_action
-        hidden = [cfg.hidden_dim] * cfg.n_hidden
-        self.qf = EnsembleMLP(obs_dim + action_dim, 1, cfg.hidden_dim, cfg.n_hidden, members=2).to(device)
+                 device: torch.device | str = "cpu", seeds: int = 1) -> None:
+        self.cfg, self.max_action, self.seeds = cfg, max_action, seeds
+        self.qf = EnsembleMLP(obs_dim + action_dim, 1, cfg.hidden_dim, cfg.n_hidden, members=2 * seeds).to(device)
         self.q_target = frozen_copy(self.qf)
-        self.vf = mlp([obs_dim, *hidden, 1]).to(device)
+        self.vf = EnsembleMLP(obs_dim, 1, cfg.hidden_dim, cfg.n_hidden, members=seeds).to(device)
         if cfg.iql_deterministic:
-            self.actor = mlp([obs_dim, *hidden, action_dim], output_activation=nn.Tanh).to(device)
+            self.actor = EnsembleMLP(obs_dim, action_dim, cfg.hidden_dim, cfg.n_hidden, members=seeds).to(device)
         else:
-            self.actor = GaussianPolicy(obs_dim, action_dim, hidden).to(device)
+            self.actor = GaussianPolicy(obs_dim, action_dim, cfg.hidden_dim, cfg.n_hidden, seeds).to(device)
         # one Adam, one parameter group per network (Adam is per-parameter: same as CORL's three optimizers)
         self.optimizer = adam([
             {"params": self.vf.parameters(), "lr": cfg.vf_lr},
@@ -84,33 +92,37 @@ class IQL(Agent):
 
     def device_update(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.cfg
-        obs, actions, rewards, next_obs, dones = batch
+        obs, actions, rewards, next_obs, dones = seed_major(batch)  # (seeds, batch, ·)
+        seeds = obs.shape[0]
+        critic_in = seed_critic_input(obs, actions, 2)
         with torch.no_grad():
-            target_q = self.q_target(critic_input(obs, actions)).min(0).values
-            next_v = self.vf(next_obs).squeeze(-1)
+            target_q = self.q_target(critic_in).view(seeds, 2, -1).min(1).values
+            next_v = self.vf(next_obs)
 
-        v = self.vf(obs).squeeze(-1)
+        v = self.vf(obs)  # (seeds, batch)
         adv = target_q - v
-        value_loss = (torch.abs(cfg.iql_tau - (adv < 0).float()) * adv.pow(2)).mean()
+        value_loss = (torch.abs(cfg.iql_tau - (adv < 0).float()) * adv.pow(2)).mean(-1)
 
         q_target = rewards + (1.0 - dones) * cfg.discount * next_v
-        qs = self.qf(critic_input(obs, actions))  # (2, batch)
-        q_loss = (qs - q_target).pow(2).mean(1).mean()  # CORL: sum of the two MSEs / 2
+        qs = self.qf(critic_in).view(seeds, 2, -1)
+        q_loss = (qs - q_target.unsqueeze(1)).pow(2).mean(-1).mean(1)  # CORL: sum of the two MSEs / 2
 
         exp_adv = torch.exp(cfg.beta * adv.detach()).clamp(max=EXP_ADV_MAX)
         if cfg.iql_deterministic:
-            bc_losses = (self.actor(obs) * self.max_action - actions).pow(2).sum(1)
+            bc_losses = (torch.tanh(self.actor(obs)) * self.max_action - actions).pow(2).sum(-1)
         else:
             bc_losses = -self.actor.log_prob(obs, actions / self.max_action)
-        actor_loss = (exp_adv * bc_losses).mean()
+        actor_loss = (exp_adv * bc_losses).mean(-1)  # each loss (seeds,)
 
         self.optimizer.zero_grad(set_to_none=True)
-        (value_loss + q_loss + actor_loss).backward()
+        # seeds share no parameter: each gets its own losses' gradient
+        (value_loss + q_loss + actor_loss).sum().backward()
         self.optimizer.step()
         soft_update(self.q_target, self.qf, cfg.tau)
         return {"value_loss": value_loss.detach(), "q_loss": q_loss.detach(), "actor_loss": actor_loss.detach()}
 
     @torch.no_grad()
-    def act(self, observations: torch.Tensor) -> torch.Tensor:
-        mean = self.actor(observations) if self.cfg.iql_deterministic else self.actor.net(observations)
+    def act(self, observations: torch.Tensor, seed_index: int = 0) -> torch.Tensor:
+        mean = (torch.tanh(self.actor(observations, member=seed_index)) if self.cfg.iql_deterministic
+                else self.actor.mean(observations, seed_index))
         return (mean * self.max_action).clamp(-self.max_action, self.max_action)

@@ -2,15 +2,17 @@
 
 Critic: clipped double-Q with target policy smoothing. Actor (every `policy_freq` updates): maximise
 λ·Q1(s, π(s)) with λ = α / mean|Q1|, plus behaviour cloning ‖π(s) − a‖². Targets move only on actor updates.
+
+Tensors carry a leading seed dimension (Agent's stacked seeds): batches are (seeds, batch, ·), the actor an
+ensemble of one member per seed, the critic of two per seed (seed k's are members 2k and 2k + 1).
 """
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from synther.agents.buffer import Batch
-from synther.agents.networks import Agent, adam, EnsembleMLP, critic_input, frozen_copy, mlp, return_bounds, soft_update
+from synther.agents.buffer import Batch, seed_major
+from synther.agents.networks import (Agent, adam, critic_input, EnsembleMLP, frozen_copy, return_bounds,
+                                     seed_critic_input, soft_update)
 from synther.agents.trainer import AgentConfig
 
 
@@ -31,21 +33,24 @@ class TD3BCConfig(AgentConfig):
 
 class TD3BC(Agent):
     name = "td3_bc"
+    stackable = True
+    precisions = ("fp32", "bf16")
 
     def __init__(self, cfg: TD3BCConfig, obs_dim: int, action_dim: int, max_action: float,
-                 device: torch.device | str = "cpu") -> None:
-        self.cfg, self.max_action = cfg, max_action
-        hidden = [cfg.hidden_dim] * cfg.n_hidden
-        self.actor = mlp([obs_dim, *hidden, action_dim], output_activation=nn.Tanh).to(device)
+                 device: torch.device | str = "cpu", seeds: int = 1) -> None:
+        self.cfg, self.max_action, self.seeds = cfg, max_action, seeds
+        self.actor = EnsembleMLP(obs_dim, action_dim, cfg.hidden_dim, cfg.n_hidden, members=seeds).to(device)
         self.actor_target = frozen_copy(self.actor)
-        self.critic = EnsembleMLP(obs_dim + action_dim, 1, cfg.hidden_dim, cfg.n_hidden, members=2,
+        self.critic = EnsembleMLP(obs_dim + action_dim, 1, cfg.hidden_dim, cfg.n_hidden, members=2 * seeds,
                                   layer_norm=cfg.critic_layer_norm).to(device)
         self.critic_target = frozen_copy(self.critic)
         self.actor_optimizer = adam(self.actor.parameters(), lr=cfg.actor_lr)
         self.critic_optimizer = adam(self.critic.parameters(), lr=cfg.critic_lr)
         self.total_it = 0
-        self.target_low, self.target_high = -float("inf"), float("inf")
-        self._actor_loss = torch.zeros((), device=device)
+        # each seed's TD-target range (seeds, 1): its own training rewards' (bound_targets), else unbounded
+        self.target_low = torch.full((seeds, 1), -float("inf"), device=device)
+        self.target_high = torch.full((seeds, 1), float("inf"), device=device)
+        self._actor_loss = torch.zeros(seeds, device=device)
 
     @property
     def graph_period(self) -> int:
@@ -55,35 +60,43 @@ class TD3BC(Agent):
 
     def fit_to_data(self, reward_low: float, reward_high: float) -> None:
         if self.cfg.bound_targets:
-            self.target_low, self.target_high = return_bounds(reward_low, reward_high, self.cfg.discount)
+            low, high = return_bounds(reward_low, reward_high, self.cfg.discount)
+            self.target_low.fill_(low)
+            self.target_high.fill_(high)
+
+    def policy(self, observations: torch.Tensor, target: bool = False) -> torch.Tensor:
+        """(seeds, batch, obs) -> each seed's actions (seeds, batch, act) in [-max_action, max_action]."""
+        return torch.tanh((self.actor_target if target else self.actor)(observations)) * self.max_action
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.cfg
-        obs, actions, rewards, next_obs, dones = batch
+        obs, actions, rewards, next_obs, dones = seed_major(batch)  # (seeds, batch, ·)
+        seeds = obs.shape[0]
         self.total_it += 1
 
         with torch.no_grad():
-            noise = (torch.randn_like(actions) * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
-            next_actions = (self.actor_target(next_obs) * self.max_action + noise * self.max_action).clamp(
+            noise = (self.normal_like(actions) * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
+            next_actions = (self.policy(next_obs, target=True) + noise * self.max_action).clamp(
                 -self.max_action, self.max_action)
-            target_q = self.critic_target(critic_input(next_obs, next_actions)).min(0).values
-            target_q = rewards + (1.0 - dones) * cfg.discount * target_q
+            target_q = self.critic_target(seed_critic_input(next_obs, next_actions, 2)).view(seeds, 2, -1)
+            target_q = rewards + (1.0 - dones) * cfg.discount * target_q.min(1).values
             if cfg.bound_targets:  # no return can leave this range: growth beyond it is extrapolation feeding itself
                 target_q = target_q.clamp(self.target_low, self.target_high)
 
-        q = self.critic(critic_input(obs, actions))  # (2, batch)
-        critic_loss = F.mse_loss(q, target_q.expand_as(q), reduction="none").mean(1).sum()
+        q = self.critic(seed_critic_input(obs, actions, 2)).view(seeds, 2, -1)
+        critic_loss = (q - target_q.unsqueeze(1)).pow(2).mean(-1).sum(1)  # (seeds,): each seed's two MSEs
         self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
+        critic_loss.sum().backward()  # seeds share no parameter: each gets its own loss's gradient
         self.critic_optimizer.step()
 
         if self.total_it % cfg.policy_freq == 0:
-            pi = self.actor(obs) * self.max_action
-            q1 = self.critic(critic_input(obs, pi), detach_params=True, member=0)
-            lmbda = cfg.alpha / q1.abs().mean().detach()
-            actor_loss = -lmbda * q1.mean() + F.mse_loss(pi, actions)
+            pi = self.policy(obs)
+            # each seed's first critic (members 0, 2, 4, ...), parameters detached: the gradient flows to π only
+            q1 = self.critic(critic_input(obs, pi), detach_params=True, member=slice(0, None, 2))
+            lmbda = cfg.alpha / q1.abs().mean(-1).detach()
+            actor_loss = -lmbda * q1.mean(-1) + (pi - actions).pow(2).mean((-2, -1))  # (seeds,)
             self.actor_optimizer.zero_grad(set_to_none=True)
-            actor_loss.backward()
+            actor_loss.sum().backward()
             self.actor_optimizer.step()
             soft_update(self.critic_target, self.critic, cfg.tau)
             soft_update(self.actor_target, self.actor, cfg.tau)
@@ -92,5 +105,5 @@ class TD3BC(Agent):
         return {"critic_loss": critic_loss.detach(), "actor_loss": self._actor_loss}
 
     @torch.no_grad()
-    def act(self, observations: torch.Tensor) -> torch.Tensor:
-        return self.actor(observations) * self.max_action
+    def act(self, observations: torch.Tensor, seed_index: int = 0) -> torch.Tensor:
+        return torch.tanh(self.actor(observations, member=seed_index)) * self.max_action
