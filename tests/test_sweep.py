@@ -1,6 +1,7 @@
 """The sweep engine: grid expansion and dependency order, skipping finished jobs, resuming killed ones, failures that
 block only their dependents, Ctrl-C, and tiny real PrivTranR sweeps on the local pool and on a real local Ray
 cluster."""
+import dataclasses
 import json
 import os
 import re
@@ -20,6 +21,7 @@ import pytest
 from synther.cli import parse
 from synther.data.pointmaze import MazeCollectConfig, collect_maze2d
 from synther.errors import UserError
+from synther.layout import read_run_labels
 from synther.utils.locks import FolderLock
 from synther.utils.threads import THREADS_FILE_ENV
 from synther.sweep import (Budgets, ExtraArgs, Job, LocalExecutor, SweepConfig, agent_run_name, plan, run_jobs, summary_table,
@@ -36,7 +38,8 @@ UMAZE, MEDIUM = "ptr-maze2d-umaze-dense-v0", "ptr-maze2d-medium-dense-v0"
 def test_grid_expansion_counts_dependencies_and_commands(tmp_path):
     cfg = SweepConfig(datasets=[UMAZE, MEDIUM], public={UMAZE: ["pub-a", "pub-b"], MEDIUM: ["pub-a", "pub-b"]},
                       methods=["privtranr", "mst"], epsilons=[1.0, 10.0], seeds=[0, 1], agents=["td3_bc", "iql"],
-                      evaluations=["fidelity", "mia"], runs_dir=str(tmp_path), budgets=Budgets(num_samples=5000))
+                      evaluations=["fidelity", "mia"], runs_dir=str(tmp_path), budgets=Budgets(num_samples=5000),
+                      stack_agent_seeds=False)
     jobs = plan(cfg)
     kinds = {k: sum(j.kind == k for j in jobs) for k in ("pretrain", "finetune", "sample", "mia", "baseline",
                                                         "fidelity", "agent")}
@@ -95,6 +98,42 @@ def test_grid_expansion_counts_dependencies_and_commands(tmp_path):
         plan(SweepConfig(methods=["aim"], runs_dir=str(tmp_path)))
 
 
+def test_an_agents_seeds_plan_as_one_stacked_job(tmp_path):
+    """By default each agent's consecutive seeds on one data source are one --stack_seeds job; each seed keeps the
+    run folder, labels and samples a job of its own would have."""
+    base = dict(datasets=[UMAZE], public={UMAZE: ["pub-a"]}, methods=["privtranr", "mst"], epsilons=[10.0],
+                agents=["td3_bc", "cql"], evaluations=[], runs_dir=str(tmp_path), budgets=Budgets(num_samples=5000))
+    alone = {j.id: j for j in plan(SweepConfig(**base, seeds=[0, 1, 2, 5], stack_agent_seeds=False))}
+    jobs = {j.id: j for j in plan(SweepConfig(**base, seeds=[0, 1, 2, 5]))}
+    agents = {i: j for i, j in jobs.items() if j.kind == "agent"}
+    # td3_bc: seeds 0-2 stacked and seed 5 alone, for each of 3 data sources; cql (not stackable): one job per seed
+    assert sorted(i for i in agents if "td3_bc" in i) == sorted(
+        f"agent/td3_bc-{UMAZE}-{data}-seed{s}" for data in ("eps10", "mst-eps10", "real") for s in ("0-2", "5"))
+    assert sum("cql" in i for i in agents) == 12
+    folders = [j.run_dir for j in agents.values()] + [m for j in agents.values() for m, _ in j.members]
+    assert sorted(folders) == sorted(j.run_dir for j in alone.values() if j.kind == "agent")
+    dp = agents[f"agent/td3_bc-{UMAZE}-eps10-seed0-2"]
+    cmd = dp.command
+    assert cmd[cmd.index("--stack_seeds") + 1] == "3" and cmd[cmd.index("--seed") + 1] == "0"
+    assert cmd[cmd.index("--name") + 1] == f"td3_bc-{UMAZE}-eps10-seed{{seed}}"
+    assert cmd[cmd.index("--diffusion.path") + 1] == str(tmp_path / "diffusion" / f"finetune-{UMAZE}-eps10-seed{{seed}}"
+                                                         / "samples.npz")
+    assert sorted(dp.deps) == sorted(d for s in (0, 1, 2) for d in alone[f"agent/td3_bc-{UMAZE}-eps10-seed{s}"].deps)
+    for folder, labels in [(dp.run_dir, dp.labels), *dp.members]:
+        own = alone[f"agent/{folder.name}"]
+        assert folder == own.run_dir and labels == own.labels
+    dp.write_labels()
+    assert [read_run_labels(f, "agent")["seed"] for f in (dp.run_dir, *(m for m, _ in dp.members))] == [0, 1, 2]
+    real = agents[f"agent/td3_bc-{UMAZE}-real-seed0-2"]
+    assert real.deps == [] and "--diffusion.path" not in real.command and "--stack_seeds" in real.command
+    # the job is finished when every seed's folder is
+    outputs_only = dataclasses.replace(dp, finished=None)
+    for folder in (dp.run_dir, *(m for m, _ in dp.members)):
+        assert not outputs_only.outputs_finished()
+        (folder / "summary.json").write_text(json.dumps({"steps": 1}))
+    assert outputs_only.outputs_finished()
+
+
 def test_ladder_rungs_plan_their_own_models_samples_and_agents(tmp_path):
     cfg = SweepConfig(datasets=[MEDIUM], methods=["privtranr", "nodp", "public", "public_curiosity"], epsilons=[10.0],
                       agents=["td3_bc"], evaluations=["fidelity", "mia"], runs_dir=str(tmp_path))
@@ -105,7 +144,7 @@ def test_ladder_rungs_plan_their_own_models_samples_and_agents(tmp_path):
     curious = [j for i, j in jobs.items() if i.startswith("pretrain/") and "curiosity" in i]
     assert len(curious) == 1 and "reweight" in curious[0].command
     for rung in ("nodp", "public", "public_curiosity"):
-        agent = jobs[f"agent/td3_bc-{MEDIUM}-{rung}-seed0"]
+        agent = jobs[f"agent/td3_bc-{MEDIUM}-{rung}-seed0"]  # one seed: a job of its own
         samples = agent.command[agent.command.index("--diffusion.path") + 1]
         assert "--dp_epsilon" not in agent.command and samples.endswith("samples.npz")
         assert any(jobs[d].kind == "sample" and str(jobs[d].run_dir / "samples.npz") == samples for d in agent.deps)
@@ -308,15 +347,17 @@ def test_shipped_sweep_configs_parse_and_dry_run(tmp_path):
     cfg = parse(SweepConfig, "", ["--config_path", str(ROOT / "config/sweeps/maze2d-paper.yaml"),
                                   "--runs_dir", str(tmp_path / "runs")])
     jobs = plan(cfg)
-    # 9 pre-trainings (3 mazes with different public sets × 3 seeds), 45 DP fine-tunings, 180 baseline runs
-    assert [sum(j.kind == k for j in jobs) for k in ("pretrain", "finetune", "baseline", "agent")] == [9, 45, 180, 468]
+    # 9 pre-trainings (3 mazes with different public sets × 3 seeds), 45 DP fine-tunings, 180 baseline runs, 468
+    # agent runs as 156 jobs of 3 stacked seeds
+    assert [sum(j.kind == k for j in jobs) for k in ("pretrain", "finetune", "baseline", "agent")] == [9, 45, 180, 156]
+    assert sum(1 + len(j.members) for j in jobs if j.kind == "agent") == 468
     tiny = parse(SweepConfig, "", ["--config_path", str(ROOT / "config/sweeps/maze2d-tiny.yaml")])
     assert tiny.budgets.agent_max_timesteps == 20 and tiny.methods == ["privtranr"]
 
     proc = run_script("sweep.py", "--config", "config/sweeps/maze2d-paper.yaml", "--dry_run", "true",
                       "--runs_dir", str(tmp_path / "runs"))
     assert proc.returncode == 0, proc.stderr
-    assert "1017 jobs in all" in proc.stdout and "baseline: 180 (180 to run)" in proc.stdout
+    assert "705 jobs in all" in proc.stdout and "baseline: 180 (180 to run)" in proc.stdout
     assert "MuJoCo/baselines.py --method patectgan" in proc.stdout
     assert not (tmp_path / "runs").exists()  # a dry run writes nothing
     assert_user_error(run_script("sweep.py", "--config", "config/sweeps/maze2d-tiny.yaml", "--methods", "[foo]",
@@ -562,6 +603,24 @@ def test_tiny_privtranr_sweep_end_to_end_on_the_local_pool(tiny_sweep):
     assert len(utility) == 3 and utility[1].startswith(f"{MEDIUM},td3_bc,real,,1,")
     assert (out / "ledger.md").read_text().count("| privtranr | 2 | 0 |") == 1
     assert (out / f"utility_vs_epsilon_{MEDIUM}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_agents_stacked_seeds_run_as_one_job(tiny_sweep):
+    """Real-data TD3+BC for seeds 0 and 1 as one --stack_seeds job on the local pool: two ordinary run folders,
+    each labelled with its own seed; a second sweep finds the job done."""
+    runs = tiny_sweep["runs"].parent / "stacked"
+    args = ("--config", "config/sweeps/maze2d-tiny.yaml", "--runs_dir", str(runs), "--methods", "[]",
+            "--seeds", "[0, 1]")
+    proc = run_script("sweep.py", *args, env_extra=tiny_sweep["env"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"agent +td3_bc-\S+-real-seed0-1: done", proc.stdout)
+    for seed in (0, 1):
+        folder = runs / "agents" / f"td3_bc-{MEDIUM}-real-seed{seed}"
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["stacked_seeds"] == [0, 1] and summary["evaluation"]["seed"] == seed
+        assert read_run_labels(folder, "agent")["seed"] == seed
+    again = run_script("sweep.py", *args, env_extra=tiny_sweep["env"])
+    assert again.returncode == 0 and again.stdout.count("done, skipped") == 1 and "started" not in again.stdout
 
 
 def _free_port() -> int:

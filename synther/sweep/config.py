@@ -76,6 +76,7 @@ class SweepConfig:
     seeds: list[int] = field(default_factory=lambda: [0])  # seeds: diffusion/baseline seed s feeds the agents of seed s
     agents: list[str] = field(default_factory=lambda: ["td3_bc", "iql"])  # offline RL algorithms: td3_bc, iql, cql, awac, edac (empty: none)
     real_reference: bool = True  # also train every agent on the real sensitive data (the non-private reference)
+    stack_agent_seeds: bool = True  # one job per agent and data source for its consecutive seeds (TD3+BC, IQL): one --stack_seeds process training them as a stacked network, each seed as it would alone, in its own run folder
     evaluations: list[str] = field(default_factory=lambda: ["fidelity", "mia"])  # fidelity (all methods) and/or mia (PrivTranR checkpoints)
     fidelity_dynamics: bool = False  # fidelity: also score the dynamics error (marginal.py --dynamics)
     mia_audit: bool = False  # mia: also run the canary audit for an empirical ε lower bound (mia.py --audit)

@@ -27,6 +27,9 @@ class Job:
     earlier_fingerprints: tuple[str, ...] = ()
     # its process follows the thread count a local pool lends it when cores sit idle (synther.utils.threads)
     elastic: bool = False
+    # further run folders the job writes, each with its labels (an agent's stacked seeds: run_dir is the first
+    # seed's); `outputs` and `finished` must hold in every one
+    members: tuple[tuple[Path, dict[str, Any]], ...] = ()
 
     @property
     def log(self) -> Path:
@@ -37,9 +40,16 @@ class Job:
         return self.run_dir / f"job-{self.kind}.done.json"
 
     def outputs_finished(self) -> bool:
-        if not self.outputs or not all((self.run_dir / f).exists() for f in self.outputs):
-            return False
-        return self.finished is None or self.finished(self.run_dir)
+        return bool(self.outputs) and all(
+            all((folder / f).exists() for f in self.outputs) and (self.finished is None or self.finished(folder))
+            for folder in (self.run_dir, *(folder for folder, _ in self.members)))
+
+    def write_labels(self) -> None:
+        """Record in each of its run folders what the job is there (synther.layout.write_run_labels)."""
+        from synther import layout
+
+        for folder, labels in ((self.run_dir, self.labels), *self.members):
+            layout.write_run_labels(folder, self.kind, labels)
 
     def changed(self) -> bool:
         """Whether a sweep finished this job under another fingerprint: its options, its config file or a job

@@ -12,8 +12,8 @@ from typing import Any, Callable
 import yaml
 
 from synther import layout
-from synther.agents import ALGORITHMS
-from synther.agents.trainer import RESUME_IGNORED, agent_command
+from synther.agents import ALGORITHMS, get_algorithm
+from synther.agents.trainer import RESUME_IGNORED, SEED_FIELD, agent_command
 from synther.baselines.synthesize import baseline_command
 from synther.diffusion.synthesizer import SAMPLING_FIELDS, diffusion_command, public_tag
 from synther.errors import UserError
@@ -43,23 +43,79 @@ def agent_job(*, algorithm: str, dataset: str, seed: int, agents_dir: Path, pyth
               samples: Path | None = None, epsilon: float | None = None, method: str = "privtranr",
               deps: list[str] | None = None, max_timesteps: int = 0, eval_freq: int = 0, n_episodes: int = 0,
               sample_limit: int = -1, device: str = "auto", cpus: int = 1, gpus: float = 0.0,
-              threads: int | None = None, progress: bool = False, extra: list[str] | None = None) -> Job:
-    """One agent run: real data when `samples` is None, else ONLY the samples (ε recorded in its summary)."""
+              threads: int | None = None, progress: bool = False, extra: list[str] | None = None,
+              stacked: list[tuple[int, Path | None]] | None = None) -> Job:
+    """One agent run: real data when `samples` is None, else ONLY the samples (ε recorded in its summary).
+    `stacked`: further (seed, samples) runs, seeds seed + 1, seed + 2, ..., trained with it as one stacked network
+    (--stack_seeds); their names and samples must differ from its own in the seed's number only."""
     if algorithm not in ALGORITHMS:
         raise UserError(f"unknown agent '{algorithm}' (choose from: {', '.join(ALGORITHMS)})")
     method = method if samples is not None else "real"
+    stacked = list(stacked or [])
     name = agent_run_name(algorithm, dataset, seed, method, epsilon)
-    yaml_path = config_dir / algorithm / f"{dataset_tag(dataset)}.yaml"
-    cmd = agent_command(python, algorithm, dataset=dataset_arg(dataset), seed=seed, checkpoints_path=agents_dir,
-                        name=name, device=device, threads=cpus if threads is None else threads, progress=progress,
-                        config_path=yaml_path if yaml_path.exists() else None, max_timesteps=max_timesteps,
-                        eval_freq=eval_freq, n_episodes=n_episodes, samples=samples, sample_limit=sample_limit,
-                        dp_epsilon=epsilon)
     labels = {"dataset": dataset, "method": method, "epsilon": epsilon, "seed": seed, "agent": algorithm,
               "data": "real" if samples is None else str(samples)}
+    job_id, name_arg, samples_arg = f"agent/{name}", name, samples
+    members: list[tuple[Path, dict[str, Any]]] = []
+    if stacked:
+        seeds = [seed, *(s for s, _ in stacked)]
+        if seeds != list(range(seed, seed + len(seeds))):
+            raise ValueError(f"stacked agent seeds must be consecutive, got {seeds}")
+        name_arg = agent_run_name(algorithm, dataset, SEED_FIELD, method, epsilon)  # type: ignore[arg-type]
+        samples_arg = _seed_pattern(samples, seed) if samples is not None else None
+        for s, path in stacked:
+            member = agent_run_name(algorithm, dataset, s, method, epsilon)
+            filled = None if samples_arg is None else str(samples_arg).replace(SEED_FIELD, str(s))
+            if name_arg.replace(SEED_FIELD, str(s)) != member or filled != (None if path is None else str(path)):
+                raise ValueError(f"seed {s}'s run differs from seed {seed}'s in more than the seed's number")
+            members.append((agents_dir / member, {**labels, "seed": s, "data": "real" if path is None else str(path)}))
+        job_id = f"agent/{agent_run_name(algorithm, dataset, seed, method, epsilon)}-{seeds[-1]}"
+    yaml_path = config_dir / algorithm / f"{dataset_tag(dataset)}.yaml"
+    cmd = agent_command(python, algorithm, dataset=dataset_arg(dataset), seed=seed, checkpoints_path=agents_dir,
+                        name=name_arg, device=device, threads=cpus if threads is None else threads, progress=progress,
+                        config_path=yaml_path if yaml_path.exists() else None, max_timesteps=max_timesteps,
+                        eval_freq=eval_freq, n_episodes=n_episodes, samples=samples_arg, sample_limit=sample_limit,
+                        dp_epsilon=epsilon, stack_seeds=1 + len(stacked))
     cmd = cmd + list(extra or [])
-    return Job(f"agent/{name}", "agent", agents_dir / name, cmd, list(deps or []), cpus, gpus, ("summary.json",),
-               labels, finished=agent_finished(max_timesteps, _shaping_options(cmd)), elastic=True)
+    # what each folder's saved config must hold; a stacked seed's own --seed is its folder's, not the command's
+    settings = {k: v for k, v in _shaping_options(cmd).items() if not (stacked and k == "seed")}
+    return Job(job_id, "agent", agents_dir / name, cmd, list(deps or []), cpus, gpus, ("summary.json",),
+               labels, finished=agent_finished(max_timesteps, settings), elastic=True, members=tuple(members))
+
+
+def _seed_pattern(path: Path, seed: int) -> str:
+    """A run's samples path with its seed's number as {seed} (the folder names of synther.layout end in -seed<s>)."""
+    return str(path).replace(f"-seed{seed}", f"-seed{SEED_FIELD}")
+
+
+def _stacks(runs: list[dict[str, Any]], stack: bool) -> list[list[dict[str, Any]]]:
+    """Agent runs (agent_job's keyword arguments) -> jobs' runs: with `stack`, the runs of a stackable agent on one
+    data source whose seeds follow one another go together, as long as their folders and samples differ only in
+    the seed's number; every other run alone."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for run in runs:
+        key = (run["algorithm"], run["dataset"], run.get("method", "real") if run.get("samples") else "real",
+               run.get("epsilon"))
+        groups.setdefault(key, []).append(run)
+    out: list[list[dict[str, Any]]] = []
+    for (algorithm, *_), group in groups.items():
+        agent_class, _ = get_algorithm(algorithm)
+        if not stack or not agent_class.stackable:
+            out += [[run] for run in group]
+            continue
+        group = sorted(group, key=lambda run: run["seed"])
+        current = [group[0]]
+        for run in group[1:]:
+            first = current[0]
+            fits = run["seed"] == current[-1]["seed"] + 1 and (run.get("samples") is None or str(run["samples"]) == (
+                _seed_pattern(first["samples"], first["seed"]).replace(SEED_FIELD, str(run["seed"]))))
+            if fits:
+                current.append(run)
+            else:
+                out.append(current)
+                current = [run]
+        out.append(current)
+    return out
 
 
 # Options that name or place a run, or that a resumed run may change (the agent trainer's own list): not compared
@@ -190,6 +246,7 @@ def plan(cfg: SweepConfig) -> list[Job]:
             "--run_dir", str(out_dir)]), [dep], outputs=("samples.npz",), labels=labels, elastic=True,
             **_res(cfg, "sample"))
 
+    agent_runs: list[dict[str, Any]] = []  # agent_job's arguments for each (agent, data, seed), grouped at the end
     for seed in cfg.seeds:
         for ds in cfg.datasets:
             sources = []  # (method, ε, samples path, id of the job that writes them)
@@ -239,10 +296,14 @@ def plan(cfg: SweepConfig) -> list[Job]:
                         *_extra(cfg, "fidelity")], [source_id], outputs=("fidelity.json",), labels=labels,
                         **_res(cfg, "fidelity")))
                 for algorithm in cfg.agents:
-                    add(agent_job(algorithm=algorithm, dataset=ds, seed=seed, samples=samples, epsilon=eps,
-                                  method=method, deps=[source_id], extra=_agent_extra(cfg, algorithm), **agent_opts))
+                    agent_runs.append(dict(algorithm=algorithm, dataset=ds, seed=seed, samples=samples, epsilon=eps,
+                                           method=method, deps=[source_id]))
             if cfg.real_reference:
                 for algorithm in cfg.agents:
-                    add(agent_job(algorithm=algorithm, dataset=ds, seed=seed, extra=_agent_extra(cfg, algorithm),
-                                  **agent_opts))
+                    agent_runs.append(dict(algorithm=algorithm, dataset=ds, seed=seed, deps=[]))
+    for runs in _stacks(agent_runs, cfg.stack_agent_seeds):
+        first = runs[0]
+        add(agent_job(**{**first, "deps": [d for run in runs for d in run["deps"]]},
+                      stacked=[(run["seed"], run.get("samples")) for run in runs[1:]],
+                      extra=_agent_extra(cfg, first["algorithm"]), **agent_opts))
     return fingerprint(topological_order(list(jobs.values())))

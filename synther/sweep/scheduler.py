@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from synther import layout
 from synther.sweep.config import SweepConfig, layout_dirs
 from synther.sweep.executors import Executor, make_executor
 from synther.sweep.jobs import Job, dependents, topological_order
@@ -99,7 +98,7 @@ def run_jobs(jobs: list[Job], executor: Executor, state_path: Path, name: str = 
 
         for job in order:
             if job.is_done():
-                layout.write_run_labels(job.run_dir, job.kind, job.labels)  # folders from before run.json get one
+                job.write_labels()  # folders from before run.json get one
                 job.update_marker()
                 settle(job, "skipped", seconds=0.0)
         executor.check([j for j in order if j.id not in status])
@@ -117,7 +116,7 @@ def run_jobs(jobs: list[Job], executor: Executor, state_path: Path, name: str = 
                         pending.remove(job)
                         state.record(job, "running", started=_now())
                         echo(f"{'':>{2 * len(str(n)) + 3}} {_short(job)}: started -> {job.log}")
-                        layout.write_run_labels(job.run_dir, job.kind, job.labels)
+                        job.write_labels()
                         executor.start(job)
                         started = True
                 if pending and not started and not executor.running():
