@@ -31,12 +31,13 @@ the trainer switches when a local sweep lends its last running jobs the idle cor
 
   python benchmarks/agents.py --agents td3_bc,iql --lent_threads 2 --block 200 --rounds 6
 
---bf16 true times each agent's fp32 update against the same update under torch.autocast(bfloat16), two agents of
-the same seed in alternating blocks: a probe of what a bf16 option could gain where the hardware multiplies bf16
-natively (AMX, tensor cores). The agents themselves train in fp32; a real option would keep the value heads in fp32
-(Q ≈ 300 resolves to ≈ 2 in bf16) and needs its own utility check.
+--bf16 true times each agent's fp32 update against the same update under the trainer's --precision bf16 (hidden
+layers under torch.autocast bfloat16, output layers in fp32; TD3+BC and IQL), two agents of the same seed in
+alternating blocks: what bf16 gains where the hardware multiplies it natively (AMX, tensor cores).
+--precision bf16 with --reference true times ours in bf16 against the (fp32) reference loop.
 
   python benchmarks/agents.py --threads 1 --agents td3_bc,iql --bf16 true
+  python benchmarks/agents.py --threads 1 --agents td3_bc,iql --reference true --precision bf16
 """
 import sys
 import time
@@ -51,6 +52,7 @@ from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E
 
 from synther.agents import ALGORITHMS, get_algorithm  # noqa: E402
 from synther.agents.buffer import ReplayBuffer  # noqa: E402
+from synther.agents.trainer import PRECISIONS, update_precision  # noqa: E402
 from synther.cli import parse, run  # noqa: E402
 from synther.data import TransitionDataset  # noqa: E402
 from synther.errors import UserError  # noqa: E402
@@ -75,7 +77,8 @@ class BenchConfig:
     reference: bool = False  # compare with the CORL-structured reference loop instead (td3_bc, iql), alternating blocks
     cuda_graph: bool = False  # compare eager updates with CUDA-graph replays instead (CUDA only), alternating blocks
     lent_threads: int = 0  # compare 1 thread with this many (the cores a sweep lends its last jobs) instead, alternating blocks
-    bf16: bool = False  # compare fp32 updates with the same updates under autocast bfloat16 instead, alternating blocks
+    bf16: bool = False  # compare fp32 updates with the same updates under --precision bf16 instead, alternating blocks
+    precision: str = "fp32"  # ours' --precision in the reference comparison (fp32 or bf16; the reference is fp32)
     block: int = 50  # updates per block in the reference, CUDA-graph, thread and bf16 comparisons
     rounds: int = 10  # blocks of each loop in the reference, CUDA-graph, thread and bf16 comparisons
 
@@ -142,8 +145,14 @@ def compare_with_reference(name: str, buffer: ReplayBuffer, ds: TransitionDatase
     ref = REFERENCES[name](cfg.obs_dim, cfg.action_dim, device=cfg.device)
     ref_buffer = ReferenceBuffer(buffer.normalize(ds.observations), ds.actions, ds.rewards,
                                  buffer.normalize(ds.next_observations), ds.terminals, cfg.device)
-    loops = {"ours": lambda: ours.update(buffer.sample(cfg.batch_size)),
-             "reference": lambda: ref.update(ref_buffer.sample(cfg.batch_size))}
+    device = torch.device(cfg.device)
+
+    def ours_update() -> None:
+        batch = buffer.sample(cfg.batch_size)
+        with update_precision(cfg.precision, device):
+            ours.update(batch)
+
+    loops = {"ours": ours_update, "reference": lambda: ref.update(ref_buffer.sample(cfg.batch_size))}
     rates = alternate(loops, {"ours": 1, "reference": 1}, cfg)
     return {"agent": name, **rates, "ratio": rates["ours"] / rates["reference"], "updates": cfg.block * cfg.rounds}
 
@@ -194,13 +203,14 @@ def compare_threads(name: str, buffer: ReplayBuffer, cfg: BenchConfig) -> dict:
 
 
 def compare_bf16(name: str, buffer: ReplayBuffer, cfg: BenchConfig) -> dict:
-    """Two agents of the same seed, one updated in fp32 and one under autocast bfloat16, alternating blocks."""
+    """Two agents of the same seed, one updated in fp32 and one under --precision bf16, alternating blocks."""
     agents = same_seed_agents(name, ("fp32", "bf16"), cfg)
-    device_type = torch.device(cfg.device).type
+    device = torch.device(cfg.device)
 
     def bf16_update() -> None:
-        with torch.autocast(device_type, dtype=torch.bfloat16):
-            agents["bf16"].update(buffer.sample(cfg.batch_size))
+        batch = buffer.sample(cfg.batch_size)
+        with update_precision("bf16", device):
+            agents["bf16"].update(batch)
 
     loops = {"fp32": lambda: agents["fp32"].update(buffer.sample(cfg.batch_size)), "bf16": bf16_update}
     rates = alternate(loops, {"fp32": 1, "bf16": 1}, cfg)
@@ -241,6 +251,10 @@ def main() -> None:
     buffer = ReplayBuffer(ds, cfg.device, seed=cfg.seed)
     if cfg.cuda_graph and not cfg.device.startswith("cuda"):
         raise UserError("--cuda_graph true needs --device cuda")
+    if cfg.precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}")
+    if (cfg.bf16 or cfg.precision != "fp32") and not set(names) <= {"td3_bc", "iql"}:
+        raise UserError("bf16 covers td3_bc and iql (their output layers stay fp32)")
     if cfg.reference and not set(names) <= {"td3_bc", "iql"}:
         raise UserError(f"--reference covers td3_bc and iql, not '{', '.join(sorted(set(names) - {'td3_bc', 'iql'}))}'")
     # each comparison: the two loops' keys and column titles, and how to run it for one agent
@@ -251,7 +265,8 @@ def main() -> None:
          lambda name: compare_threads(name, buffer, cfg)),
         (cfg.bf16, ("fp32", "bf16"), ("fp32 upd/s", "autocast bf16 upd/s", "bf16 / fp32"),
          lambda name: compare_bf16(name, buffer, cfg)),
-        (cfg.reference, ("ours", "reference"), ("ours upd/s", "CORL-structured reference upd/s", "ours / reference"),
+        (cfg.reference, ("ours", "reference"), (f"ours ({cfg.precision}) upd/s", "CORL-structured reference upd/s",
+                                                 "ours / reference"),
          lambda name: compare_with_reference(name, buffer, ds, cfg)),
     ]
     for wanted, (first, second), titles, compare in comparisons:
