@@ -4,6 +4,7 @@ import dataclasses
 import importlib.util
 import json
 from pathlib import Path
+from typing import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -492,10 +493,10 @@ def test_eval_envs_changes_speed_not_scores(umaze_registered, tmp_path):
         train(dataclasses.replace(cfg, eval_envs=-1, name="bad"), agent_class)
 
 
-def test_killed_run_resumes_from_its_last_checkpoint(umaze_registered, tmp_path, monkeypatch):
+def _dies_on_second_evaluation(monkeypatch) -> Callable:
+    """Make the trainer's second evaluation raise KeyboardInterrupt (a killed run); returns the real evaluate."""
     import synther.agents.trainer as trainer
 
-    agent_class, cfg = tiny("iql", tmp_path, max_timesteps=60)
     real_evaluate, calls = trainer.evaluate, []
 
     def dies_on_second_eval(*args, **kwargs):
@@ -505,6 +506,14 @@ def test_killed_run_resumes_from_its_last_checkpoint(umaze_registered, tmp_path,
         return real_evaluate(*args, **kwargs)
 
     monkeypatch.setattr(trainer, "evaluate", dies_on_second_eval)
+    return real_evaluate
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(umaze_registered, tmp_path, monkeypatch):
+    import synther.agents.trainer as trainer
+
+    agent_class, cfg = tiny("iql", tmp_path, max_timesteps=60)
+    real_evaluate = _dies_on_second_evaluation(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, agent_class)
     out = run_dir(cfg, "iql")
@@ -580,15 +589,7 @@ def test_a_killed_stacked_run_resumes_each_seed_where_it_stopped(umaze_registere
     import synther.agents.trainer as trainer
 
     agent_class, cfg = tiny("td3_bc", tmp_path, seed=1, max_timesteps=60, n_episodes=2)
-    real_evaluate, calls = trainer.evaluate, []
-
-    def dies_on_second_eval(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "evaluate", dies_on_second_eval)
+    real_evaluate = _dies_on_second_evaluation(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train_seeds(dataclasses.replace(cfg, stack_seeds=3), agent_class)
     outs = [run_dir(dataclasses.replace(cfg, seed=seed), "td3_bc") for seed in (1, 2, 3)]
