@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from synther.agents import get_algorithm
-from synther.agents.trainer import train
+from synther.agents.trainer import train, train_seeds
 from synther.data.pointmaze import dataset_name
 from synther.diffusion.denoiser import DenoiserConfig
 from synther.diffusion.edm import EDM
@@ -65,6 +65,16 @@ def test_agent_rows_go_to_wandb_only_when_a_project_is_given(tmp_path, data_root
     evals = [(s, r) for s, r in run.rows if "eval/normalized_score" in r]
     assert [s for s, _ in evals] == [20, 40]
     assert evals[-1][1]["eval/normalized_score"] == summary["final_normalized_score"]
+
+
+def test_stacked_seeds_log_to_a_wandb_run_each(tmp_path, data_roots, fake_wandb):
+    agent_class, cfg = _agent(tmp_path, data_roots, stack_seeds=2, wandb=WandbConfig(project="p"))
+    summaries = train_seeds(cfg, agent_class)
+    assert [Path(run.init["dir"]) for run in fake_wandb] == [Path(s["run_dir"]) for s in summaries]
+    assert all(run.init["reinit"] == "create_new" and run.finished for run in fake_wandb)  # open side by side
+    for run, summary in zip(fake_wandb, summaries):
+        evals = [r["eval/normalized_score"] for s, r in run.rows if "eval/normalized_score" in r]
+        assert evals[-1] == summary["final_normalized_score"]
 
 
 def _tiny_diffusion():

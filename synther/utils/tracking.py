@@ -38,11 +38,12 @@ class Tracker:
         except ImportError:
             raise UserError("--wandb.project needs the wandb package (pip install wandb)") from None
         run_dir = Path(run_dir)
-        # one W&B run per run folder: a resumed run appends to the same one
+        # one W&B run per run folder: a resumed run appends to the same one; stacked agent seeds (one process) keep
+        # one run each, open side by side
         run_id = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16]
         self.run = wandb.init(project=cfg.project, entity=cfg.entity or None, group=cfg.group or None, name=name,
                               config=config, dir=str(run_dir), id=run_id, resume="allow", mode=cfg.mode,
-                              settings=wandb.Settings(silent=True))
+                              reinit="create_new", settings=wandb.Settings(silent=True))
 
     def log(self, row: dict[str, Any], step: int) -> None:
         if self.run is not None:
