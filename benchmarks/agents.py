@@ -253,8 +253,9 @@ def main() -> None:
         raise UserError("--cuda_graph true needs --device cuda")
     if cfg.precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}")
-    if (cfg.bf16 or cfg.precision != "fp32") and not set(names) <= {"td3_bc", "iql"}:
-        raise UserError("bf16 covers td3_bc and iql (their output layers stay fp32)")
+    for name in names if cfg.bf16 or cfg.precision != "fp32" else []:
+        if "bf16" not in get_algorithm(name)[0].precisions:
+            raise UserError(f"bf16: {name} trains in fp32 only (its output layers are not all kept in fp32)")
     if cfg.reference and not set(names) <= {"td3_bc", "iql"}:
         raise UserError(f"--reference covers td3_bc and iql, not '{', '.join(sorted(set(names) - {'td3_bc', 'iql'}))}'")
     # each comparison: the two loops' keys and column titles, and how to run it for one agent

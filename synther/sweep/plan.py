@@ -65,8 +65,7 @@ def agent_job(*, algorithm: str, dataset: str, seed: int, agents_dir: Path, pyth
         samples_arg = _seed_pattern(samples, seed) if samples is not None else None
         for s, path in stacked:
             member = agent_run_name(algorithm, dataset, s, method, epsilon)
-            filled = None if samples_arg is None else str(samples_arg).replace(SEED_FIELD, str(s))
-            if name_arg.replace(SEED_FIELD, str(s)) != member or filled != (None if path is None else str(path)):
+            if name_arg.replace(SEED_FIELD, str(s)) != member or not _differ_in_seed_only(samples, seed, path, s):
                 raise ValueError(f"seed {s}'s run differs from seed {seed}'s in more than the seed's number")
             members.append((agents_dir / member, {**labels, "seed": s, "data": "real" if path is None else str(path)}))
         job_id = f"agent/{agent_run_name(algorithm, dataset, seed, method, epsilon)}-{seeds[-1]}"
@@ -88,6 +87,13 @@ def _seed_pattern(path: Path, seed: int) -> str:
     return str(path).replace(f"-seed{seed}", f"-seed{SEED_FIELD}")
 
 
+def _differ_in_seed_only(samples: Path | None, seed: int, other: Path | None, other_seed: int) -> bool:
+    """Whether two runs' samples (None: real data) are one pattern filled with their seeds."""
+    if samples is None or other is None:
+        return samples is None and other is None
+    return _seed_pattern(samples, seed).replace(SEED_FIELD, str(other_seed)) == str(other)
+
+
 def _stacks(runs: list[dict[str, Any]], stack: bool) -> list[list[dict[str, Any]]]:
     """Agent runs (agent_job's keyword arguments) -> jobs' runs: with `stack`, the runs of a stackable agent on one
     data source whose seeds follow one another go together, as long as their folders and samples differ only in
@@ -107,9 +113,8 @@ def _stacks(runs: list[dict[str, Any]], stack: bool) -> list[list[dict[str, Any]
         current = [group[0]]
         for run in group[1:]:
             first = current[0]
-            fits = run["seed"] == current[-1]["seed"] + 1 and (run.get("samples") is None or str(run["samples"]) == (
-                _seed_pattern(first["samples"], first["seed"]).replace(SEED_FIELD, str(run["seed"]))))
-            if fits:
+            if run["seed"] == current[-1]["seed"] + 1 and _differ_in_seed_only(
+                    first.get("samples"), first["seed"], run.get("samples"), run["seed"]):
                 current.append(run)
             else:
                 out.append(current)
