@@ -15,7 +15,7 @@ import torch
 from synther.agents import ALGORITHMS, get_algorithm
 from synther.agents.buffer import Batch, ReplayBuffer, reward_scale_from_returns
 from synther.agents.data import load_training_data
-from synther.agents.evaluation import episode_seed, eval_target, random_policy, run_episodes
+from synther.agents.evaluation import episode_seed, eval_target, random_policy, run_episodes, run_seed_episodes
 from synther.agents.graphs import GraphedUpdates, capturable_optimizers
 from synther.agents.networks import EnsembleMLP, return_bounds, soft_update
 from synther.agents.trainer import (EVAL_PROTOCOL, DiffusionSource, AgentConfig, run_dir, seed_config, train,
@@ -403,6 +403,32 @@ def test_episodes_side_by_side_give_the_same_returns_as_one_at_a_time():
     assert not np.array_equal(run_episodes(one, policy, 9, seed=4), sequential)  # the seed picks the start states
 
 
+def test_several_policies_run_their_episodes_side_by_side_as_each_alone():
+    """run_seed_episodes (a stacked agent's evaluation): policy k's episode i starts where it would alone, from
+    episode_seed(seeds[k], i), whatever runs beside it; every time step is one policy call for all policies."""
+    gains = (0.5, 1.0, -2.0)  # three different deterministic row-wise policies
+    seeds = [3, 4, 3]  # two policies may share an evaluation seed
+    alone = [run_episodes(_CountingEnv(), lambda obs, g=g: np.clip(-g * obs, -1, 1), 7, seed=s)
+             for g, s in zip(gains, seeds)]
+    calls = []
+
+    def policies(obs: list) -> list:
+        calls.append([len(o) for o in obs])
+        return [np.clip(-g * o, -1, 1) for g, o in zip(gains, obs)]
+
+    for width in (1, 4, 21, 30):
+        envs = [_CountingEnv() for _ in range(width)]
+        calls.clear()
+        together = run_seed_episodes(envs, policies, 7, seeds)
+        assert together.shape == (3, 7)
+        for k in range(3):
+            np.testing.assert_array_equal(together[k], alone[k])
+        assert sum(e.calls for e in envs) == sum(map(sum, calls))  # one row per running episode per call
+        assert all(e.steps_after_end == 0 for e in envs)
+        assert max(map(sum, calls)) == min(width, 21) and all(len(c) == 3 for c in calls)
+    assert any(0 in c for c in calls)  # a policy whose episodes are all done is passed no rows, and nothing breaks
+
+
 def test_maze_returns_do_not_depend_on_how_many_episodes_run_side_by_side():
     target = eval_target(UMAZE)
     goal_seeking = lambda obs: np.clip(-obs[:, :2] - obs[:, 2:], -1, 1)  # noqa: E731 (a deterministic row-wise policy)
@@ -589,12 +615,20 @@ def test_a_killed_stacked_run_resumes_each_seed_where_it_stopped(umaze_registere
     import synther.agents.trainer as trainer
 
     agent_class, cfg = tiny("td3_bc", tmp_path, seed=1, max_timesteps=60, n_episodes=2)
-    real_evaluate = _dies_on_second_evaluation(monkeypatch)
+    real_save, saves = torch.save, []
+
+    def dies_on_second_checkpoint(*args, **kwargs):
+        saves.append(1)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.torch, "save", dies_on_second_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         train_seeds(dataclasses.replace(cfg, stack_seeds=3), agent_class)
     outs = [run_dir(dataclasses.replace(cfg, seed=seed), "td3_bc") for seed in (1, 2, 3)]
     assert [(out / "checkpoint.pt").exists() for out in outs] == [True, False, False]
-    monkeypatch.setattr(trainer, "evaluate", real_evaluate)
+    monkeypatch.setattr(trainer.torch, "save", real_save)
     summaries = train_seeds(dataclasses.replace(cfg, stack_seeds=3), agent_class)
     assert [s["stacked_seeds"] for s in summaries] == [None, [2, 3], [2, 3]]
     for seed, out in zip((1, 2, 3), outs):
@@ -608,7 +642,8 @@ def test_stacked_seeds_each_train_on_their_own_samples(umaze_registered, tmp_pat
     """{seed} in --diffusion.path and --name: seed s reads seed s's samples, with its own state statistics and
     reward bounds, as a one-seed run on that file does."""
     for seed, shift in ((1, 0.5), (2, -0.7)):
-        _samples(umaze_registered, tmp_path / f"samples-seed{seed}.npz", shift=shift, reward_factor=seed)
+        _samples(umaze_registered, tmp_path / f"samples-seed{seed}.npz", shift=shift, reward_factor=seed,
+                 scale=seed)
     agent_class, cfg = tiny("td3_bc", tmp_path, seed=1, bound_targets=True, dp_epsilon=10.0,
                             diffusion=DiffusionSource(path=str(tmp_path / "samples-seed{seed}.npz")))
     stacked = train_seeds(dataclasses.replace(cfg, stack_seeds=2, name="mine-{seed}"), agent_class)
@@ -619,7 +654,8 @@ def test_stacked_seeds_each_train_on_their_own_samples(umaze_registered, tmp_pat
         assert summary["data"]["path"] == alone["data"]["path"] == str(tmp_path / f"samples-seed{seed}.npz")
         assert summary["normalization"] == alone["normalization"]
         _assert_same_run(_run_files(Path(summary["run_dir"])), _run_files(Path(alone["run_dir"])))
-    assert stacked[0]["normalization"]["state_mean"] != stacked[1]["normalization"]["state_mean"]
+    for statistic in ("state_mean", "state_std"):  # the stacked evaluation normalizes each seed by its own
+        assert stacked[0]["normalization"][statistic] != stacked[1]["normalization"][statistic]
     highs = [float(_run_files(Path(s["run_dir"]))["ckpt"]["agent"]["target_high"]) for s in stacked]
     assert highs[1] == pytest.approx(2 * highs[0])  # each seed's TD targets bounded by its own rewards
 
@@ -674,13 +710,14 @@ def test_bf16_precision_trains_close_to_fp32_and_is_refused_where_untested(umaze
 
 
 # --- synthetic data only -----------------------------------------------------------------------------------
-def _samples(umaze_data, path: Path, rows: int = 3000, shift: float = 0.5, reward_factor: float = 1.0
-             ) -> TransitionDataset:
-    """A stand-in for diffusion samples: shuffled rows, shifted so their statistics differ from the real data's."""
+def _samples(umaze_data, path: Path, rows: int = 3000, shift: float = 0.5, reward_factor: float = 1.0,
+             scale: float = 1.0) -> TransitionDataset:
+    """A stand-in for diffusion samples: shuffled rows, scaled and shifted so their statistics differ from the real
+    data's."""
     idx = np.random.default_rng(0).permutation(umaze_data.size)[:rows]
     arrays = {k: v[idx] for k, v in umaze_data.arrays().items() if k != "timeouts"}
-    arrays["observations"] = arrays["observations"] + shift
-    arrays["next_observations"] = arrays["next_observations"] + shift
+    arrays["observations"] = arrays["observations"] * scale + shift
+    arrays["next_observations"] = arrays["next_observations"] * scale + shift
     arrays["rewards"] = arrays["rewards"] * reward_factor
     ds = TransitionDataset(**arrays, name="synthetic", source=str(path))
     ds.save(path, extra_metadata={"privacy_ledger": {"target_epsilon": 10.0, "guarantee": "(10, 1e-06)-DP (test)"}})

@@ -16,6 +16,7 @@ from synther.data.registry import DatasetEntry, dataset_info
 from synther.errors import UserError
 
 Policy = Callable[[np.ndarray], np.ndarray]  # observations (B, obs_dim) -> actions (B, action_dim)
+SeedsPolicy = Callable[[list[np.ndarray]], list[np.ndarray]]  # each seed's observations -> each seed's actions
 
 
 @dataclass(frozen=True)
@@ -75,35 +76,51 @@ def episode_seed(seed: int, episode: int) -> int:
 def run_episodes(envs: gym.Env | Sequence[gym.Env], policy: Policy, n_episodes: int, seed: int) -> np.ndarray:
     """Undiscounted returns of `n_episodes` episodes, run side by side on `envs` (one env runs them one after
     another). The policy maps a batch of observations (B, obs_dim) to actions (B, action_dim): one network call per
-    time step for all running episodes. A finished episode's env starts the next pending episode; finished envs are
-    never stepped. Episode i always starts from env.reset(seed=episode_seed(seed, i)), so the returns do not depend
-    on how many envs there are (up to float rounding of the batched policy)."""
+    time step for all running episodes. Episode i always starts from env.reset(seed=episode_seed(seed, i)), so the
+    returns do not depend on how many envs there are (up to float rounding of the batched policy)."""
+    return run_seed_episodes(envs, lambda obs: [policy(obs[0])], n_episodes, [seed])[0]
+
+
+def run_seed_episodes(envs: gym.Env | Sequence[gym.Env], policy: SeedsPolicy, n_episodes: int,
+                      seeds: Sequence[int]) -> np.ndarray:
+    """Returns (len(seeds), n_episodes) of `n_episodes` episodes for each of several policies (a stacked agent's
+    seeds), all run side by side on one pool of `envs` with ONE policy call per time step: policy(observations of
+    each seed's running episodes, a list of (B_k, obs_dim) arrays, B_k possibly 0) -> a list of their actions.
+    Episode i of policy k starts from env.reset(seed=episode_seed(seeds[k], i)), as it does evaluated alone, so the
+    returns do not depend on the grouping. A finished episode's env starts the next pending episode (episode-major:
+    every policy's episode 0, then every policy's episode 1, ...); finished envs are never stepped."""
     envs = [envs] if isinstance(envs, gym.Env) else list(envs)
-    returns = np.zeros(n_episodes)
+    returns = np.zeros((len(seeds), n_episodes))
     low, high = envs[0].action_space.low, envs[0].action_space.high
-    pending = iter(range(n_episodes))
-    running: list[tuple[int, gym.Env]] = []  # (episode, env) pairs, in step with `obs`
+    pending = ((k, episode) for episode in range(n_episodes) for k in range(len(seeds)))
+    running: list[tuple[int, int, gym.Env]] = []  # (policy, episode, env), in step with `obs`
     obs: list[np.ndarray] = []
 
     def start(env: gym.Env) -> None:
-        episode = next(pending, None)
-        if episode is not None:
-            first, _ = env.reset(seed=episode_seed(seed, episode))
-            running.append((episode, env))
+        k, episode = next(pending, (None, None))
+        if k is not None:
+            first, _ = env.reset(seed=episode_seed(seeds[k], episode))
+            running.append((k, episode, env))
             obs.append(first)
 
     for env in envs:
         start(env)
+    none_running = np.zeros((0, *np.shape(obs[0])), np.float32) if obs else None  # a policy with no episode left
     while running:
-        actions = np.clip(policy(np.stack(obs)), low, high)
+        rows = [[i for i, (k, _, _) in enumerate(running) if k == policy_k] for policy_k in range(len(seeds))]
+        seed_actions = policy([np.stack([obs[i] for i in r]) if r else none_running for r in rows])
+        actions: list[np.ndarray] = [none_running] * len(running)
+        for r, a in zip(rows, seed_actions):
+            for i, action in zip(r, np.clip(a, low, high)):
+                actions[i] = action
         stepping, running, obs = running, [], []
-        for (episode, env), action in zip(stepping, actions):
+        for (k, episode, env), action in zip(stepping, actions):
             next_obs, reward, terminated, truncated, _ = env.step(action)
-            returns[episode] += float(reward)
+            returns[k, episode] += float(reward)
             if terminated or truncated:
                 start(env)
             else:
-                running.append((episode, env))
+                running.append((k, episode, env))
                 obs.append(next_obs)
     return returns
 

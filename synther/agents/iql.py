@@ -122,7 +122,9 @@ class IQL(Agent):
         return {"value_loss": value_loss.detach(), "q_loss": q_loss.detach(), "actor_loss": actor_loss.detach()}
 
     @torch.no_grad()
-    def act(self, observations: torch.Tensor, seed_index: int = 0) -> torch.Tensor:
+    def act(self, observations: torch.Tensor, seed_index: int | None = 0) -> torch.Tensor:
+        """Seed `seed_index`'s actions for (batch, obs); seed_index None: every seed's, (seeds, batch, obs) ->
+        (seeds, batch, act)."""
         mean = (torch.tanh(self.actor(observations, member=seed_index)) if self.cfg.iql_deterministic
                 else self.actor.mean(observations, seed_index))
         return (mean * self.max_action).clamp(-self.max_action, self.max_action)

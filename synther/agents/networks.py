@@ -165,6 +165,7 @@ class Agent(ABC):
     update(batch) -> dict of detached loss tensors (no .item(): the trainer reads them every log_every steps):
         0-dim, or (seeds,) for an agent that trains several seeds at once
     act(observations) -> deterministic actions in [-max_action, max_action] for normalized observations (batch, obs)
+        (a stackable agent: act(observations, seed_index) for one seed, seed_index None for all at once)
     state_dict()/load_state_dict(): every nn.Module, optimizer, scheduler, tensor and int/float attribute.
 
     Stacked seeds: an agent class with `stackable = True` takes `seeds=K` and trains K seeds as one network whose

@@ -105,5 +105,7 @@ class TD3BC(Agent):
         return {"critic_loss": critic_loss.detach(), "actor_loss": self._actor_loss}
 
     @torch.no_grad()
-    def act(self, observations: torch.Tensor, seed_index: int = 0) -> torch.Tensor:
+    def act(self, observations: torch.Tensor, seed_index: int | None = 0) -> torch.Tensor:
+        """Seed `seed_index`'s actions for (batch, obs); seed_index None: every seed's, (seeds, batch, obs) ->
+        (seeds, batch, act)."""
         return torch.tanh(self.actor(observations, member=seed_index)) * self.max_action

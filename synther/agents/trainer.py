@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from synther import layout
 from synther.agents.buffer import ReplayBuffer, reward_scale_from_returns, stacked_batch
 from synther.agents.data import check_dimensions, load_training_data
-from synther.agents.evaluation import EvalTarget, eval_target, run_episodes
+from synther.agents.evaluation import EvalTarget, eval_target, run_seed_episodes, SeedsPolicy
 from synther.agents.graphs import GraphedUpdates, capturable_optimizers
 from synther.agents.networks import Agent, stack_states
 from synther.errors import UserError
@@ -82,7 +82,7 @@ class AgentConfig:
     max_timesteps: int = 1_000_000  # gradient updates (CORL: 1M; PrivORL: 500k)
     eval_freq: int = 5000  # evaluate every this many updates (and after the last one)
     n_episodes: int = 10  # episodes per evaluation (PrivORL uses 100 on maze2d)
-    eval_envs: int = 0  # episodes run side by side in an evaluation, one batched policy call per time step (0: all n_episodes, at most 50); the scores do not depend on it
+    eval_envs: int = 0  # episodes run side by side in an evaluation, one batched policy call per time step (0: all n_episodes, at most 50; a --stack_seeds run's seeds share one pool, one call of the stacked actor per step); the scores do not depend on it
     eval_max_episode_steps: int = 0  # evaluation horizon; 0: the dataset's registered horizon (changing it invalidates the score constants)
     summary_last_k: int = 10  # summary.json reports the mean normalized score of the last k evaluations
     device: str = "auto"  # auto (CUDA when available), cpu or cuda
@@ -203,36 +203,61 @@ class _JsonLines:
             tmp.write_text("".join(r + "\n" for r in kept))
 
 
-def make_policy(agent: Agent, buffer: ReplayBuffer, device: torch.device, seed_index: int = 0
-                ) -> Callable[[np.ndarray], np.ndarray]:
-    """Raw env observations (B, obs_dim) -> actions (B, action_dim) of seed `seed_index` (of a stacked agent),
-    normalizing with that seed's training data's statistics."""
+def make_policy(agent: Agent, buffer: ReplayBuffer, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
+    """Raw env observations (B, obs_dim) -> actions (B, action_dim) of a one-seed agent, normalizing with its
+    training data's statistics."""
     mean = torch.as_tensor(buffer.state_mean, device=device)
     std = torch.as_tensor(buffer.state_std, device=device)
 
     def policy(obs: np.ndarray) -> np.ndarray:
         x = (torch.as_tensor(obs, dtype=torch.float32, device=device) - mean) / std
-        return (agent.act(x, seed_index) if agent.seeds > 1 else agent.act(x)).cpu().numpy()
+        return agent.act(x).cpu().numpy()
 
     return policy
 
 
-def eval_envs(target: EvalTarget, cfg: AgentConfig) -> list:
-    """The envs an evaluation runs its episodes on, side by side (built once per run)."""
-    width = min(cfg.eval_envs or MAX_EVAL_ENVS, cfg.n_episodes)
+def make_seeds_policy(agent: Agent, buffers: list[ReplayBuffer], device: torch.device) -> SeedsPolicy:
+    """Each seed's raw observations -> its actions, every seed of a stacked agent in ONE call of its stacked actor
+    (the seeds' batches padded to the widest; padding rows are computed and dropped), each seed's normalized with
+    its own training data's statistics. A one-seed agent: make_policy's call."""
+    if agent.seeds == 1:
+        one = make_policy(agent, buffers[0], device)
+        return lambda obs: [one(obs[0])]
+    mean = torch.stack([torch.as_tensor(b.state_mean) for b in buffers]).unsqueeze(1).to(device)  # (seeds, 1, obs)
+    std = torch.stack([torch.as_tensor(b.state_std) for b in buffers]).unsqueeze(1).to(device)
+
+    def policy(obs: list[np.ndarray]) -> list[np.ndarray]:
+        padded = np.zeros((len(obs), max(len(o) for o in obs), mean.shape[-1]), np.float32)
+        for k, o in enumerate(obs):
+            padded[k, :len(o)] = o
+        actions = agent.act((torch.as_tensor(padded, device=device) - mean) / std, None).cpu().numpy()
+        return [actions[k, :len(o)] for k, o in enumerate(obs)]
+
+    return policy
+
+
+def eval_envs(target: EvalTarget, cfg: AgentConfig, seeds: int = 1) -> list:
+    """The envs an evaluation runs its episodes on, side by side (built once per run): --eval_envs, or all the
+    seeds' episodes up to MAX_EVAL_ENVS (a wider pool steps more slowly per env: its states outgrow the CPU caches)."""
+    width = min(cfg.eval_envs or MAX_EVAL_ENVS, cfg.n_episodes * seeds)
     return [target.make_env(cfg.eval_max_episode_steps) for _ in range(width)]
 
 
-def evaluate(agent: Agent, buffer: ReplayBuffer, envs: list, target: EvalTarget, n_episodes: int, seed: int,
-             device: torch.device, seed_index: int = 0) -> dict[str, Any]:
+def evaluate(agent: Agent, buffers: list[ReplayBuffer], envs: list, target: EvalTarget, n_episodes: int,
+             seeds: list[int], device: torch.device) -> list[dict[str, Any]]:
+    """n_episodes episodes for each seed of `agent` (buffers and seeds: the seeds' own, in the agent's order), all
+    side by side on `envs`; one row of eval.jsonl per seed."""
     agent.train_mode(False)
     with torch.inference_mode():
-        returns = run_episodes(envs, make_policy(agent, buffer, device, seed_index), n_episodes, seed)
+        returns = run_seed_episodes(envs, make_seeds_policy(agent, buffers, device), n_episodes, seeds)
     agent.train_mode(True)
-    scores = np.asarray(target.normalize(returns))
-    return {"return_mean": float(returns.mean()), "return_std": float(returns.std()),
-            "normalized_score": float(scores.mean()), "normalized_score_std": float(scores.std()),
-            "episodes": n_episodes}
+    rows = []
+    for seed_returns in returns:
+        scores = np.asarray(target.normalize(seed_returns))
+        rows.append({"return_mean": float(seed_returns.mean()), "return_std": float(seed_returns.std()),
+                     "normalized_score": float(scores.mean()), "normalized_score_std": float(scores.std()),
+                     "episodes": n_episodes})
+    return rows
 
 
 def summarize(evals: list[dict[str, Any]], k: int) -> dict[str, Any]:
@@ -357,7 +382,7 @@ def _train(cfgs: list[AgentConfig], agent_class: type[Agent], outs: list[Path]) 
             summaries[i] = summary
             continue
         if envs is None:
-            envs = eval_envs(target, seed_cfg)
+            envs = eval_envs(target, seed_cfg, seeds=len(cfgs))
         runs.append(_seed_run(seed_cfg, out, cfg_dict, run_key, data, target, envs[0], agent_class, device))
 
     for group in _groups_by_start(runs):
@@ -512,12 +537,11 @@ def _train_group(group: list[_SeedRun], agent_class: type[Agent], target: EvalTa
             if step % cfg.eval_freq == 0 or step == cfg.max_timesteps:
                 now = time.perf_counter()
                 speed = (step - tick_step) / max(now - tick, 1e-9)
-                for i, run in enumerate(group):
+                rows = evaluate(agent, buffers, envs, target, cfg.n_episodes, [run.cfg.seed for run in group], device)
+                eval_seconds = time.perf_counter() - now  # the seeds' episodes ran together: each seed's row has it all
+                for i, (run, row) in enumerate(zip(group, rows)):
                     run.train_seconds += now - tick
-                    began = time.perf_counter()
-                    row = {"step": step, **evaluate(agent, run.buffer, envs, target, run.cfg.n_episodes,
-                                                    run.cfg.seed, device, seed_index=i),
-                           "updates_per_s": speed, "eval_seconds": time.perf_counter() - began}
+                    row = {"step": step, **row, "updates_per_s": speed, "eval_seconds": eval_seconds}
                     run.evals.append(row)
                     run.evals_log.append(row)
                     run.tracker.log({f"eval/{k}": v for k, v in row.items() if k != "step"}, step)
