@@ -238,7 +238,8 @@ def make_seeds_policy(agent: Agent, buffers: list[ReplayBuffer], device: torch.d
 
 def eval_envs(target: EvalTarget, cfg: AgentConfig, seeds: int = 1) -> list:
     """The envs an evaluation runs its episodes on, side by side (built once per run): --eval_envs, or all the
-    seeds' episodes up to MAX_EVAL_ENVS (a wider pool steps more slowly per env: its states outgrow the CPU caches)."""
+    seeds' episodes up to MAX_EVAL_ENVS (wider pools ran slower per episode: 150 umaze episodes took 2.5–2.7 s on
+    150 envs, 2.1–2.2 s as three rounds on 50)."""
     width = min(cfg.eval_envs or MAX_EVAL_ENVS, cfg.n_episodes * seeds)
     return [target.make_env(cfg.eval_max_episode_steps) for _ in range(width)]
 
