@@ -4,7 +4,7 @@ import dataclasses
 import importlib.util
 import json
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
@@ -519,27 +519,26 @@ def test_eval_envs_changes_speed_not_scores(umaze_registered, tmp_path):
         train(dataclasses.replace(cfg, eval_envs=-1, name="bad"), agent_class)
 
 
-def _dies_on_second_evaluation(monkeypatch) -> Callable:
-    """Make the trainer's second evaluation raise KeyboardInterrupt (a killed run); returns the real evaluate."""
-    import synther.agents.trainer as trainer
+def _dies_on_second_call(monkeypatch, owner: Any, name: str) -> Callable:
+    """Make the second call of owner.name (the trainer's evaluate, torch.save) raise KeyboardInterrupt, as a killed
+    run would; returns the real function."""
+    real, calls = getattr(owner, name), []
 
-    real_evaluate, calls = trainer.evaluate, []
-
-    def dies_on_second_eval(*args, **kwargs):
+    def dies_on_second_call(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "evaluate", dies_on_second_eval)
-    return real_evaluate
+    monkeypatch.setattr(owner, name, dies_on_second_call)
+    return real
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(umaze_registered, tmp_path, monkeypatch):
     import synther.agents.trainer as trainer
 
     agent_class, cfg = tiny("iql", tmp_path, max_timesteps=60)
-    real_evaluate = _dies_on_second_evaluation(monkeypatch)
+    real_evaluate = _dies_on_second_call(monkeypatch, trainer, "evaluate")
     with pytest.raises(KeyboardInterrupt):
         train(cfg, agent_class)
     out = run_dir(cfg, "iql")
@@ -615,15 +614,7 @@ def test_a_killed_stacked_run_resumes_each_seed_where_it_stopped(umaze_registere
     import synther.agents.trainer as trainer
 
     agent_class, cfg = tiny("td3_bc", tmp_path, seed=1, max_timesteps=60, n_episodes=2)
-    real_save, saves = torch.save, []
-
-    def dies_on_second_checkpoint(*args, **kwargs):
-        saves.append(1)
-        if len(saves) == 2:
-            raise KeyboardInterrupt
-        return real_save(*args, **kwargs)
-
-    monkeypatch.setattr(trainer.torch, "save", dies_on_second_checkpoint)
+    real_save = _dies_on_second_call(monkeypatch, trainer.torch, "save")  # the stacked seeds evaluate together
     with pytest.raises(KeyboardInterrupt):
         train_seeds(dataclasses.replace(cfg, stack_seeds=3), agent_class)
     outs = [run_dir(dataclasses.replace(cfg, seed=seed), "td3_bc") for seed in (1, 2, 3)]
