@@ -539,7 +539,7 @@ def _train_group(group: list[_SeedRun], agent_class: type[Agent], target: EvalTa
                 now = time.perf_counter()
                 speed = (step - tick_step) / max(now - tick, 1e-9)
                 rows = evaluate(agent, buffers, envs, target, cfg.n_episodes, [run.cfg.seed for run in group], device)
-                eval_seconds = time.perf_counter() - now  # the seeds' episodes ran together: each seed's row has it all
+                eval_seconds = time.perf_counter() - now  # one evaluation for all seeds: each row carries its time
                 for i, (run, row) in enumerate(zip(group, rows)):
                     run.train_seconds += now - tick
                     row = {"step": step, **row, "updates_per_s": speed, "eval_seconds": eval_seconds}
