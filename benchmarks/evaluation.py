@@ -76,7 +76,7 @@ def one_seed_policy(agent, buffer: ReplayBuffer, seed_index: int, device: torch.
                                  seed_index).cpu().numpy()
 
 
-def compare_seeds(target, envs: list, cfg: "BenchConfig", device: torch.device) -> tuple[float, float]:
+def compare_seeds(envs: list, cfg: "BenchConfig", device: torch.device) -> tuple[float, float]:
     """Median seconds of one evaluation of cfg.seeds stacked seeds: one seed after another, and all together."""
     space = envs[0].action_space
     agent, buffers = untrained_agent(envs[0].observation_space.shape[0], space.shape[0],
@@ -123,9 +123,10 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name in [d.strip() for d in cfg.datasets.split(",") if d.strip()]:
         target = eval_target(name)
-        envs = [target.make_env() for _ in range(cfg.n_episodes * max(cfg.seeds, 1))]
+        count = min(MAX_EVAL_ENVS, cfg.n_episodes * cfg.seeds) if cfg.seeds else cfg.n_episodes
+        envs = [target.make_env() for _ in range(count)]
         if cfg.seeds:
-            apart_s, joint_s = compare_seeds(target, envs, cfg, device)
+            apart_s, joint_s = compare_seeds(envs, cfg, device)
             episodes = cfg.n_episodes * cfg.seeds
             print(f"| {target.describe()['env']} | {target.horizon} | {episodes / apart_s:.1f} | "
                   f"{episodes / joint_s:.1f} | {apart_s / joint_s:.2f}× |", flush=True)
