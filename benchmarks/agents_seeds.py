@@ -9,8 +9,8 @@ shapes), timed on one device in the same run:
 
 each in every --precisions (fp32, and bf16: the trainer's --precision bf16, hidden layers under autocast). Prints
 seed-updates/s and the ratios stacked / concurrent and stacked / single, against the same precision's arms and
-against fp32's. Updates only: evaluation, checkpoints and logging are outside (a real run's wall time: time the
-agent scripts themselves, one --stack_seeds K process against K processes).
+against fp32's. Updates only: evaluation, checkpoints and logging are outside (a real run's wall time:
+benchmarks/agents_walltime.py times the agent scripts themselves, one --stack_seeds K process against K processes).
 
 With --cuda_graph true (CUDA only), `single` and `stacked` are also timed with two whole updates (batch sampling,
 both losses, backward, Adam with capturable=True, target updates) captured as one CUDA graph and replayed: a GPU
