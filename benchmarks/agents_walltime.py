@@ -57,8 +57,8 @@ def arm(cfg: BenchConfig, stacked: bool, precision: str, out: Path) -> tuple[flo
         threads = 1
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
     logs = [open(out / f"log{i}.txt", "w") for i in range(len(commands))]
+    start = time.perf_counter()
     procs = [subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL, stderr=log) for c, log in zip(commands, logs)]
     codes = [p.wait() for p in procs]
     seconds = time.perf_counter() - start
@@ -91,6 +91,7 @@ def main() -> None:
             ratio = f"{base / seconds:.2f}×" if base else "—"
             print(f"| {r} | {precision} | {'one stacked process' if stacked else f'{cfg.seeds} processes'} | "
                   f"{seconds:.1f} | {ratio} | {' / '.join(f'{v:.1f}' for v in scores)} |", flush=True)
+
 
 if __name__ == "__main__":
     run(main)
