@@ -77,14 +77,14 @@ def one_seed_policy(agent, buffer: ReplayBuffer, seed_index: int, device: torch.
 
 
 def compare_seeds(envs: list, cfg: "BenchConfig", device: torch.device) -> tuple[float, float]:
-    """Median seconds of one evaluation of cfg.seeds stacked seeds: one seed after another, and all together."""
+    """Median seconds of one evaluation of cfg.seeds stacked seeds: one seed after another, and all together on
+    `envs`, the pool the trainer builds for all seeds' episodes."""
     space = envs[0].action_space
     agent, buffers = untrained_agent(envs[0].observation_space.shape[0], space.shape[0],
                                      float(np.max(np.abs([space.low, space.high]))), device, cfg.seeds)
     singles = [one_seed_policy(agent, b, k, device) for k, b in enumerate(buffers)]
     together = make_seeds_policy(agent, buffers, device)
-    width = min(MAX_EVAL_ENVS, cfg.n_episodes)  # the pools the trainer builds: each seed's alone, and all seeds'
-    pool = envs[:min(MAX_EVAL_ENVS, cfg.n_episodes * cfg.seeds)]
+    width = min(MAX_EVAL_ENVS, cfg.n_episodes)  # the pool the trainer builds for one seed's episodes
     apart, joint = [], []
     for _ in range(cfg.rounds):
         start = time.perf_counter()
@@ -94,7 +94,7 @@ def compare_seeds(envs: list, cfg: "BenchConfig", device: torch.device) -> tuple
         apart.append(time.perf_counter() - start)
         start = time.perf_counter()
         with torch.inference_mode():
-            run_seed_episodes(pool, together, cfg.n_episodes, list(range(cfg.seeds)))
+            run_seed_episodes(envs, together, cfg.n_episodes, list(range(cfg.seeds)))
         joint.append(time.perf_counter() - start)
     return float(np.median(apart)), float(np.median(joint))
 
