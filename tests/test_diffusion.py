@@ -19,6 +19,7 @@ from synther.errors import UserError
 from synther.diffusion.support import StateSupport, parse_widths
 from synther.diffusion.saturation import saturated_share
 from synther.privacy.accounting import calibrate_noise_multiplier, epsilon_spent
+from synther.privacy.projection import PublicGradientSubspace, PublicSubspaceProjector
 
 from devices import DEVICES
 from maze_data import write_mazes
@@ -606,6 +607,64 @@ def test_noise_multiplicity_fine_tunes_under_the_same_guarantee(pretrained, tmp_
     with pytest.raises(UserError, match="draws_per_record"):
         finetune(config(tmp_path / "k0", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained),
                         dp=DPConfig(draws_per_record=0)))
+
+
+def test_public_gradient_subspace_is_fit_on_public_rows_only_and_the_release_says_so(pretrained, tmp_path,
+                                                                                       monkeypatch):
+    """The subspace each noisy gradient is projected onto comes from the pre-training datasets' rows at the current
+    weights: at the first step (the public weights) it is the same whatever the sensitive data, and no sensitive
+    row is among the rows it may draw. The projection is post-processing: σ and ε are those of a plain run."""
+    fits = []
+    original_init, original_fit = PublicSubspaceProjector.__init__, PublicGradientSubspace.fit
+
+    def spy_init(self, model, public_rows, *args, **kwargs):
+        fits.append({"public_rows": public_rows.clone(), "mixes": [], "steps": []})
+        original_init(self, model, public_rows, *args, **kwargs)
+
+    def spy_fit(self, per_row_loss):
+        share = original_fit(self, per_row_loss)
+        fits[-1]["mixes"].append(self._mix.clone())
+        return share
+
+    def spy_before(self, step):
+        if self.fitted_at is None or step - self.fitted_at >= self.every:
+            fits[-1]["steps"].append(step)
+        original_before(self, step)
+
+    original_before = PublicSubspaceProjector.before_step
+    monkeypatch.setattr(PublicSubspaceProjector, "__init__", spy_init)
+    monkeypatch.setattr(PublicGradientSubspace, "fit", spy_fit)
+    monkeypatch.setattr(PublicSubspaceProjector, "before_step", spy_before)
+    dp = DPConfig(epsilon=5.0, public_subspace=4, public_subspace_rows=32, public_subspace_every=10)
+    out = finetune(config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=20, dp=dp))
+    other = load_dataset(SENSITIVE)
+    other = dataclasses.replace(other, observations=other.observations[::-1] * 2,
+                                next_observations=other.next_observations[::-1] * 2)
+    other.save(tmp_path / "other.npz")
+    finetune(config(tmp_path / "b", "finetune", dataset=str(tmp_path / "other.npz"), checkpoint=str(pretrained),
+                    steps=20, dp=dp))
+    plain = finetune(config(tmp_path / "plain", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=20,
+                            dp=DPConfig(epsilon=5.0)))
+    public = np.concatenate([load_dataset(n).to_vectors() for n in PUBLIC.split(",")])
+    sensitive_rows = {row.tobytes() for row in load_dataset(SENSITIVE).to_vectors()}
+    for run in fits:
+        np.testing.assert_array_equal(run["public_rows"].numpy(), public)
+        assert not any(row.tobytes() in sensitive_rows for row in run["public_rows"].numpy())
+        assert run["steps"] == [0, 10] and len(run["mixes"]) == 2
+    torch.testing.assert_close(fits[0]["mixes"][0], fits[1]["mixes"][0], rtol=0, atol=0)
+    ledger, ref = (json.loads((p.parent / "ledger.json").read_text()) for p in (out, plain))
+    assert ledger["noise_multiplier"] == ref["noise_multiplier"] and ledger["epsilon_spent"] == ref["epsilon_spent"]
+    assert "top-4 subspace" in ledger["statistics"]["gradient_projection"]
+    assert "no sensitive data read" in ledger["statistics"]["gradient_projection"]
+    records = [json.loads(line) for line in (out.parent / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 < r["subspace_share"] <= 1 for r in records)
+    for bad, match in ((DPConfig(public_subspace=-1), "public_subspace must"),
+                       (DPConfig(public_subspace=8, public_subspace_rows=4), "at least the subspace"),
+                       (DPConfig(public_subspace=2, public_subspace_every=0), "every must"),
+                       (DPConfig(public_subspace=2, enabled=False), "needs DP fine-tuning"),
+                       (DPConfig(public_subspace=2, clipping="opacus_hooks"), "not built for clipping")):
+        with pytest.raises(UserError, match=match):
+            finetune(config(tmp_path / "bad", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), dp=bad))
 
 
 class _SamplingFieldsUnread(DiffusionConfig):

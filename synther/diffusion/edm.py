@@ -70,6 +70,12 @@ class EDM(nn.Module):
         c_in = 1 / (s**2 + sd**2).sqrt()
         return c_skip * x + c_out * self.net(c_in * x, sigma.log() / 4)
 
+    def draw_sigma(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n training noise levels, ln σ ~ N(p_mean, p_std²) (on the model's device; torch's global generator unless
+        `generator` is given, which must live on that device)."""
+        device = next(self.parameters()).device if generator is None else generator.device
+        return (torch.randn(n, device=device, generator=generator) * self.cfg.p_std + self.cfg.p_mean).exp()
+
     def per_sample_loss(self, x_raw: torch.Tensor, sigma: torch.Tensor | None = None,
                         noise: torch.Tensor | None = None) -> torch.Tensor:
         """EDM loss of each row (B,): λ(σ)·mean_j (D(x+σn; σ) − x)²_j, λ(σ) = (σ²+σ_d²)/(σσ_d)².
@@ -79,7 +85,7 @@ class EDM(nn.Module):
         """
         x = self.normalizer.normalize(x_raw)
         if sigma is None:
-            sigma = (torch.randn(len(x), device=x.device) * self.cfg.p_std + self.cfg.p_mean).exp()
+            sigma = self.draw_sigma(len(x)).to(x.device)
         if noise is None:
             noise = torch.randn_like(x)
         sd = self.cfg.sigma_data

@@ -56,6 +56,9 @@ class DPConfig:
     clipping: str = "ghost"  # per-sample clipping backend: ghost (fast, ours), opacus_hooks or opacus_ghost
     noise_generator: str = "auto"  # Gaussian noise source: philox (our vectorized CPU kernel; torch's Philox on CUDA), torch, or auto (philox where the kernel builds)
     lora_rank: int = 0  # fine-tune low-rank adapters of this rank on every weight matrix instead of the weights themselves (0: all weights); fewer noisy coordinates per step, but on the umaze proxy at ε = 10 its agents scored far below full fine-tuning's (README)
+    public_subspace: int = 0  # > 0: project every noisy gradient onto the top-k directions (k = this value) of public rows' per-sample gradients at the current weights (rows of the pre-training datasets, refit every public_subspace_every steps): DP noise in k of the model's coordinates' worth instead of all; post-processing, no privacy cost (0: off)
+    public_subspace_rows: int = 512  # public rows per subspace fit (at least the rank)
+    public_subspace_every: int = 100  # DP steps between subspace fits, each on fresh public rows and draws from --seed
     draws_per_record: int = 1  # noise multiplicity K: each record's loss averages K diffusion draws (σ, n) before clipping; less gradient variance at the same ε, K× the compute
     normalizer: str = "public"  # 'public': keep the pre-trained model's public statistics; 'dp': re-estimate them on the sensitive data with the Gaussian mechanism, charged to the same budget
     normalizer_noise_multiplier: float = 50.0  # noise multiplier of that Gaussian mechanism (normalizer 'dp' only)
@@ -236,6 +239,19 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
         raise UserError(f"dp.lora_rank must be ≥ 0, got {dp.lora_rank}")
     if dp.normalizer not in ("public", "dp"):
         raise UserError(f"dp.normalizer must be 'public' or 'dp', got '{dp.normalizer}'")
+    if dp.public_subspace < 0:
+        raise UserError(f"dp.public_subspace must be ≥ 0, got {dp.public_subspace}")
+    if dp.public_subspace and not dp.enabled:
+        raise UserError("dp.public_subspace projects DP-SGD's noisy gradients: it needs DP fine-tuning (dp.enabled "
+                        "true)")
+    if dp.public_subspace and dp.public_subspace_rows < dp.public_subspace:
+        raise UserError(f"dp.public_subspace_rows ({dp.public_subspace_rows}) must be at least the subspace's rank "
+                        f"dp.public_subspace ({dp.public_subspace})")
+    if dp.public_subspace and dp.clipping != "ghost":
+        raise UserError(f"dp.public_subspace reads layer inputs and output gradients as clipping 'ghost' does; it is "
+                        f"not built for clipping '{dp.clipping}'")
+    if dp.public_subspace and dp.public_subspace_every < 1:
+        raise UserError(f"dp.public_subspace_every must be ≥ 1, got {dp.public_subspace_every}")
     if dp.support_cells and not dp.enabled:
         raise UserError("dp.support_cells releases a DP histogram of the sensitive states: it needs DP fine-tuning "
                         "(dp.enabled true)")
@@ -273,6 +289,19 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
         statistics["normalizer"] = ("Gaussian-mechanism estimate on the sensitive training split (accounted; noise "
                                     "from OS entropy, never saved)")
     support = _release_support(model, meta, x[:, layout.obs], dp, prior, statistics)
+    public_rows = None
+    if dp.public_subspace:
+        recorded, public = public_datasets(base_ledger, cfg.checkpoint, "dp.public_subspace")
+        public_rows = torch.as_tensor(np.concatenate([ds.to_vectors() for ds in public]), device=device)
+        if public_rows.shape[1] != layout.dim:
+            raise UserError(f"dp.public_subspace: the public datasets' rows have {public_rows.shape[1]} columns, "
+                            f"the model {layout.dim}")
+        statistics["gradient_projection"] = (
+            f"each noisy gradient projected onto the top-{dp.public_subspace} subspace of the per-sample gradients of "
+            f"{min(dp.public_subspace_rows, len(public_rows))} public rows "
+            f"({', '.join(str(d.get('name') or d.get('source')) for d in recorded)}) at the current weights, refit "
+            f"every {dp.public_subspace_every} steps (rows and diffusion draws from --seed): post-processing of the "
+            "DP gradient; no sensitive data read")
     q = cfg.train.batch_size / len(x)
     if q > 1:
         raise UserError(f"train.batch_size {cfg.train.batch_size} exceeds the {len(x)} training records")
@@ -312,7 +341,9 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
                         "seed": "--seed chooses the split (and the subset) only; no mechanism's randomness (Poisson "
                                 "batches, DP noise, diffusion noise draws) derives from it"})
         settings = DPSettings(noise_multiplier=sigma, clip_norm=dp.clip_norm, sample_rate=q, clipping_mode=dp.clipping,
-                              noise_generator=dp.noise_generator, draws_per_record=dp.draws_per_record)
+                              noise_generator=dp.noise_generator, draws_per_record=dp.draws_per_record,
+                              subspace_rank=dp.public_subspace, subspace_rows=dp.public_subspace_rows,
+                              subspace_every=dp.public_subspace_every)
     else:
         ledger = PrivacyLedger(private=False, planned_steps=steps, statistics=statistics, **common)
         settings = None
@@ -328,7 +359,7 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
                          **({"state_support": support} if support else {})}}
     data = torch.as_tensor(x, device=device)
     DiffusionTrainer(model, data, cfg.train, run_dir, ledger, meta, cfg.seed, dp=settings, progress=cfg.progress,
-                     wandb=cfg.wandb).run()
+                     wandb=cfg.wandb, public_rows=public_rows).run()
     return run_dir / CHECKPOINT
 
 
@@ -625,8 +656,7 @@ class Synthesizer:
         return saturated_share(np.concatenate(actions), low, high), ""
 
     def _recorded_public(self) -> list[dict[str, Any]]:
-        """The ledger's records (name, source, sha256) of the public datasets the model was pre-trained on."""
-        return [d for use in self.ledger.data_uses if use.get("use") == "public" for d in use.get("datasets", [])]
+        return recorded_public(self.ledger)
 
     def _public_floor(self, public: list[TransitionDataset]) -> tuple[FloorModel, float]:
         """The robot's model and the depth its public data's contacts reach (PUBLIC_QUANTILE of them)."""
@@ -638,27 +668,7 @@ class Synthesizer:
         return model, model.allowed_depth(np.concatenate([ds.observations for ds in public]))
 
     def _public_datasets(self, purpose: str) -> tuple[list[dict[str, Any]], list[TransitionDataset]]:
-        """The public datasets the ledger names (their records, and each loaded only if unchanged). A dataset the
-        ledger also lists as sensitive is refused: only public data."""
-        recorded = self._recorded_public()
-        if not recorded:
-            raise UserError(f"{self.source}: {purpose} needs the public datasets the model was pre-trained on, "
-                            "and its ledger names none")
-        sensitive = {d.get("sha256") for use in self.ledger.data_uses if use.get("use") != "public"
-                     for d in use.get("datasets", [])}
-        public = []
-        for d in recorded:
-            ds = _load_unchanged(d)
-            label = d.get("name") or d.get("source")
-            if ds is None:
-                raise UserError(f"{self.source}: {purpose} needs its public dataset {label} unchanged (sha256 "
-                                f"{str(d.get('sha256'))[:12]}…) and cannot find it (set $PRIVTRANR_DATA_DIR, or "
-                                f"turn off {purpose})")
-            if d["sha256"] in sensitive:
-                raise UserError(f"{self.source}: {label} is in the ledger as sensitive data too; {purpose} "
-                                "reads only data that was never sensitive")
-            public.append(ds)
-        return recorded, public
+        return public_datasets(self.ledger, self.source, purpose)
 
     def _public_dynamics(self, recorded: list[dict[str, Any]], public: list[TransitionDataset], steps: int,
                          seed: int, members: int, width: int) -> tuple[PublicDynamicsEnsemble, str]:
@@ -703,6 +713,36 @@ class Synthesizer:
                             f"{self.source}; guidance needs the public model the fine-tune started from")
         return guide, (f"autoguidance w={sampler.guidance:g} by the public checkpoint {path} (sha256 {sha[:12]}…, "
                        f"public data only: {', '.join(ledger.public_datasets)})")
+
+
+def recorded_public(ledger: PrivacyLedger) -> list[dict[str, Any]]:
+    """The ledger's records (name, source, sha256) of the public datasets the model was pre-trained on."""
+    return [d for use in ledger.data_uses if use.get("use") == "public" for d in use.get("datasets", [])]
+
+
+def public_datasets(ledger: PrivacyLedger, source: Any, purpose: str
+                    ) -> tuple[list[dict[str, Any]], list[TransitionDataset]]:
+    """The public datasets `ledger` names (their records, and each loaded only if unchanged). A dataset the
+    ledger also lists as sensitive is refused: only public data."""
+    recorded = recorded_public(ledger)
+    if not recorded:
+        raise UserError(f"{source}: {purpose} needs the public datasets the model was pre-trained on, "
+                        "and its ledger names none")
+    sensitive = {d.get("sha256") for use in ledger.data_uses if use.get("use") != "public"
+                 for d in use.get("datasets", [])}
+    public = []
+    for d in recorded:
+        ds = _load_unchanged(d)
+        label = d.get("name") or d.get("source")
+        if ds is None:
+            raise UserError(f"{source}: {purpose} needs its public dataset {label} unchanged (sha256 "
+                            f"{str(d.get('sha256'))[:12]}…) and cannot find it (set $PRIVTRANR_DATA_DIR, or "
+                            f"turn off {purpose})")
+        if d["sha256"] in sensitive:
+            raise UserError(f"{source}: {label} is in the ledger as sensitive data too; {purpose} "
+                            "reads only data that was never sensitive")
+        public.append(ds)
+    return recorded, public
 
 
 def _load_unchanged(recorded: dict[str, Any]) -> TransitionDataset | None:

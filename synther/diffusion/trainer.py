@@ -30,6 +30,7 @@ from synther.diffusion.edm import EDM
 from synther.errors import UserError
 from synther.privacy.engine import DPSGD, DPSettings
 from synther.privacy.ledger import PrivacyLedger
+from synther.privacy.projection import PublicSubspaceProjector
 from synther.privacy.randomness import reseed_torch_globally
 from synther.utils.io import atomic_path, atomic_write_json
 from synther.utils.locks import FolderLock
@@ -110,16 +111,29 @@ class PrivateStep:
     """DP fine-tuning through the DP-SGD engine (synther.privacy.engine): Poisson batches, clipped per-record
     gradients, Gaussian noise, all from OS entropy and never saved; the ledger counts the engine's steps."""
 
-    def __init__(self, model: EDM, optimizer: torch.optim.Optimizer, num_records: int, settings: DPSettings) -> None:
+    def __init__(self, model: EDM, optimizer: torch.optim.Optimizer, num_records: int, settings: DPSettings,
+                 public_rows: torch.Tensor | None = None, seed: int = 0) -> None:
         reseed_torch_globally()  # the diffusion draws (σ, noise) inside each per-sample loss are secret too
         self.model, self.settings = model, settings
-        self.engine = DPSGD(model, optimizer, num_records, settings)
+        self.projector = None
+        if settings.subspace_rank:
+            if public_rows is None:
+                raise UserError("the public gradient subspace needs public rows")
+            # public rows and draws from the public seed: the subspace is a function of public data and the
+            # current (already private) weights, so projecting the noisy gradient onto it is post-processing
+            self.projector = PublicSubspaceProjector(
+                model, public_rows, settings.subspace_rank, settings.subspace_rows, settings.subspace_every, seed,
+                model.per_sample_loss, model.draw_sigma)
+        self.engine = DPSGD(model, optimizer, num_records, settings, project=self.projector)
 
     def hash_key(self) -> dict[str, Any]:
         # the noise generator is left out: it changes speed, not the mechanism, so a run may resume with another
         hashed = {k: v for k, v in asdict(self.settings).items() if k != "noise_generator"}
         if self.settings.draws_per_record == 1:  # runs from before the option resume as they were
             del hashed["draws_per_record"]
+        if not self.settings.subspace_rank:  # likewise
+            for k in ("subspace_rank", "subspace_rows", "subspace_every"):
+                del hashed[k]
         return hashed
 
     def note_in_ledger(self, ledger: PrivacyLedger, total_steps: int, log_private: bool) -> None:
@@ -140,12 +154,16 @@ class PrivateStep:
         return self.engine.sample()
 
     def step(self, x: torch.Tensor, step: int) -> dict[str, Any]:
+        if self.projector is not None:
+            self.projector.before_step(step)
         return self.engine.step(x, self.model.per_sample_loss)
 
     def log_record(self, stats: dict[str, Any], ledger: PrivacyLedger, log_private: bool) -> dict[str, float]:
         """ε so far; the private batch's statistics only if asked (they are not DP)."""
         ledger.steps_taken = self.engine.steps_taken
         record = {k: float(v) for k, v in stats.items()} if log_private else {}
+        if self.projector is not None:  # public rows at the (private) current weights: not a sensitive statistic
+            record["subspace_share"] = round(self.projector.held_share, 4)
         return {**record, "epsilon": ledger.epsilon_spent()}
 
     def ledger_steps(self, step: int) -> int:
@@ -159,24 +177,25 @@ class PrivateStep:
 
 
 def step_strategy(model: EDM, optimizer: torch.optim.Optimizer, num_records: int, batch_size: int, seed: int,
-                  dp: DPSettings | None, augment: Callable[[int, torch.Tensor], torch.Tensor] | None = None
-                  ) -> PublicStep | PrivateStep:
+                  dp: DPSettings | None, augment: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+                  public_rows: torch.Tensor | None = None) -> PublicStep | PrivateStep:
     """The step a run takes: DP-SGD when `dp` is given, else the public step (which alone may augment batches)."""
     if dp is None:
         return PublicStep(model, optimizer, num_records, batch_size, seed, augment)
     if augment is not None:
         raise UserError("batch augmentation (curiosity) is for public pre-training only, not DP fine-tuning")
-    return PrivateStep(model, optimizer, num_records, dp)
+    return PrivateStep(model, optimizer, num_records, dp, public_rows, seed)
 
 
 class DiffusionTrainer:
     def __init__(self, model: EDM, data: torch.Tensor, cfg: TrainConfig, run_dir: Path, ledger: PrivacyLedger,
                  meta: dict[str, Any], seed: int = 0, dp: DPSettings | None = None,
                  augment: Callable[[int, torch.Tensor], torch.Tensor] | None = None, progress: bool = True,
-                 wandb: WandbConfig | None = None) -> None:
+                 wandb: WandbConfig | None = None, public_rows: torch.Tensor | None = None) -> None:
         """`data`: raw transition vectors (N, d) on the model's device. `augment(step, batch)` may extend a
         public pre-training batch (curiosity); it is refused under DP, where batches must stay Poisson samples.
-        `wandb`: an opt-in copy of the metrics.jsonl records to Weights & Biases."""
+        `wandb`: an opt-in copy of the metrics.jsonl records to Weights & Biases. `public_rows`: raw public
+        vectors, for DP fine-tuning's public gradient subspace (dp.subspace_rank)."""
         if cfg.lr_decay not in LR_DECAYS:
             raise UserError(f"unknown train.lr_decay '{cfg.lr_decay}' (choose from: {', '.join(LR_DECAYS)})")
         self.model, self.data, self.cfg, self.run_dir = model, data, cfg, Path(run_dir)
@@ -189,7 +208,7 @@ class DiffusionTrainer:
         self.ema = copy.deepcopy(model).requires_grad_(False)
         self.optimizer = fused_optimizer(torch.optim.AdamW, model.parameters(), lr=cfg.lr,
                                          betas=(0.9, cfg.adam_beta2), weight_decay=cfg.weight_decay)
-        self.stepper = step_strategy(model, self.optimizer, len(data), cfg.batch_size, seed, dp, augment)
+        self.stepper = step_strategy(model, self.optimizer, len(data), cfg.batch_size, seed, dp, augment, public_rows)
         self.stepper.note_in_ledger(self.ledger, self.total_steps, cfg.log_private_diagnostics)
         self.step = 0
         cfg_hashed = asdict(cfg)

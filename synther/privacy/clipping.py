@@ -25,14 +25,12 @@ from torch import nn
 from synther.errors import UserError
 
 
-class LinearGhostClipper:
-    """Computes Σ_i clip(∇ℓ_i, C) into `.grad` of every parameter of `model`, with per-sample norms ‖∇ℓ_i‖."""
+class LinearCapture:
+    """Records every nn.Linear's input x_i and output-gradient g_i per row, from which per-sample gradients of an
+    MLP follow without being materialized (∇W_i = g_i x_iᵀ, ∇b_i = g_i)."""
 
-    def __init__(self, model: nn.Module, clip_norm: float) -> None:
-        if clip_norm <= 0:
-            raise UserError(f"clip norm must be positive, got {clip_norm}")
+    def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self.clip_norm = float(clip_norm)
         self.layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
         covered = {id(p) for m in self.layers for p in m.parameters(recurse=False)}
         foreign = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
@@ -65,6 +63,31 @@ class LinearGhostClipper:
         finally:
             self._capturing = False
 
+    def layer_grads(self, per_row_losses: torch.Tensor) -> list[tuple[nn.Linear, torch.Tensor, torch.Tensor]]:
+        """(layer, X, G) for every Linear the captured forward pass used: X (rows, in) its inputs, G (rows, out) the
+        gradients of Σ per_row_losses with respect to its outputs. Consumes the capture."""
+        records, self._records = self._records, []
+        if not records:
+            raise RuntimeError("no forward pass was captured: run the model inside `with clipper.capture():`")
+        grads = torch.autograd.grad(per_row_losses.sum(), [out for _, _, out in records], allow_unused=True)
+        # a layer that did not influence the loss has zero gradient (its callers handle it)
+        return [(layer, x, g) for (layer, x, _), g in zip(records, grads) if g is not None]
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+class LinearGhostClipper(LinearCapture):
+    """Computes Σ_i clip(∇ℓ_i, C) into `.grad` of every parameter of `model`, with per-sample norms ‖∇ℓ_i‖."""
+
+    def __init__(self, model: nn.Module, clip_norm: float) -> None:
+        if clip_norm <= 0:
+            raise UserError(f"clip norm must be positive, got {clip_norm}")
+        super().__init__(model)
+        self.clip_norm = float(clip_norm)
+
     def backward(self, per_sample_losses: torch.Tensor, scale: float = 1.0, accumulate: bool = False,
                  rows_per_sample: int = 1) -> torch.Tensor:
         """p.grad = scale · Σ_i min(1, C/‖∇ℓ_i‖)·∇ℓ_i for all parameters (added to p.grad if `accumulate`, e.g.
@@ -81,15 +104,9 @@ class LinearGhostClipper:
         if k < 1 or per_sample_losses.shape[0] % k:
             raise ValueError(f"{per_sample_losses.shape[0]} loss rows cannot be split into samples of {k} rows")
         num_samples = per_sample_losses.shape[0] // k
-        records, self._records = self._records, []
-        if not records:
-            raise RuntimeError("no forward pass was captured: run the model inside `with clipper.capture():`")
         if accumulate and any(p.grad is None for layer in self.layers for p in layer.parameters() if p.requires_grad):
             raise RuntimeError("accumulate=True needs every parameter's .grad to be set")
-        outputs = [out for _, _, out in records]
-        grads = torch.autograd.grad(per_sample_losses.sum(), outputs, allow_unused=True)
-        # a layer that did not influence the loss has zero gradient (handled below)
-        used = [(layer, x, g) for (layer, x, _), g in zip(records, grads) if g is not None]
+        used = self.layer_grads(per_sample_losses)
         groups, layer_sq = [], []
         for items in self._groups(used):
             # X (L, B, in), G (L, B, out): layers of one shape stacked, so each op below is one kernel per group
@@ -140,11 +157,6 @@ class LinearGhostClipper:
             layer, x, g = item
             groups.setdefault((tuple(x.shape), tuple(g.shape), layer.bias is not None, x.dtype), []).append(item)
         return list(groups.values())
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
 
 
 def _rows_sq_norm(X: torch.Tensor, G: torch.Tensor, bias: bool) -> torch.Tensor:

@@ -6,6 +6,7 @@ synther.privacy.clipping) + the optimizer (any torch optimizer). One step:
 
     batch  = each record independently with probability q                    (PoissonSampler, secret coins)
     grad   = (Σ_{i∈batch} clip(∇ℓ_i, C) + N(0, σ²C²·I)) / (q·N)               (clipping backend + GaussianNoise)
+    grad   = project(grad)                          (optional post-processing, e.g. synther.privacy.projection)
     optimizer.step()
 
 Dividing by the *expected* batch size q·N keeps the sensitivity at C; an empty batch is a noise-only step. With
@@ -33,18 +34,23 @@ class DPSettings:
     clipping_mode: str = "ghost"
     noise_generator: str = "auto"  # GaussianNoise's: auto | philox | torch (same distribution, different speed)
     draws_per_record: int = 1  # noise multiplicity: rows averaged in each record's loss before clipping
+    subspace_rank: int = 0  # > 0: project each noisy gradient onto this many top directions of public gradients
+    subspace_rows: int = 512  # public rows per subspace fit
+    subspace_every: int = 100  # steps between subspace fits
 
 
 class DPSGD:
     """DP-SGD on `model`'s trainable parameters over `num_records` records.
 
-    `optimizer` (None: leave the noisy gradient in p.grad, as an audit that observes it wants). Randomness comes
-    from OS entropy; `seed` exists for audits and tests only (a released model must never be trained with one).
+    `optimizer` (None: leave the noisy gradient in p.grad, as an audit that observes it wants). `project` (if
+    given) rewrites p.grad after the noise is in it and before the optimizer reads it; it must use nothing but that
+    noisy gradient, the current weights and public data, so that it is post-processing. Randomness comes from OS
+    entropy; `seed` exists for audits and tests only (a released model must never be trained with one).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, num_records: int,
-                 settings: DPSettings, seed: int | None = None) -> None:
-        self.model, self.optimizer, self.settings = model, optimizer, settings
+                 settings: DPSettings, seed: int | None = None, project: Callable[[], None] | None = None) -> None:
+        self.model, self.optimizer, self.settings, self.project = model, optimizer, settings, project
         self.clipped = clipping_backend(model, settings.clip_norm, settings.clipping_mode, settings.draws_per_record)
         self.noise = GaussianNoise(self.clipped.params, generator=settings.noise_generator, seed=seed,
                                    workers=1 if seed is not None else None)
@@ -76,6 +82,8 @@ class DPSGD:
                                          noise=self.noise, noise_std=self.noise_std)
             stats = {"loss": losses.mean() * k, "batch": len(batch), "grad_norm": norms.mean(),
                      "clipped_fraction": (norms > self.settings.clip_norm).float().mean()}
+        if self.project is not None:
+            self.project()
         if self.optimizer is not None:
             self.optimizer.step()
         self.steps_taken += 1
