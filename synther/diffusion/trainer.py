@@ -195,7 +195,7 @@ class DiffusionTrainer:
         """`data`: raw transition vectors (N, d) on the model's device. `augment(step, batch)` may extend a
         public pre-training batch (curiosity); it is refused under DP, where batches must stay Poisson samples.
         `wandb`: an opt-in copy of the metrics.jsonl records to Weights & Biases. `public_rows`: raw public
-        vectors, for DP fine-tuning's public gradient subspace (dp.subspace_rank)."""
+        vectors, for DP fine-tuning's public gradient subspace (dp.public_subspace)."""
         if cfg.lr_decay not in LR_DECAYS:
             raise UserError(f"unknown train.lr_decay '{cfg.lr_decay}' (choose from: {', '.join(LR_DECAYS)})")
         self.model, self.data, self.cfg, self.run_dir = model, data, cfg, Path(run_dir)
