@@ -56,7 +56,7 @@ class DPConfig:
     clipping: str = "ghost"  # per-sample clipping backend: ghost (fast, ours), opacus_hooks or opacus_ghost
     noise_generator: str = "auto"  # Gaussian noise source: philox (our vectorized CPU kernel; torch's Philox on CUDA), torch, or auto (philox where the kernel builds)
     lora_rank: int = 0  # fine-tune low-rank adapters of this rank on every weight matrix instead of the weights themselves (0: all weights); fewer noisy coordinates per step, but on the umaze proxy at ε = 10 its agents scored far below full fine-tuning's (README)
-    public_subspace: int = 0  # > 0: project every noisy gradient onto the top-k directions (k = this value) of public rows' per-sample gradients at the current weights (rows of the pre-training datasets, refit every public_subspace_every steps): DP noise in k of the model's coordinates' worth instead of all; post-processing, no privacy cost (0: off)
+    public_subspace: int = 0  # > 0: project every noisy gradient onto the top-k directions (k = this value) of public rows' per-sample gradients at the current weights (rows of the pre-training datasets, refit every public_subspace_every steps): DP noise in k of the model's coordinates' worth instead of all; post-processing, no privacy cost (0: off; on the maze proxy k = 128 halved support precision: README)
     public_subspace_rows: int = 512  # public rows per subspace fit (at least the rank)
     public_subspace_every: int = 100  # DP steps between subspace fits, each on fresh public rows and draws from --seed
     draws_per_record: int = 1  # noise multiplicity K: each record's loss averages K diffusion draws (σ, n) before clipping; less gradient variance at the same ε, K× the compute
