@@ -36,6 +36,23 @@ def per_record_norms(model, x: torch.Tensor, sigma: torch.Tensor, noise: torch.T
     return torch.cat(out)
 
 
+def draw_rows(model, vectors: torch.Tensor, rows: int, gen: torch.Generator
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`rows` random rows of `vectors` with one training (σ, noise) draw each."""
+    x = vectors[torch.randint(len(vectors), (rows,), generator=gen)]
+    return x, model.draw_sigma(rows, gen), torch.randn(x.shape, generator=gen)
+
+
+def parse_seeded(ap: argparse.ArgumentParser) -> tuple[argparse.Namespace, torch.Generator]:
+    """Add --seed and --threads to `ap`, parse, set torch's threads; returns the arguments and a generator seeded
+    for the rows and draws (public data only)."""
+    ap.add_argument("--seed", type=int, default=0, help="seeds the rows and the (σ, noise) draws (public data only)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    return args, torch.Generator().manual_seed(args.seed)
+
+
 def weight_kept(groups: list[np.ndarray], norms: np.ndarray, clip: float) -> list[float]:
     """Per group (a boolean mask over rows): E[min(‖g‖, C)] / E[‖g‖], the share of its summed gradient magnitude
     that survives clipping."""
@@ -59,18 +76,11 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="a PUBLIC dataset name or npz file, in the checkpoint's space")
     ap.add_argument("--rows", type=int, default=4096, help="rows drawn at random (default 4096)")
     ap.add_argument("--clip_norm", type=float, default=1.0, help="C to evaluate (default 1, the configs')")
-    ap.add_argument("--seed", type=int, default=0, help="seeds the rows and the (σ, noise) draws (public data only)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    gen = torch.Generator().manual_seed(args.seed)
+    args, gen = parse_seeded(ap)
     model, _, _ = load_model(args.checkpoint)
     data = load_dataset(args.data)
     vectors = torch.as_tensor(data.to_vectors(), dtype=torch.float32)
-    x = vectors[torch.randint(len(vectors), (args.rows,), generator=gen)]
-    cfg = model.cfg
-    sigma = (torch.randn(args.rows, generator=gen) * cfg.p_std + cfg.p_mean).exp()
-    noise = torch.randn(x.shape, generator=gen)
+    x, sigma, noise = draw_rows(model, vectors, args.rows, gen)
     norms = per_record_norms(model, x, sigma, noise).numpy()
     rewards, s = x[:, data.layout.reward].numpy(), sigma.numpy()
     print(f"{args.checkpoint} on {args.data}: {args.rows} rows, one (σ, noise) draw each, C = {args.clip_norm}; "

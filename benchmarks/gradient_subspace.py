@@ -18,16 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from clip_bias import draw_rows, parse_seeded  # noqa: E402
 from synther.data import load_dataset  # noqa: E402
 from synther.diffusion.synthesizer import load_model, public_datasets  # noqa: E402
 from synther.privacy.dpsgd import clipping_backend  # noqa: E402
 from synther.privacy.projection import PublicGradientSubspace  # noqa: E402
-
-
-def draws(model, vectors: torch.Tensor, rows: int, gen: torch.Generator):
-    """`rows` random rows of `vectors` with one (σ, noise) draw each."""
-    x = vectors[torch.randint(len(vectors), (rows,), generator=gen)]
-    return x, model.draw_sigma(rows, gen), torch.randn(x.shape, generator=gen)
 
 
 def mean_clipped_gradient(model, x, sigma, noise, clip: float, chunk: int = 1024) -> list[torch.Tensor]:
@@ -50,19 +45,15 @@ def main() -> None:
     ap.add_argument("--public_rows", type=int, default=512, help="public rows per subspace fit (default 512)")
     ap.add_argument("--ranks", default="8,32,128,256,512", help="subspace ranks k to report (comma-separated)")
     ap.add_argument("--clip_norm", type=float, default=1.0, help="C (default 1, the configs')")
-    ap.add_argument("--seed", type=int, default=0, help="seeds the rows and the (σ, noise) draws (public data only)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    gen = torch.Generator().manual_seed(args.seed)
+    args, gen = parse_seeded(ap)
     model, _, ledger = load_model(args.checkpoint)
     recorded, public = public_datasets(ledger, args.checkpoint, "this benchmark")
     public_vectors = torch.as_tensor(np.concatenate([ds.to_vectors() for ds in public]), dtype=torch.float32)
     target = torch.as_tensor(load_dataset(args.target).to_vectors(), dtype=torch.float32)
     d = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    mean = mean_clipped_gradient(model, *draws(model, target, args.rows, gen), args.clip_norm)
+    mean = mean_clipped_gradient(model, *draw_rows(model, target, args.rows, gen), args.clip_norm)
     norm = torch.sqrt(sum(g.square().sum() for g in mean))
-    fit_rows = draws(model, public_vectors, args.public_rows, gen)
+    fit_rows = draw_rows(model, public_vectors, args.public_rows, gen)
     names = ", ".join(str(r.get("name") or r.get("source")) for r in recorded)
     print(f"{args.checkpoint}: d = {d}; target {args.target} ({args.rows} rows), mean clipped gradient norm "
           f"{norm:.4f} at C = {args.clip_norm}; subspace from {args.public_rows} rows of {names}\n")
