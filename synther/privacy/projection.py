@@ -12,6 +12,10 @@ The subspace never materializes a per-sample gradient. For an MLP, public row i'
 (g_i x_iᵀ, g_i), so the Gram matrix of the m public gradients is K = Σ_layers (G Gᵀ) ⊙ (X Xᵀ + 1); with K's top-k
 eigenpairs (U, Λ) the projection of a gradient v is P v = Aᵀ U Λ⁻¹ Uᵀ (A v), A the m × d matrix of public
 gradients, and A v and Aᵀ w are one matrix product per layer (like ghost clipping's).
+
+Measured (session 37, results/issue14-session37-subspace.md): on the maze proxy the projection's bias costs more
+than the noise it removes — even without noise it keeps only a third to a half of what fine-tuning learns at
+mid noise levels — so `--dp.public_subspace` is off by default.
 """
 from __future__ import annotations
 
