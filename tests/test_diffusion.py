@@ -667,6 +667,35 @@ def test_public_gradient_subspace_is_fit_on_public_rows_only_and_the_release_say
             finetune(config(tmp_path / "bad", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), dp=bad))
 
 
+def test_a_resumed_fine_tune_refits_the_public_subspace_before_its_first_step(pretrained, tmp_path, monkeypatch):
+    fits = []
+    original_before, original_step = PublicSubspaceProjector.before_step, DiffusionTrainer._train_step
+
+    def spy_before(self, step):
+        if self.fitted_at is None or step - self.fitted_at >= self.every:
+            fits.append(step)
+        original_before(self, step)
+
+    calls = {"n": 0}
+
+    def dying_step(self, x):
+        calls["n"] += 1
+        if calls["n"] == 26:
+            raise KeyboardInterrupt  # killed between checkpoints 20 and 30
+        return original_step(self, x)
+
+    monkeypatch.setattr(PublicSubspaceProjector, "before_step", spy_before)
+    monkeypatch.setattr(DiffusionTrainer, "_train_step", dying_step)
+    cfg = config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained),
+                 dp=DPConfig(epsilon=3.0, public_subspace=4, public_subspace_rows=32, public_subspace_every=15))
+    with pytest.raises(KeyboardInterrupt):
+        finetune(cfg)
+    assert fits == [0, 15]
+    monkeypatch.setattr(DiffusionTrainer, "_train_step", original_step)
+    _, _, ledger = load_model(finetune(cfg))
+    assert fits == [0, 15, 20, 35] and ledger.steps_taken == 40  # resumed at 20: a fit before its first step
+
+
 class _SamplingFieldsUnread(DiffusionConfig):
     """A config whose sampling-only fields may be copied whole (dataclasses.asdict: the run's record) but not read."""
 
