@@ -173,18 +173,38 @@ def test_state_histogram_is_a_full_gaussian_release_charged_to_the_budget(pretra
 
 
 @pytest.mark.slow
-def test_a_resumed_fine_tune_keeps_the_histogram_it_released(pretrained, tmp_path, monkeypatch):
-    cfg = config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), dp=SUPPORT)
+def _kill_training_at(monkeypatch, call: int):
+    """Make DiffusionTrainer's `call`-th training step (counted across runs) raise KeyboardInterrupt, as a killed
+    process would; returns the original step, to put back before resuming."""
     original = DiffusionTrainer._train_step
     calls = {"n": 0}
 
     def dying_step(self, x):
         calls["n"] += 1
-        if calls["n"] == 15:
-            raise KeyboardInterrupt  # killed after the checkpoint at step 10
+        if calls["n"] == call:
+            raise KeyboardInterrupt
         return original(self, x)
 
     monkeypatch.setattr(DiffusionTrainer, "_train_step", dying_step)
+    return original
+
+
+def _record_subspace_fits(monkeypatch, record) -> None:
+    """Call record(step) whenever the public subspace projector refits (observed, not re-derived)."""
+    original = PublicSubspaceProjector.before_step
+
+    def spy_before(self, step):
+        before = self.fitted_at
+        original(self, step)
+        if self.fitted_at != before:
+            record(step)
+
+    monkeypatch.setattr(PublicSubspaceProjector, "before_step", spy_before)
+
+
+def test_a_resumed_fine_tune_keeps_the_histogram_it_released(pretrained, tmp_path, monkeypatch):
+    cfg = config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), dp=SUPPORT)
+    original = _kill_training_at(monkeypatch, 15)  # killed after the checkpoint at step 10
     with pytest.raises(KeyboardInterrupt):
         finetune(cfg)
     released = torch.load(tmp_path / "finetune" / "checkpoint.pt", weights_only=False)["model"]["support.counts"]
@@ -221,16 +241,7 @@ def test_sampling_keeps_rows_in_the_histograms_support_and_the_release_says_so(p
 def test_resume_after_kill_continues_the_privacy_ledger(pretrained, tmp_path, monkeypatch):
     cfg = config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), dp=DPConfig(epsilon=3.0))
     reference = finetune(dataclasses.replace(cfg, run_dir=str(tmp_path / "uninterrupted")))
-    original = DiffusionTrainer._train_step
-    calls = {"n": 0}
-
-    def dying_step(self, x):
-        calls["n"] += 1
-        if calls["n"] == 26:
-            raise KeyboardInterrupt  # killed between checkpoints 20 and 30
-        return original(self, x)
-
-    monkeypatch.setattr(DiffusionTrainer, "_train_step", dying_step)
+    original = _kill_training_at(monkeypatch, 26)  # killed between checkpoints 20 and 30
     with pytest.raises(KeyboardInterrupt):
         finetune(cfg)
     state = torch.load(tmp_path / "finetune" / "checkpoint.pt", weights_only=False)
@@ -626,15 +637,9 @@ def test_public_gradient_subspace_is_fit_on_public_rows_only_and_the_release_say
         fits[-1]["mixes"].append(self._mix.clone())
         return share
 
-    def spy_before(self, step):
-        if self.fitted_at is None or step - self.fitted_at >= self.every:
-            fits[-1]["steps"].append(step)
-        original_before(self, step)
-
-    original_before = PublicSubspaceProjector.before_step
     monkeypatch.setattr(PublicSubspaceProjector, "__init__", spy_init)
     monkeypatch.setattr(PublicGradientSubspace, "fit", spy_fit)
-    monkeypatch.setattr(PublicSubspaceProjector, "before_step", spy_before)
+    _record_subspace_fits(monkeypatch, lambda step: fits[-1]["steps"].append(step))
     dp = DPConfig(epsilon=5.0, public_subspace=4, public_subspace_rows=32, public_subspace_every=10)
     out = finetune(config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=20, dp=dp))
     other = load_dataset(SENSITIVE)
@@ -669,23 +674,8 @@ def test_public_gradient_subspace_is_fit_on_public_rows_only_and_the_release_say
 
 def test_a_resumed_fine_tune_refits_the_public_subspace_before_its_first_step(pretrained, tmp_path, monkeypatch):
     fits = []
-    original_before, original_step = PublicSubspaceProjector.before_step, DiffusionTrainer._train_step
-
-    def spy_before(self, step):
-        if self.fitted_at is None or step - self.fitted_at >= self.every:
-            fits.append(step)
-        original_before(self, step)
-
-    calls = {"n": 0}
-
-    def dying_step(self, x):
-        calls["n"] += 1
-        if calls["n"] == 26:
-            raise KeyboardInterrupt  # killed between checkpoints 20 and 30
-        return original_step(self, x)
-
-    monkeypatch.setattr(PublicSubspaceProjector, "before_step", spy_before)
-    monkeypatch.setattr(DiffusionTrainer, "_train_step", dying_step)
+    _record_subspace_fits(monkeypatch, fits.append)
+    original_step = _kill_training_at(monkeypatch, 26)  # killed between checkpoints 20 and 30
     cfg = config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained),
                  dp=DPConfig(epsilon=3.0, public_subspace=4, public_subspace_rows=32, public_subspace_every=15))
     with pytest.raises(KeyboardInterrupt):
