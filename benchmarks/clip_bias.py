@@ -43,6 +43,13 @@ def draw_rows(model, vectors: torch.Tensor, rows: int, gen: torch.Generator
     return x, model.draw_sigma(rows, gen), torch.randn(x.shape, generator=gen)
 
 
+def checkpoint_parser(doc: str) -> argparse.ArgumentParser:
+    """A benchmark's parser: its docstring as help, and the --checkpoint it reads."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="a diffusion checkpoint (its EMA weights are used)")
+    return ap
+
+
 def parse_seeded(ap: argparse.ArgumentParser) -> tuple[argparse.Namespace, torch.Generator]:
     """Add --seed and --threads to `ap`, parse, set torch's threads; returns the arguments and a generator seeded
     for the rows and draws (public data only)."""
@@ -71,8 +78,7 @@ def table(name: str, groups: list[tuple[str, np.ndarray]], norms: np.ndarray, cl
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, help="a diffusion checkpoint (its EMA weights are used)")
+    ap = checkpoint_parser(__doc__)
     ap.add_argument("--data", required=True, help="a PUBLIC dataset name or npz file, in the checkpoint's space")
     ap.add_argument("--rows", type=int, default=4096, help="rows drawn at random (default 4096)")
     ap.add_argument("--clip_norm", type=float, default=1.0, help="C to evaluate (default 1, the configs')")

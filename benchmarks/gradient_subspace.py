@@ -9,7 +9,6 @@ gradients are not DP.
 
   python benchmarks/gradient_subspace.py --checkpoint <pre-trained checkpoint.pt> --target <public dataset>
 """
-import argparse
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from clip_bias import draw_rows, parse_seeded  # noqa: E402
+from clip_bias import checkpoint_parser, draw_rows, parse_seeded  # noqa: E402
 from synther.data import load_dataset  # noqa: E402
 from synther.diffusion.synthesizer import load_model, public_datasets  # noqa: E402
 from synther.privacy.dpsgd import clipping_backend  # noqa: E402
@@ -38,8 +37,7 @@ def mean_clipped_gradient(model, x, sigma, noise, clip: float, chunk: int = 1024
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, help="a diffusion checkpoint (its EMA weights are used)")
+    ap = checkpoint_parser(__doc__)
     ap.add_argument("--target", required=True, help="a PUBLIC dataset (name or npz) standing in for the sensitive set")
     ap.add_argument("--rows", type=int, default=4096, help="target rows for the mean clipped gradient (default 4096)")
     ap.add_argument("--public_rows", type=int, default=512, help="public rows per subspace fit (default 512)")
