@@ -40,6 +40,7 @@ class PublicGradientSubspace:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self._layers: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []
         self._mix: torch.Tensor | None = None  # U Λ⁻¹ Uᵀ (m × m)
+        self._unreached: list[nn.Parameter] = []  # parameters of layers the public rows' loss does not reach
 
     def fit(self, per_row_loss: Callable[[], torch.Tensor]) -> float:
         """Compute the subspace from the public rows whose losses `per_row_loss()` returns (a forward pass of the
@@ -63,6 +64,8 @@ class PublicGradientSubspace:
         u, lam = evecs[:, keep], evals[keep]
         self._mix = ((u / lam) @ u.T).to(gram.dtype)
         self._layers = [(layer, x, g.detach()) for layer, x, g in layers]
+        reached = {id(p) for layer, _, _ in layers for p in layer.parameters(recurse=False)}
+        self._unreached = [p for p in self.params if id(p) not in reached]
         return float(lam.sum()) / total if total > 0 else 0.0
 
     @torch.no_grad()
@@ -77,16 +80,13 @@ class PublicGradientSubspace:
                 c += g @ layer.bias.grad
             coords = c if coords is None else coords.add_(c)
         w = self._mix @ coords
-        fitted = set()
         for layer, x, g in self._layers:
             gw = g * w[:, None]
             layer.weight.grad.copy_(gw.T @ x)
             if layer.bias is not None:
                 layer.bias.grad.copy_(gw.sum(0))
-            fitted.update((id(layer.weight), id(layer.bias)))
-        for p in self.params:  # a layer no public row's loss reaches has no component in the subspace
-            if id(p) not in fitted:
-                p.grad.zero_()
+        for p in self._unreached:  # a layer no public row's loss reaches has no component in the subspace
+            p.grad.zero_()
 
 
 class PublicSubspaceProjector:
