@@ -26,6 +26,7 @@ from torch import nn
 
 from synther.errors import UserError
 from synther.privacy.clipping import LinearCapture
+from synther.privacy.public_batches import PublicBatchRefit
 
 
 class PublicGradientSubspace:
@@ -89,7 +90,7 @@ class PublicGradientSubspace:
             p.grad.zero_()
 
 
-class PublicSubspaceProjector:
+class PublicSubspaceProjector(PublicBatchRefit):
     """DP fine-tuning's projection step: every `every` steps a fresh batch of `rows` public rows (and their
     diffusion draws, from a generator seeded by the public `seed`) defines the subspace at the current weights;
     every step's noisy gradient is projected onto it. `per_row_loss(x, sigma, noise)` is the model's loss."""
@@ -100,25 +101,12 @@ class PublicSubspaceProjector:
         if rows < rank:
             raise UserError(f"the public gradient subspace of rank {rank} needs at least as many public rows per "
                             f"fit, got {rows}")
-        if every < 1:
-            raise UserError(f"the public gradient subspace must be refreshed every ≥ 1 steps, got {every}")
+        super().__init__(public_rows, rows, every, seed, per_row_loss, draw_sigma, "public gradient subspace")
         self.subspace = PublicGradientSubspace(model, rank)
-        self.public_rows, self.rows, self.every = public_rows, min(rows, len(public_rows)), every
-        self.per_row_loss, self.draw_sigma = per_row_loss, draw_sigma
-        self.generator = torch.Generator().manual_seed(seed)
-        self.fitted_at: int | None = None
         self.held_share = float("nan")
 
-    def before_step(self, step: int) -> None:
-        """Refit on fresh public rows when due (and on the first step of a run or a resumed run)."""
-        if self.fitted_at is not None and step - self.fitted_at < self.every:
-            return
-        idx = torch.randperm(len(self.public_rows), generator=self.generator)[: self.rows]
-        x = self.public_rows[idx.to(self.public_rows.device)]
-        sigma = self.draw_sigma(len(x), self.generator).to(x.device)
-        noise = torch.randn(x.shape, generator=self.generator).to(x.device)
-        self.held_share = self.subspace.fit(lambda: self.per_row_loss(x, sigma, noise))
-        self.fitted_at = step
+    def refit(self, per_row_loss: Callable[[], torch.Tensor]) -> None:
+        self.held_share = self.subspace.fit(per_row_loss)
 
     def __call__(self) -> None:
         self.subspace.project_()
