@@ -19,6 +19,7 @@ from synther.errors import UserError
 from synther.diffusion.support import StateSupport, parse_widths
 from synther.diffusion.saturation import saturated_share
 from synther.privacy.accounting import calibrate_noise_multiplier, epsilon_spent
+from synther.privacy.preconditioning import PublicDiagonalPreconditioner, PublicPreconditioner
 from synther.privacy.projection import PublicGradientSubspace, PublicSubspaceProjector
 
 from devices import DEVICES
@@ -189,9 +190,10 @@ def _kill_training_at(monkeypatch, call: int):
     return original
 
 
-def _record_subspace_fits(monkeypatch, record) -> None:
-    """Call record(step) whenever the public subspace projector refits (observed, not re-derived)."""
-    original = PublicSubspaceProjector.before_step
+def _record_refits(monkeypatch, record, refitting=PublicSubspaceProjector) -> None:
+    """Call record(step) whenever the public subspace projector (or another `refitting` class) refits (observed,
+    not re-derived)."""
+    original = refitting.before_step
 
     def spy_before(self, step):
         before = self.fitted_at
@@ -199,7 +201,7 @@ def _record_subspace_fits(monkeypatch, record) -> None:
         if self.fitted_at != before:
             record(step)
 
-    monkeypatch.setattr(PublicSubspaceProjector, "before_step", spy_before)
+    monkeypatch.setattr(refitting, "before_step", spy_before)
 
 
 def test_a_resumed_fine_tune_keeps_the_histogram_it_released(pretrained, tmp_path, monkeypatch):
@@ -639,7 +641,7 @@ def test_public_gradient_subspace_is_fit_on_public_rows_only_and_the_release_say
 
     monkeypatch.setattr(PublicSubspaceProjector, "__init__", spy_init)
     monkeypatch.setattr(PublicGradientSubspace, "fit", spy_fit)
-    _record_subspace_fits(monkeypatch, lambda step: fits[-1]["steps"].append(step))
+    _record_refits(monkeypatch, lambda step: fits[-1]["steps"].append(step))
     dp = DPConfig(epsilon=5.0, public_subspace=4, public_subspace_rows=32, public_subspace_every=10)
     out = finetune(config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=20, dp=dp))
     other = load_dataset(SENSITIVE)
@@ -674,7 +676,7 @@ def test_public_gradient_subspace_is_fit_on_public_rows_only_and_the_release_say
 
 def test_a_resumed_fine_tune_refits_the_public_subspace_before_its_first_step(pretrained, tmp_path, monkeypatch):
     fits = []
-    _record_subspace_fits(monkeypatch, fits.append)
+    _record_refits(monkeypatch, fits.append)
     original_step = _kill_training_at(monkeypatch, 26)  # killed between checkpoints 20 and 30
     cfg = config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained),
                  dp=DPConfig(epsilon=3.0, public_subspace=4, public_subspace_rows=32, public_subspace_every=15))
@@ -684,6 +686,59 @@ def test_a_resumed_fine_tune_refits_the_public_subspace_before_its_first_step(pr
     monkeypatch.setattr(DiffusionTrainer, "_train_step", original_step)
     _, _, ledger = load_model(finetune(cfg))
     assert fits == [0, 15, 20, 35] and ledger.steps_taken == 40  # resumed at 20: a fit before its first step
+
+
+def test_public_preconditioner_is_fit_on_public_rows_only_and_the_release_says_so(pretrained, tmp_path,
+                                                                                   monkeypatch):
+    """The preconditioner every per-sample gradient is scaled by before clipping comes from the pre-training
+    datasets' rows at the current weights: at the first step it is the same whatever the sensitive data, and no
+    sensitive row is among the rows it may draw. The clipped quantity is the preconditioned gradient, so σ and ε
+    are a plain run's."""
+    fits = []
+    original_init, original_fit = PublicPreconditioner.__init__, PublicDiagonalPreconditioner.fit
+
+    def spy_init(self, model, public_rows, *args, **kwargs):
+        fits.append({"public_rows": public_rows.clone(), "scales": [], "steps": []})
+        original_init(self, model, public_rows, *args, **kwargs)
+
+    def spy_fit(self, per_row_loss):
+        spread = original_fit(self, per_row_loss)
+        fits[-1]["scales"].append(torch.cat([torch.cat([s.row, s.col, s.bias[None]]) for s in self.scales.values()]))
+        return spread
+
+    monkeypatch.setattr(PublicPreconditioner, "__init__", spy_init)
+    monkeypatch.setattr(PublicDiagonalPreconditioner, "fit", spy_fit)
+    _record_refits(monkeypatch, lambda step: fits[-1]["steps"].append(step), PublicPreconditioner)
+    dp = DPConfig(epsilon=5.0, public_precondition=True, public_precondition_rows=32, public_precondition_every=10)
+    out = finetune(config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=20, dp=dp))
+    other = load_dataset(SENSITIVE)
+    other = dataclasses.replace(other, observations=other.observations[::-1] * 2,
+                                next_observations=other.next_observations[::-1] * 2)
+    other.save(tmp_path / "other.npz")
+    finetune(config(tmp_path / "b", "finetune", dataset=str(tmp_path / "other.npz"), checkpoint=str(pretrained),
+                    steps=20, dp=dp))
+    plain = finetune(config(tmp_path / "plain", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=20,
+                            dp=DPConfig(epsilon=5.0)))
+    public = np.concatenate([load_dataset(n).to_vectors() for n in PUBLIC.split(",")])
+    sensitive_rows = {row.tobytes() for row in load_dataset(SENSITIVE).to_vectors()}
+    for run in fits:
+        np.testing.assert_array_equal(run["public_rows"].numpy(), public)
+        assert not any(row.tobytes() in sensitive_rows for row in run["public_rows"].numpy())
+        assert run["steps"] == [0, 10] and len(run["scales"]) == 2
+    torch.testing.assert_close(fits[0]["scales"][0], fits[1]["scales"][0], rtol=0, atol=0)
+    assert not torch.equal(fits[0]["scales"][0], fits[0]["scales"][1])  # refit at the moved weights
+    ledger, ref = (json.loads((p.parent / "ledger.json").read_text()) for p in (out, plain))
+    assert ledger["noise_multiplier"] == ref["noise_multiplier"] and ledger["epsilon_spent"] == ref["epsilon_spent"]
+    assert "before clipping" in ledger["statistics"]["gradient_preconditioning"]
+    assert "no sensitive data read" in ledger["statistics"]["gradient_preconditioning"]
+    records = [json.loads(line) for line in (out.parent / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["precondition_spread"] >= 1 for r in records)
+    for bad, match in ((DPConfig(public_precondition=True, enabled=False), "needs DP fine-tuning"),
+                       (DPConfig(public_precondition=True, clipping="opacus_hooks"), "not built for clipping"),
+                       (DPConfig(public_precondition=True, public_precondition_floor=0.0), "floor must"),
+                       (DPConfig(public_precondition=True, public_precondition_every=0), "_every must")):
+        with pytest.raises(UserError, match=match):
+            finetune(config(tmp_path / "bad", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), dp=bad))
 
 
 class _SamplingFieldsUnread(DiffusionConfig):

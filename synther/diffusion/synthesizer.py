@@ -59,6 +59,10 @@ class DPConfig:
     public_subspace: int = 0  # > 0: project every noisy gradient onto the top-k directions (k = this value) of public rows' per-sample gradients at the current weights (rows of the pre-training datasets, refit every public_subspace_every steps): DP noise in k of the model's coordinates' worth instead of all; post-processing, no privacy cost (0: off; on the maze proxy k = 128 halved support precision: README)
     public_subspace_rows: int = 512  # public rows per subspace fit (at least the rank)
     public_subspace_every: int = 100  # DP steps between subspace fits, each on fresh public rows and draws from --seed
+    public_precondition: bool = False  # scale every per-sample gradient, BEFORE clipping and noise, by a diagonal preconditioner fitted on public rows' per-sample gradients at the current weights (AdaDPS; RMSProp's inverse root of the second moment, Adafactor-factored per layer; rows of the pre-training datasets, refit every public_precondition_every steps): under DP, Adam's own second moment sees mostly noise; sensitivity C, σ and ε unchanged
+    public_precondition_floor: float = 0.01  # each factored second moment is raised to at least this fraction of its layer's mean first, so no factor exceeds 1/sqrt(floor) times a typical one
+    public_precondition_rows: int = 512  # public rows per preconditioner fit
+    public_precondition_every: int = 100  # DP steps between preconditioner fits, each on fresh public rows and draws from --seed
     draws_per_record: int = 1  # noise multiplicity K: each record's loss averages K diffusion draws (σ, n) before clipping; less gradient variance at the same ε, K× the compute
     normalizer: str = "public"  # 'public': keep the pre-trained model's public statistics; 'dp': re-estimate them on the sensitive data with the Gaussian mechanism, charged to the same budget
     normalizer_noise_multiplier: float = 50.0  # noise multiplier of that Gaussian mechanism (normalizer 'dp' only)
@@ -252,6 +256,18 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
                         f"not built for clipping '{dp.clipping}'")
     if dp.public_subspace and dp.public_subspace_every < 1:
         raise UserError(f"dp.public_subspace_every must be ≥ 1, got {dp.public_subspace_every}")
+    if dp.public_precondition:
+        if not dp.enabled:
+            raise UserError("dp.public_precondition scales DP-SGD's per-sample gradients before clipping: it needs DP "
+                            "fine-tuning (dp.enabled true)")
+        if dp.clipping != "ghost":
+            raise UserError(f"dp.public_precondition scales the layer inputs and output gradients clipping 'ghost' "
+                            f"reads; it is not built for clipping '{dp.clipping}'")
+        if not 0 < dp.public_precondition_floor <= 1:
+            raise UserError(f"dp.public_precondition_floor must be in (0, 1], got {dp.public_precondition_floor}")
+        if dp.public_precondition_rows < 1 or dp.public_precondition_every < 1:
+            raise UserError(f"dp.public_precondition_rows and _every must be ≥ 1, got {dp.public_precondition_rows} "
+                            f"and {dp.public_precondition_every}")
     if dp.support_cells and not dp.enabled:
         raise UserError("dp.support_cells releases a DP histogram of the sensitive states: it needs DP fine-tuning "
                         "(dp.enabled true)")
@@ -290,18 +306,28 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
                                     "from OS entropy, never saved)")
     support = _release_support(model, meta, x[:, layout.obs], dp, prior, statistics)
     public_rows = None
-    if dp.public_subspace:
-        recorded, public = public_datasets(base_ledger, cfg.checkpoint, "dp.public_subspace")
+    if dp.public_subspace or dp.public_precondition:
+        option = "dp.public_subspace" if dp.public_subspace else "dp.public_precondition"
+        recorded, public = public_datasets(base_ledger, cfg.checkpoint, option)
         public_rows = torch.as_tensor(np.concatenate([ds.to_vectors() for ds in public]), device=device)
         if public_rows.shape[1] != layout.dim:
-            raise UserError(f"dp.public_subspace: the public datasets' rows have {public_rows.shape[1]} columns, "
+            raise UserError(f"{option}: the public datasets' rows have {public_rows.shape[1]} columns, "
                             f"the model {layout.dim}")
+        public_names = ', '.join(str(d.get('name') or d.get('source')) for d in recorded)
+    if dp.public_subspace:
         statistics["gradient_projection"] = (
             f"each noisy gradient projected onto the top-{dp.public_subspace} subspace of the per-sample gradients of "
-            f"{min(dp.public_subspace_rows, len(public_rows))} public rows "
-            f"({', '.join(str(d.get('name') or d.get('source')) for d in recorded)}) at the current weights, refit "
-            f"every {dp.public_subspace_every} steps (rows and diffusion draws from --seed): post-processing of the "
-            "DP gradient; no sensitive data read")
+            f"{min(dp.public_subspace_rows, len(public_rows))} public rows ({public_names}) at the current weights, "
+            f"refit every {dp.public_subspace_every} steps (rows and diffusion draws from --seed): post-processing of "
+            "the DP gradient; no sensitive data read")
+    if dp.public_precondition:
+        statistics["gradient_preconditioning"] = (
+            f"each per-sample gradient scaled, before clipping, by a diagonal preconditioner (Adafactor-factored "
+            f"inverse root of the second moment, floor {dp.public_precondition_floor}) fitted on the per-sample "
+            f"gradients of {min(dp.public_precondition_rows, len(public_rows))} public rows ({public_names}) at the "
+            f"current weights, refit every {dp.public_precondition_every} steps (rows and diffusion draws from "
+            "--seed): the preconditioned gradient is what is clipped to C and noised, so σ and ε are unchanged; no "
+            "sensitive data read")
     q = cfg.train.batch_size / len(x)
     if q > 1:
         raise UserError(f"train.batch_size {cfg.train.batch_size} exceeds the {len(x)} training records")
@@ -343,7 +369,10 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
         settings = DPSettings(noise_multiplier=sigma, clip_norm=dp.clip_norm, sample_rate=q, clipping_mode=dp.clipping,
                               noise_generator=dp.noise_generator, draws_per_record=dp.draws_per_record,
                               subspace_rank=dp.public_subspace, subspace_rows=dp.public_subspace_rows,
-                              subspace_every=dp.public_subspace_every)
+                              subspace_every=dp.public_subspace_every, precondition=dp.public_precondition,
+                              precondition_floor=dp.public_precondition_floor,
+                              precondition_rows=dp.public_precondition_rows,
+                              precondition_every=dp.public_precondition_every)
     else:
         ledger = PrivacyLedger(private=False, planned_steps=steps, statistics=statistics, **common)
         settings = None

@@ -30,6 +30,7 @@ from synther.diffusion.edm import EDM
 from synther.errors import UserError
 from synther.privacy.engine import DPSGD, DPSettings
 from synther.privacy.ledger import PrivacyLedger
+from synther.privacy.preconditioning import PublicPreconditioner
 from synther.privacy.projection import PublicSubspaceProjector
 from synther.privacy.randomness import reseed_torch_globally
 from synther.utils.io import atomic_path, atomic_write_json
@@ -115,16 +116,21 @@ class PrivateStep:
                  public_rows: torch.Tensor | None = None, seed: int = 0) -> None:
         reseed_torch_globally()  # the diffusion draws (σ, noise) inside each per-sample loss are secret too
         self.model, self.settings = model, settings
-        self.projector = None
+        self.projector = self.preconditioner = None
+        if (settings.subspace_rank or settings.precondition) and public_rows is None:
+            raise UserError("the public gradient subspace and preconditioner need public rows")
         if settings.subspace_rank:
-            if public_rows is None:
-                raise UserError("the public gradient subspace needs public rows")
             # public rows and draws from the public seed: the subspace is a function of public data and the
             # current (already private) weights, so projecting the noisy gradient onto it is post-processing
             self.projector = PublicSubspaceProjector(
                 model, public_rows, settings.subspace_rank, settings.subspace_rows, settings.subspace_every, seed,
                 model.per_sample_loss, model.draw_sigma)
-        self.engine = DPSGD(model, optimizer, num_records, settings, project=self.projector)
+        if settings.precondition:  # likewise: public rows, draws from the public seed, the current weights
+            self.preconditioner = PublicPreconditioner(
+                model, public_rows, settings.precondition_floor, settings.precondition_rows,
+                settings.precondition_every, seed, model.per_sample_loss, model.draw_sigma)
+        self.engine = DPSGD(model, optimizer, num_records, settings, project=self.projector,
+                            precondition=self.preconditioner)
 
     def hash_key(self) -> dict[str, Any]:
         # the noise generator is left out: it changes speed, not the mechanism, so a run may resume with another
@@ -133,6 +139,9 @@ class PrivateStep:
             del hashed["draws_per_record"]
         if not self.settings.subspace_rank:  # likewise
             for k in ("subspace_rank", "subspace_rows", "subspace_every"):
+                del hashed[k]
+        if not self.settings.precondition:  # likewise
+            for k in ("precondition", "precondition_floor", "precondition_rows", "precondition_every"):
                 del hashed[k]
         return hashed
 
@@ -154,8 +163,9 @@ class PrivateStep:
         return self.engine.sample()
 
     def step(self, x: torch.Tensor, step: int) -> dict[str, Any]:
-        if self.projector is not None:
-            self.projector.before_step(step)
+        for refit in (self.projector, self.preconditioner):
+            if refit is not None:
+                refit.before_step(step)
         return self.engine.step(x, self.model.per_sample_loss)
 
     def log_record(self, stats: dict[str, Any], ledger: PrivacyLedger, log_private: bool) -> dict[str, float]:
@@ -164,6 +174,8 @@ class PrivateStep:
         record = {k: float(v) for k, v in stats.items()} if log_private else {}
         if self.projector is not None:  # public rows at the (private) current weights: not a sensitive statistic
             record["subspace_share"] = round(self.projector.held_share, 4)
+        if self.preconditioner is not None:  # likewise
+            record["precondition_spread"] = round(self.preconditioner.spread, 2)
         return {**record, "epsilon": ledger.epsilon_spent()}
 
     def ledger_steps(self, step: int) -> int:
@@ -195,7 +207,8 @@ class DiffusionTrainer:
         """`data`: raw transition vectors (N, d) on the model's device. `augment(step, batch)` may extend a
         public pre-training batch (curiosity); it is refused under DP, where batches must stay Poisson samples.
         `wandb`: an opt-in copy of the metrics.jsonl records to Weights & Biases. `public_rows`: raw public
-        vectors, for DP fine-tuning's public gradient subspace (dp.public_subspace)."""
+        vectors, for DP fine-tuning's public gradient subspace and preconditioner (dp.public_subspace,
+        dp.public_precondition)."""
         if cfg.lr_decay not in LR_DECAYS:
             raise UserError(f"unknown train.lr_decay '{cfg.lr_decay}' (choose from: {', '.join(LR_DECAYS)})")
         self.model, self.data, self.cfg, self.run_dir = model, data, cfg, Path(run_dir)

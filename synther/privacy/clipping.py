@@ -17,7 +17,7 @@ norm). The diffusion denoiser satisfies all three by design.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Mapping, NamedTuple
 
 import torch
 from torch import nn
@@ -79,6 +79,15 @@ class LinearCapture:
         self._handles.clear()
 
 
+class LayerScales(NamedTuple):
+    """A diagonal preconditioner of one Linear layer in factored form: its weight gradient g xᵀ becomes
+    (row ⊙ g)(col ⊙ x)ᵀ and its bias gradient g becomes bias · (row ⊙ g) (the bias is the input column of ones)."""
+
+    row: torch.Tensor  # (out,)
+    col: torch.Tensor  # (in,)
+    bias: torch.Tensor  # () the bias column's factor
+
+
 class LinearGhostClipper(LinearCapture):
     """Computes Σ_i clip(∇ℓ_i, C) into `.grad` of every parameter of `model`, with per-sample norms ‖∇ℓ_i‖."""
 
@@ -89,14 +98,17 @@ class LinearGhostClipper(LinearCapture):
         self.clip_norm = float(clip_norm)
 
     def backward(self, per_sample_losses: torch.Tensor, scale: float = 1.0, accumulate: bool = False,
-                 rows_per_sample: int = 1) -> torch.Tensor:
+                 rows_per_sample: int = 1, layer_scales: Mapping[nn.Linear, LayerScales] | None = None
+                 ) -> torch.Tensor:
         """p.grad = scale · Σ_i min(1, C/‖∇ℓ_i‖)·∇ℓ_i for all parameters (added to p.grad if `accumulate`, e.g.
         onto the DP noise, in the same matrix product); returns the norms ‖∇ℓ_i‖ (B,).
 
         `per_sample_losses` (B·K,) must come from a forward pass run inside `capture()`, K = `rows_per_sample`:
         sample i owns rows iK … iK+K−1 and ℓ_i is the sum of their losses (pass each row's loss / K for a mean);
         a row's loss may depend only on its own input row. `scale` (e.g. 1/expected batch size) is folded into
-        the clip factors for free.
+        the clip factors for free. `layer_scales` (a factored diagonal preconditioner D, per layer) replaces
+        every per-sample gradient ∇ℓ_i by D ∇ℓ_i BEFORE its norm is taken and it is clipped: the sum is then of
+        clip(D ∇ℓ_i, C), still of norm ≤ C per sample (layers without an entry keep D = 1).
         """
         if per_sample_losses.dim() != 1:
             raise ValueError("per_sample_losses must have shape (batch·rows_per_sample,)")
@@ -107,15 +119,18 @@ class LinearGhostClipper(LinearCapture):
         if accumulate and any(p.grad is None for layer in self.layers for p in layer.parameters() if p.requires_grad):
             raise RuntimeError("accumulate=True needs every parameter's .grad to be set")
         used = self.layer_grads(per_sample_losses)
+        if layer_scales is not None:  # (r ⊙ g)(c ⊙ x)ᵀ: scaling the captured rows scales every per-sample gradient
+            used = [(layer, x * layer_scales[layer].col, g * layer_scales[layer].row) if layer in layer_scales
+                    else (layer, x, g) for layer, x, g in used]
         groups, layer_sq = [], []
         for items in self._groups(used):
             # X (L, B, in), G (L, B, out): layers of one shape stacked, so each op below is one kernel per group
             X = torch.stack([x for _, x, _ in items]) if len(items) > 1 else items[0][1].unsqueeze(0)
             G = torch.stack([g for _, _, g in items]) if len(items) > 1 else items[0][2].unsqueeze(0)
-            bias = items[0][0].bias is not None
+            bias = _bias_factors(items, layer_scales, X)  # None, or (L,) factors of the bias column
             # (L, B): each layer's share of each sample's squared norm
             layer_sq.append(_rows_sq_norm(X, G, bias) if k == 1 else _gram_sq_norm(X, G, bias, k))
-            groups.append((items, X, G))
+            groups.append((items, X, G, bias))
         if layer_sq:
             norms = torch.cat(layer_sq).sum(0).sqrt()
         else:
@@ -123,14 +138,16 @@ class LinearGhostClipper(LinearCapture):
         # opacus' clip factor, so results match its DPOptimizer exactly
         coef = (self.clip_norm / (norms + 1e-6)).clamp(max=1.0) * scale
         row_coef = coef if k == 1 else coef.repeat_interleave(k)  # every row of a sample gets its sample's factor
-        for items, X, G in groups:
+        for items, X, G, bias in groups:
             CG = G * row_coef[None, :, None]  # not in place: autograd may hand one tensor to two layers (x + y)
             weight_grads = None
             if accumulate and len(items) == 1:  # Σ_i c_i g_i x_iᵀ by one GEMM that adds onto p.grad as it writes
                 items[0][0].weight.grad.addmm_(CG[0].t(), X[0])
             else:
                 weight_grads = torch.bmm(CG.transpose(1, 2), X)
-            bias_grads = CG.sum(1) if items[0][0].bias is not None else None  # (L, out)
+            bias_grads = None if bias is None else CG.sum(1)  # (L, out)
+            if bias_grads is not None and layer_scales is not None:
+                bias_grads *= bias[:, None]
             for k, (layer, _, _) in enumerate(items):
                 if weight_grads is not None:
                     _store_grad(layer.weight, weight_grads[k], accumulate)
@@ -159,23 +176,35 @@ class LinearGhostClipper(LinearCapture):
         return list(groups.values())
 
 
-def _rows_sq_norm(X: torch.Tensor, G: torch.Tensor, bias: bool) -> torch.Tensor:
-    """(L, B) squared per-sample gradient norms of L layers, one row per sample: ‖g_i‖²(‖x_i‖² + bias)."""
+def _bias_factors(items: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]],
+                  layer_scales: Mapping[nn.Linear, LayerScales] | None, X: torch.Tensor) -> torch.Tensor | None:
+    """The bias column's factor of each layer of a group (L,), ones without a preconditioner; None: no bias."""
+    if items[0][0].bias is None:
+        return None
+    if layer_scales is None:
+        return X.new_ones(len(items))
+    return torch.stack([layer_scales[layer].bias if layer in layer_scales else X.new_ones(())
+                        for layer, _, _ in items])
+
+
+def _rows_sq_norm(X: torch.Tensor, G: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """(L, B) squared per-sample gradient norms of L layers, one row per sample: ‖g_i‖²(‖x_i‖² + b²), b the bias
+    column's factor (L,) (1 unpreconditioned; none without a bias)."""
     g_sq = torch.linalg.vector_norm(G, dim=2).square_()  # row norms without a (B, width) temporary
     x_sq = torch.linalg.vector_norm(X, dim=2).square_()
-    if bias:  # ‖∇W_i‖² + ‖∇b_i‖² = ‖g_i‖²(‖x_i‖² + 1)
-        x_sq += 1.0
+    if bias is not None:  # ‖∇W_i‖² + ‖∇b_i‖² = ‖g_i‖²(‖x_i‖² + b²)
+        x_sq += bias.square()[:, None]
     return g_sq.mul_(x_sq)
 
 
-def _gram_sq_norm(X: torch.Tensor, G: torch.Tensor, bias: bool, k: int) -> torch.Tensor:
-    """(L, B) squared norms of Σ_k g_k x_kᵀ (+ Σ_k g_k for the bias) over each sample's k rows:
-    Σ_{k,l} (g_k·g_l)(x_k·x_l + bias)."""
+def _gram_sq_norm(X: torch.Tensor, G: torch.Tensor, bias: torch.Tensor | None, k: int) -> torch.Tensor:
+    """(L, B) squared norms of Σ_k g_k x_kᵀ (+ b Σ_k g_k for the bias) over each sample's k rows:
+    Σ_{k,l} (g_k·g_l)(x_k·x_l + b²)."""
     L, rows = X.shape[:2]
     Xs, Gs = X.reshape(L * rows // k, k, -1), G.reshape(L * rows // k, k, -1)
     xx = torch.bmm(Xs, Xs.transpose(1, 2))
-    if bias:
-        xx += 1.0
+    if bias is not None:
+        xx.view(L, rows // k, k, k).add_(bias.square()[:, None, None, None])
     return (torch.bmm(Gs, Gs.transpose(1, 2)) * xx).sum((1, 2)).view(L, rows // k)
 
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 import math
 import secrets
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Protocol
+from typing import Callable, Mapping, Protocol
 
 import torch
 from torch import nn
 
 from synther.errors import UserError
-from synther.privacy.clipping import LinearGhostClipper
+from synther.privacy.clipping import LayerScales, LinearGhostClipper
 from synther.privacy.philox import GENERATOR_NAME as PHILOX_NAME, Z_MAX as PHILOX_Z_MAX, PhiloxNormal, load_kernel
 
 NOISE_GENERATORS = ("auto", "philox", "torch")
@@ -186,7 +186,8 @@ class ClippingBackend(Protocol):
 
 class GhostClipping:
     """Ours (LinearGhostClipper): per-sample norms from activations × output-gradients, one product per layer, and
-    the clipped sum accumulated onto the noise by the same products."""
+    the clipped sum accumulated onto the noise by the same products. The only backend that takes `layer_scales`
+    (a factored diagonal preconditioner applied to every per-sample gradient before clipping)."""
 
     def __init__(self, model: nn.Module, clip_norm: float, rows_per_sample: int = 1) -> None:
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -194,13 +195,14 @@ class GhostClipping:
         self._ghost = LinearGhostClipper(model, clip_norm)
 
     def __call__(self, loss_fn: Callable[[], torch.Tensor], scale: float = 1.0, noise: GaussianNoise | None = None,
-                 noise_std: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                 noise_std: float = 0.0, layer_scales: Mapping[nn.Linear, LayerScales] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         with self._ghost.capture():
             losses = loss_fn()
         if noise is not None:  # the clipped sum is then accumulated onto the noise by the same products
             noise.fill_(noise_std)
         return losses.detach(), self._ghost.backward(losses, scale, accumulate=noise is not None,
-                                                     rows_per_sample=self.rows_per_sample)
+                                                     rows_per_sample=self.rows_per_sample, layer_scales=layer_scales)
 
 
 class OpacusHooksClipping:

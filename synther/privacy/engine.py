@@ -5,21 +5,25 @@ opacus' split, here: this engine (sampling, clipping, noise, normalisation, the 
 synther.privacy.clipping) + the optimizer (any torch optimizer). One step:
 
     batch  = each record independently with probability q                    (PoissonSampler, secret coins)
-    grad   = (Σ_{i∈batch} clip(∇ℓ_i, C) + N(0, σ²C²·I)) / (q·N)               (clipping backend + GaussianNoise)
+    grad   = (Σ_{i∈batch} clip(D ∇ℓ_i, C) + N(0, σ²C²·I)) / (q·N)             (clipping backend + GaussianNoise)
     grad   = project(grad)                          (optional post-processing, e.g. synther.privacy.projection)
     optimizer.step()
 
+D = 1 unless `precondition` supplies a diagonal preconditioner fitted on public data (e.g.
+synther.privacy.preconditioning), applied before clipping so each record's contribution still has norm ≤ C.
 Dividing by the *expected* batch size q·N keeps the sensitivity at C; an empty batch is a noise-only step. With
 `draws_per_record` K each record's loss is the mean of K rows (e.g. K diffusion draws), clipped as one record.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
 
+from synther.errors import UserError
+from synther.privacy.clipping import LayerScales
 from synther.privacy.dpsgd import GaussianNoise, PoissonSampler, clipping_backend
 from synther.privacy.randomness import secret_torch_generator
 
@@ -37,6 +41,10 @@ class DPSettings:
     subspace_rank: int = 0  # > 0: project each noisy gradient onto this many top directions of public gradients
     subspace_rows: int = 512  # public rows per subspace fit
     subspace_every: int = 100  # steps between subspace fits
+    precondition: bool = False  # scale each per-sample gradient by a public diagonal preconditioner before clipping
+    precondition_floor: float = 0.01  # floor of the factored second moments, relative to their layer's mean
+    precondition_rows: int = 512  # public rows per preconditioner fit
+    precondition_every: int = 100  # steps between preconditioner fits
 
 
 class DPSGD:
@@ -44,13 +52,19 @@ class DPSGD:
 
     `optimizer` (None: leave the noisy gradient in p.grad, as an audit that observes it wants). `project` (if
     given) rewrites p.grad after the noise is in it and before the optimizer reads it; it must use nothing but that
-    noisy gradient, the current weights and public data, so that it is post-processing. Randomness comes from OS
-    entropy; `seed` exists for audits and tests only (a released model must never be trained with one).
+    noisy gradient, the current weights and public data, so that it is post-processing. `precondition` (if given,
+    clipping 'ghost' only) returns the per-layer preconditioner for the next step; it must be a function of public
+    data and earlier DP outputs only. Randomness comes from OS entropy; `seed` exists for audits and tests only (a
+    released model must never be trained with one).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, num_records: int,
-                 settings: DPSettings, seed: int | None = None, project: Callable[[], None] | None = None) -> None:
+                 settings: DPSettings, seed: int | None = None, project: Callable[[], None] | None = None,
+                 precondition: Callable[[], Mapping[nn.Linear, LayerScales]] | None = None) -> None:
+        if precondition is not None and settings.clipping_mode != "ghost":
+            raise UserError(f"a gradient preconditioner needs clipping 'ghost', not '{settings.clipping_mode}'")
         self.model, self.optimizer, self.settings, self.project = model, optimizer, settings, project
+        self.precondition = precondition
         self.clipped = clipping_backend(model, settings.clip_norm, settings.clipping_mode, settings.draws_per_record)
         self.noise = GaussianNoise(self.clipped.params, generator=settings.noise_generator, seed=seed,
                                    workers=1 if seed is not None else None)
@@ -78,8 +92,9 @@ class DPSGD:
                      "clipped_fraction": torch.tensor(0.0)}
         else:
             rows = batch if k == 1 else batch.repeat_interleave(k, dim=0)  # a record's rows stay together
+            scales = {} if self.precondition is None else {"layer_scales": self.precondition()}
             losses, norms = self.clipped(lambda: per_row_loss(rows) / k, scale=1.0 / self.expected_batch,
-                                         noise=self.noise, noise_std=self.noise_std)
+                                         noise=self.noise, noise_std=self.noise_std, **scales)
             stats = {"loss": losses.mean() * k, "batch": len(batch), "grad_norm": norms.mean(),
                      "clipped_fraction": (norms > self.settings.clip_norm).float().mean()}
         if self.project is not None:
