@@ -622,6 +622,28 @@ def test_noise_multiplicity_fine_tunes_under_the_same_guarantee(pretrained, tmp_
                         dp=DPConfig(draws_per_record=0)))
 
 
+def _fine_tunes_on_two_sensitive_sets_and_a_plain_one(pretrained, tmp_path, dp: DPConfig, fits: list):
+    """Fine-tune with `dp` on the sensitive set and on a different one, then without the option; every run recorded
+    in `fits` (by the caller's spy) must have been handed exactly the public datasets' rows, none sensitive.
+    Returns the first run's and the plain run's checkpoints."""
+    out = finetune(config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=20, dp=dp))
+    other = load_dataset(SENSITIVE)
+    other = dataclasses.replace(other, observations=other.observations[::-1] * 2,
+                                next_observations=other.next_observations[::-1] * 2)
+    other.save(tmp_path / "other.npz")
+    finetune(config(tmp_path / "b", "finetune", dataset=str(tmp_path / "other.npz"), checkpoint=str(pretrained),
+                    steps=20, dp=dp))
+    plain = finetune(config(tmp_path / "plain", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=20,
+                            dp=DPConfig(epsilon=dp.epsilon)))
+    public = np.concatenate([load_dataset(n).to_vectors() for n in PUBLIC.split(",")])
+    sensitive_rows = {row.tobytes() for row in load_dataset(SENSITIVE).to_vectors()}
+    assert len(fits) == 2
+    for run in fits:
+        np.testing.assert_array_equal(run["public_rows"].numpy(), public)
+        assert not any(row.tobytes() in sensitive_rows for row in run["public_rows"].numpy())
+    return out, plain
+
+
 def test_public_gradient_subspace_is_fit_on_public_rows_only_and_the_release_says_so(pretrained, tmp_path,
                                                                                        monkeypatch):
     """The subspace each noisy gradient is projected onto comes from the pre-training datasets' rows at the current
@@ -643,21 +665,8 @@ def test_public_gradient_subspace_is_fit_on_public_rows_only_and_the_release_say
     monkeypatch.setattr(PublicGradientSubspace, "fit", spy_fit)
     _record_refits(monkeypatch, lambda step: fits[-1]["steps"].append(step))
     dp = DPConfig(epsilon=5.0, public_subspace=4, public_subspace_rows=32, public_subspace_every=10)
-    out = finetune(config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=20, dp=dp))
-    other = load_dataset(SENSITIVE)
-    other = dataclasses.replace(other, observations=other.observations[::-1] * 2,
-                                next_observations=other.next_observations[::-1] * 2)
-    other.save(tmp_path / "other.npz")
-    finetune(config(tmp_path / "b", "finetune", dataset=str(tmp_path / "other.npz"), checkpoint=str(pretrained),
-                    steps=20, dp=dp))
-    plain = finetune(config(tmp_path / "plain", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=20,
-                            dp=DPConfig(epsilon=5.0)))
-    public = np.concatenate([load_dataset(n).to_vectors() for n in PUBLIC.split(",")])
-    sensitive_rows = {row.tobytes() for row in load_dataset(SENSITIVE).to_vectors()}
-    for run in fits:
-        np.testing.assert_array_equal(run["public_rows"].numpy(), public)
-        assert not any(row.tobytes() in sensitive_rows for row in run["public_rows"].numpy())
-        assert run["steps"] == [0, 10] and len(run["mixes"]) == 2
+    out, plain = _fine_tunes_on_two_sensitive_sets_and_a_plain_one(pretrained, tmp_path, dp, fits)
+    assert all(run["steps"] == [0, 10] and len(run["mixes"]) == 2 for run in fits)
     torch.testing.assert_close(fits[0]["mixes"][0], fits[1]["mixes"][0], rtol=0, atol=0)
     ledger, ref = (json.loads((p.parent / "ledger.json").read_text()) for p in (out, plain))
     assert ledger["noise_multiplier"] == ref["noise_multiplier"] and ledger["epsilon_spent"] == ref["epsilon_spent"]
@@ -710,21 +719,8 @@ def test_public_preconditioner_is_fit_on_public_rows_only_and_the_release_says_s
     monkeypatch.setattr(PublicDiagonalPreconditioner, "fit", spy_fit)
     _record_refits(monkeypatch, lambda step: fits[-1]["steps"].append(step), PublicPreconditioner)
     dp = DPConfig(epsilon=5.0, public_precondition=True, public_precondition_rows=32, public_precondition_every=10)
-    out = finetune(config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=20, dp=dp))
-    other = load_dataset(SENSITIVE)
-    other = dataclasses.replace(other, observations=other.observations[::-1] * 2,
-                                next_observations=other.next_observations[::-1] * 2)
-    other.save(tmp_path / "other.npz")
-    finetune(config(tmp_path / "b", "finetune", dataset=str(tmp_path / "other.npz"), checkpoint=str(pretrained),
-                    steps=20, dp=dp))
-    plain = finetune(config(tmp_path / "plain", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=20,
-                            dp=DPConfig(epsilon=5.0)))
-    public = np.concatenate([load_dataset(n).to_vectors() for n in PUBLIC.split(",")])
-    sensitive_rows = {row.tobytes() for row in load_dataset(SENSITIVE).to_vectors()}
-    for run in fits:
-        np.testing.assert_array_equal(run["public_rows"].numpy(), public)
-        assert not any(row.tobytes() in sensitive_rows for row in run["public_rows"].numpy())
-        assert run["steps"] == [0, 10] and len(run["scales"]) == 2
+    out, plain = _fine_tunes_on_two_sensitive_sets_and_a_plain_one(pretrained, tmp_path, dp, fits)
+    assert all(run["steps"] == [0, 10] and len(run["scales"]) == 2 for run in fits)
     torch.testing.assert_close(fits[0]["scales"][0], fits[1]["scales"][0], rtol=0, atol=0)
     assert not torch.equal(fits[0]["scales"][0], fits[0]["scales"][1])  # refit at the moved weights
     ledger, ref = (json.loads((p.parent / "ledger.json").read_text()) for p in (out, plain))
