@@ -134,6 +134,18 @@ def test_the_engine_clips_the_preconditioned_gradient_so_one_record_moves_it_by_
     torch.testing.assert_close(_grad(model), 0.01 * preconditioned / preconditioned.norm(), rtol=1e-3, atol=1e-7)
 
 
+def test_a_layer_no_public_row_moves_gets_uniform_finite_factors():
+    model = _mlp()
+    x, y = _rows(8)
+    with torch.no_grad():
+        model[4].weight.zero_()  # the last layer's inputs still flow, but nothing reaches the layers before it
+    pre = PublicDiagonalPreconditioner(model, 0.01)
+    pre.fit(lambda: _per_row_loss(model, x, y))
+    first = pre.scales[model[0]]
+    assert torch.equal(first.col, torch.ones(4)) and torch.equal(first.row, first.row[0].expand(6))  # uniform
+    assert all(torch.isfinite(torch.cat([s.row, s.col, s.bias[None]])).all() for s in pre.scales.values())
+
+
 def test_preconditioning_refusals():
     model = _mlp()
     with pytest.raises(UserError, match="floor"):

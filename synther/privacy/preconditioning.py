@@ -53,6 +53,8 @@ class PublicDiagonalPreconditioner:
         if bias:
             cols = torch.cat([cols, g_norm_sq.mean()[None]])  # the bias column: E[‖g‖²]
         total = rows.sum()
+        if not total > 0:  # no public row moves this layer: uniform factors, not 0 · ∞
+            return LayerScales(row=g.new_ones(g.shape[1]), col=x.new_ones(x.shape[1]), bias=x.new_ones(()))
         rows = rows.clamp(min=self.floor * float(rows.mean()))
         cols = cols.clamp(min=self.floor * float(cols.mean()))
         # D_jk = (R_j C_k / S)^(-1/2) = r_j c_k with S^(1/4) on each side
