@@ -6,6 +6,7 @@ what is fitted is a function of public information only: using it inside later p
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Callable
 
 import torch
@@ -13,7 +14,7 @@ import torch
 from synther.errors import UserError
 
 
-class PublicBatchRefit:
+class PublicBatchRefit(ABC):
     """Every `every` steps (and at the first step of a run or a resumed run) draw `rows` public rows with their
     diffusion σ and noise and call `self.refit(per_row_loss)`, where `per_row_loss()` runs the model's forward
     pass on them (`per_row_loss(x, sigma, noise)`: the model's loss, one per row). Subclasses define `refit`."""
@@ -30,8 +31,9 @@ class PublicBatchRefit:
         self.generator = torch.Generator().manual_seed(seed)
         self.fitted_at: int | None = None
 
+    @abstractmethod
     def refit(self, per_row_loss: Callable[[], torch.Tensor]) -> None:
-        raise NotImplementedError
+        """Fit whatever the subclass keeps on the public rows whose losses `per_row_loss()` returns."""
 
     def before_step(self, step: int) -> None:
         """Refit on fresh public rows when due."""
