@@ -389,14 +389,15 @@ def _job(root: Path, name: str, code: str, deps: list[str] | None = None, output
 WRITE = "OUT.mkdir(parents=True, exist_ok=True); (OUT / 'out.txt').write_text('ok')"
 
 
-def _run(jobs, state, workers=2):
+def _run(jobs, state, workers=2, load=lambda: None):
+    """Run `jobs` on a local pool; `load` stands for the machine's (None: unknown, the pool alone decides)."""
     lines: list[str] = []
-    result = run_jobs(jobs, LocalExecutor(workers), state, echo=lines.append, poll=0.05)
+    result = run_jobs(jobs, LocalExecutor(workers, load=load), state, echo=lines.append, poll=0.05)
     return result, lines
 
 
-def _borrower(root: Path, name: str, until: int, deps: list[str] | None = None) -> Job:
-    """An elastic job that records each thread count the pool lends it (and when), until it holds `until`."""
+def _borrower(root: Path, name: str, until: list[int], deps: list[str] | None = None) -> Job:
+    """An elastic job that records each thread count the pool lends it (and when), until it has seen `until`."""
     job = _job(root, name, f"""
 f = Path(os.environ[{THREADS_FILE_ENV!r}]); seen = []
 deadline = time.time() + 30
@@ -404,7 +405,7 @@ while time.time() < deadline:
     n = int(f.read_text())
     if not seen or seen[-1][0] != n:
         seen.append((n, time.time()))
-    if n == {until}:
+    if [n for n, _ in seen] == {until!r}:
         break
     time.sleep(0.01)
 OUT.mkdir(parents=True, exist_ok=True); (OUT / 'out.txt').write_text(repr(seen))""", deps)
@@ -422,7 +423,7 @@ def test_idle_cores_go_to_elastic_jobs_once_nothing_is_left_to_start(tmp_path):
     """The tail of a sweep: a running elastic job with no dependents (an agent run) is lent the cores other jobs
     leave idle, but only once no job waits to start (a lent core is never needed back); plain jobs get no thread
     file."""
-    elastic = _borrower(tmp_path, "e", until=3)
+    elastic = _borrower(tmp_path, "e", until=[1, 2, 3])
     plain = (f"time.sleep({{}}); OUT.mkdir(parents=True, exist_ok=True)\n"
              f"(OUT / 'out.txt').write_text(repr((time.time(), os.environ.get({THREADS_FILE_ENV!r}))))")
     # c ends first and frees a core while d still waits for x: that core must not be lent yet
@@ -441,11 +442,72 @@ def test_idle_cores_go_to_elastic_jobs_once_nothing_is_left_to_start(tmp_path):
 def test_a_job_every_waiting_job_needs_borrows_idle_cores(tmp_path):
     """A sampling job that the waiting jobs all need is lent the core another job leaves: none of them could start
     before it ends, when the core comes back."""
-    sampler = _borrower(tmp_path, "s", until=2)
+    sampler = _borrower(tmp_path, "s", until=[1, 2])
     jobs = [sampler, _job(tmp_path, "y", "time.sleep(0.3)\n" + WRITE), _job(tmp_path, "t", WRITE, ["s"])]
     result, _ = _run(jobs, tmp_path / "state.json", workers=2)
     assert result.ok
     assert [n for n, _ in eval((tmp_path / "s" / "out.txt").read_text())] == [1, 2]
+
+
+class _ScriptedLoad:
+    """The machine's load as a test scripts it: `levels[k]` from `k * period` seconds after the first call on."""
+
+    def __init__(self, levels: list[float], period: float) -> None:
+        self.levels, self.period, self.start = levels, period, None
+        self.changes: list[float] = []  # when each level after the first began (time.time())
+
+    def __call__(self) -> float:
+        now = time.time()
+        if self.start is None:
+            self.start = now
+            self.changes = [now + k * self.period for k in range(1, len(self.levels))]
+        return self.levels[min(int((now - self.start) / self.period), len(self.levels) - 1)]
+
+
+def test_no_core_is_lent_while_another_program_keeps_it_busy(tmp_path):
+    """Two sweeps on one 2-core machine: each pool sees a slot idle, but the machine does not. The borrower gets
+    the core only once the other program's load is gone."""
+    load = _ScriptedLoad([2.0, 1.0], period=1.0)  # the agent + another sweep's agent, then the agent alone
+    result, _ = _run([_borrower(tmp_path, "e", until=[1, 2])], tmp_path / "state.json", workers=2, load=load)
+    assert result.ok
+    seen = eval((tmp_path / "e" / "out.txt").read_text())
+    assert [n for n, _ in seen] == [1, 2] and seen[1][1] >= load.changes[0]
+
+
+def test_lent_cores_go_back_when_the_machine_gets_busy(tmp_path):
+    """A core lent at a sweep's tail is taken back when another program starts (load above the cores), and not
+    lent again while it runs."""
+    # busy while the borrower starts; then the agent alone; then it has 2 threads and a newcomer one
+    load = _ScriptedLoad([2.0, 1.0, 3.0], period=1.0)
+    result, _ = _run([_borrower(tmp_path, "e", until=[1, 2, 1])], tmp_path / "state.json", workers=2, load=load)
+    assert result.ok
+    seen = eval((tmp_path / "e" / "out.txt").read_text())
+    assert [n for n, _ in seen] == [1, 2, 1]
+    assert load.changes[0] <= seen[1][1] < load.changes[1] <= seen[2][1]
+
+
+def test_machine_load_is_the_kernels_runnable_count_averaged_over_a_window(tmp_path, monkeypatch):
+    """Linux: /proc/stat's procs_running less the reader itself, averaged over the window; elsewhere the 1-minute
+    load average; None when the OS reports neither."""
+    from synther.utils.threads import MachineLoad
+
+    stat = tmp_path / "stat"
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    machine = MachineLoad(window=10.0, every=1.0, stat_path=str(stat))
+    for t, running in ((100.0, 2), (101.0, 4), (101.5, 9), (105.0, 3)):  # 101.5: within `every`, not sampled
+        clock[0] = t
+        stat.write_text(f"cpu  1 2 3\nprocs_running {running}\nprocs_blocked 0\n")
+        average = machine()
+    assert average == (1 + 3 + 2) / 3
+    clock[0] = 112.0  # the samples of 100 and 101 left the window
+    stat.write_text("procs_running 1\n")
+    assert machine() == (2 + 0) / 2
+    elsewhere = MachineLoad(stat_path=str(tmp_path / "missing"))
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.5, 1.0, 0.5))
+    assert elsewhere() == 1.5
+    monkeypatch.delattr(os, "getloadavg")
+    assert elsewhere() is None
 
 
 def test_every_job_folder_gets_its_labels_in_run_json(tmp_path):

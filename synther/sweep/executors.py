@@ -13,7 +13,11 @@ from synther.sweep.config import blank
 from synther.sweep.jobs import Job
 from synther.sweep.process import (Outcome, start_process, stop_process, forwarded_env, job_env, log_tail,
                                    run_subprocess)
-from synther.utils.threads import THREADS_FILE_ENV, lend_threads
+from synther.utils.threads import THREADS_FILE_ENV, MachineLoad, lend_threads
+
+# a core is idle when the machine's load leaves ≥ 75 % of it free; lent cores go back above cores + 0.5
+IDLE_CORE_SLACK = 0.25
+RECLAIM_ABOVE_CORES = 0.5
 
 
 class Executor(Protocol):
@@ -50,18 +54,22 @@ class _Running:
     log: Any  # the open log file
     started: float
     cpus: int  # slots it holds: its own, plus any lent to it
+    own_cpus: int  # its own
     threads_file: Path | None  # where its thread count is written, for an elastic job (synther.utils.threads)
 
 
 class LocalExecutor:
     """A pool of CPU slots on this machine; a job takes its cpus (at most all slots) until it exits. Slots left idle
     are lent to running elastic jobs (agent runs, sampling) that every waiting job needs (at a sweep's tail: all of
-    them), which then use more threads."""
+    them), which then use more threads — as long as `load()` (threads wanting a core, machine-wide; None: unknown,
+    trust the pool) leaves those cores idle: another sweep or program on the machine is not the pool's to see."""
 
     name = "local"
 
-    def __init__(self, workers: int = 0) -> None:
+    def __init__(self, workers: int = 0, load: Callable[[], float | None] | None = None) -> None:
         self.slots = workers or os.cpu_count() or 1
+        self.cores = os.cpu_count() or 1
+        self.load = load or MachineLoad()
         self.used_cpus = 0
         self.used_gpus = 0.0
         self.gpus: float | None = None  # counted on the first GPU job
@@ -97,13 +105,19 @@ class LocalExecutor:
         proc, f = start_process(job.command, job.log, env)
         self.used_cpus += cpus
         self.used_gpus += self._gpus(job)
-        self._running[job.id] = _Running(job, proc, f, time.time(), cpus, threads_file)
+        self._running[job.id] = _Running(job, proc, f, time.time(), cpus, cpus, threads_file)
 
     def lend_idle_cores(self, may_borrow: Callable[[Job], bool]) -> None:
         """Share the idle slots among the running elastic jobs that `may_borrow`, one slot at a time in turn. No
-        waiting job can start before such a job ends, so a lent slot is never needed back before it comes back."""
-        elastic = [r for r in self._running.values() if r.threads_file and may_borrow(r.job)]
+        waiting job can start before such a job ends, so a lent slot is never needed back before it comes back —
+        unless a program outside the pool loads the machine past its cores: then every lent slot goes back."""
+        load = self.load()
         free = self.slots - self.used_cpus
+        if load is not None:
+            if load > self.cores + RECLAIM_ABOVE_CORES:
+                self._reclaim()
+            free = min(free, int(self.cores - load + IDLE_CORE_SLACK))
+        elastic = [r for r in self._running.values() if r.threads_file and may_borrow(r.job)]
         if not elastic or free <= 0:
             return
         for i in range(free):
@@ -111,6 +125,14 @@ class LocalExecutor:
         self.used_cpus += free
         for r in elastic[:free]:
             lend_threads(r.threads_file, r.cpus)
+
+    def _reclaim(self) -> None:
+        """Every running job back to its own slots (it drops the lent threads at its next log step or chunk)."""
+        for r in self._running.values():
+            if r.cpus > r.own_cpus:
+                self.used_cpus -= r.cpus - r.own_cpus
+                r.cpus = r.own_cpus
+                lend_threads(r.threads_file, r.cpus)
 
     def _release(self, job_id: str) -> tuple[Job, float]:
         r = self._running.pop(job_id)
