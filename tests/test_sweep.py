@@ -486,6 +486,18 @@ def test_lent_cores_go_back_when_the_machine_gets_busy(tmp_path):
     assert load.changes[0] <= seen[1][1] < load.changes[1] <= seen[2][1]
 
 
+def test_the_local_pool_is_sized_to_the_cores_the_process_may_use(monkeypatch):
+    """A container or `taskset` limits the CPUs a process may run on: the pool and its idle-core count follow
+    that affinity, not the machine's core count."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3, 5}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    pool = LocalExecutor(load=lambda: None)
+    assert pool.slots == 2 and pool.cores == 2
+    assert LocalExecutor(5, load=lambda: None).slots == 5
+    monkeypatch.delattr(os, "sched_getaffinity")
+    assert LocalExecutor(load=lambda: None).slots == 64
+
+
 def test_machine_load_is_the_kernels_runnable_count_averaged_over_a_window(tmp_path, monkeypatch):
     """Linux: /proc/stat's procs_running less the reader itself, averaged over the window; elsewhere the 1-minute
     load average; None when the OS reports neither."""

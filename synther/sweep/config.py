@@ -92,7 +92,7 @@ class SweepConfig:
     python: str = ""  # interpreter that runs the jobs (empty: this one); the same path must exist on every Ray node
     executor: str = "local"  # local (process pool on this machine) or ray
     ray_address: str = ""  # Ray cluster to join, host:port (empty with --executor ray: start a local Ray)
-    workers: int = 0  # local: CPU slots (0: all cores); ray without an address: CPUs of the local Ray (0: all)
+    workers: int = 0  # local: CPU slots (0: every core this process may use, i.e. its CPU affinity); ray without an address: CPUs of the local Ray (0: all)
     dry_run: bool = False  # print the jobs, what is finished and their commands, without running anything
 
 

@@ -1,5 +1,4 @@
 """Where jobs run: a local pool of CPU slots or a Ray cluster, behind one protocol."""
-import os
 import socket
 import subprocess
 import threading
@@ -13,7 +12,7 @@ from synther.sweep.config import blank
 from synther.sweep.jobs import Job
 from synther.sweep.process import (Outcome, start_process, stop_process, forwarded_env, job_env, log_tail,
                                    run_subprocess)
-from synther.utils.threads import THREADS_FILE_ENV, MachineLoad, lend_threads
+from synther.utils.threads import THREADS_FILE_ENV, MachineLoad, lend_threads, usable_cores
 
 # a core is idle when the machine's load leaves ≥ 75 % of it free; lent cores go back above cores + 0.5
 IDLE_CORE_SLACK = 0.25
@@ -67,8 +66,8 @@ class LocalExecutor:
     name = "local"
 
     def __init__(self, workers: int = 0, load: Callable[[], float | None] | None = None) -> None:
-        self.slots = workers or os.cpu_count() or 1
-        self.cores = os.cpu_count() or 1
+        self.cores = usable_cores()
+        self.slots = workers or self.cores
         self.load = load or MachineLoad()
         self.used_cpus = 0
         self.used_gpus = 0.0

@@ -21,6 +21,15 @@ from synther.utils.io import atomic_path
 THREADS_FILE_ENV = "PRIVTRANR_THREADS_FILE"
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the OS has one (a container or `taskset` limits
+    it), else every core of the machine."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def lend_threads(path: Path, threads: int) -> None:
     """Tell the job reading `path` to use `threads` threads (written atomically: it never reads half a number)."""
     with atomic_path(path) as tmp:
