@@ -498,6 +498,24 @@ def test_the_local_pool_is_sized_to_the_cores_the_process_may_use(monkeypatch):
     assert LocalExecutor(load=lambda: None).slots == 64
 
 
+def test_a_job_drops_to_its_own_threads_when_the_sweep_takes_lent_cores_back(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from synther.utils.threads import follow_lent_threads, lend_threads
+
+    path = tmp_path / "job.threads"
+    monkeypatch.setenv(THREADS_FILE_ENV, str(path))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        lend_threads(path, 1)
+        assert follow_lent_threads() == 1 and torch.get_num_threads() == 1
+        assert "now 1 threads: the sweep took back cores it had lent" in capsys.readouterr().out
+        assert follow_lent_threads() is None  # unchanged: nothing to do, nothing said
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_machine_load_is_the_kernels_runnable_count_averaged_over_a_window(tmp_path, monkeypatch):
     """Linux: /proc/stat's procs_running less the reader itself, averaged over the window; elsewhere the 1-minute
     load average; None when the OS reports neither."""
