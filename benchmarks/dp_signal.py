@@ -84,7 +84,8 @@ def print_draws(model, target: torch.Tensor, draws: list[int], records: int, cli
 
 def main() -> None:
     ap = checkpoint_parser(__doc__)
-    ap.add_argument("--finetunes", default="", help="fine-tuned checkpoints (comma-separated) started from --checkpoint")
+    ap.add_argument("--finetunes", default="",
+                    help="fine-tuned checkpoints (comma-separated) started from --checkpoint")
     ap.add_argument("--reference", default="", help="a fine-tune of the same data WITHOUT DP (with --finetunes)")
     ap.add_argument("--target", default="", help="a PUBLIC dataset (name or npz) standing in for the sensitive set")
     ap.add_argument("--draws", default="1,2,4,8,16", help="diffusion draws per record to compare (comma-separated)")

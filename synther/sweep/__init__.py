@@ -51,10 +51,10 @@ Every job's folder also gets run.json: per job kind, its labels (dataset, method
 which synther.report reads (synther.layout names the folders and writes and reads these files).
 
 Executors: `LocalExecutor` (a pool of CPU slots, default the cores it may use; each job gets OMP_NUM_THREADS = its
-cpus; idle cores lent at a sweep's tail while the machine's load leaves them idle) and `RayExecutor` (one remote task per job with num_cpus/num_gpus; the driver launches a job once its
-dependencies have succeeded). Under Ray, every node must have the repository and the Python environment at the same
-paths as the driver, and the sweep root on a shared filesystem at the same path: jobs write their run folders
-there and the driver checks them.
+cpus; idle cores lent at a sweep's tail while the machine's load leaves them idle) and `RayExecutor` (one remote
+task per job with num_cpus/num_gpus; the driver launches a job once its dependencies have succeeded). Under Ray,
+every node must have the repository and the Python environment at the same paths as the driver, and the sweep root
+on a shared filesystem at the same path: jobs write their run folders there and the driver checks them.
 """
 from synther.layout import BASELINES, LADDER, METHODS, agent_run_name, dataset_tag, eps_tag
 from synther.sweep.config import (EVALUATIONS, KINDS, Budgets, ExtraArgs, KindResources, Layout, Resources,
