@@ -53,6 +53,16 @@ def gradient(params: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([p.grad.flatten() for p in params])
 
 
+def clipped_signal(model, rows: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor, k: int, clip: float,
+                   direction: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """⟨(1/R) Σ_i clip(∇ℓ_i, C), direction⟩ over the R = len(rows)/k records whose k consecutive rows each record's
+    loss averages (the engine's noise multiplicity), by the engine's ghost clipping; and the records' norms."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    clipped = clipping_backend(model, clip, "ghost", rows_per_sample=k)
+    _, norms = clipped(lambda: model.per_sample_loss(rows, sigma, noise) / k, scale=k / len(rows))
+    return float(gradient(params) @ direction), norms
+
+
 def print_draws(model, target: torch.Tensor, draws: list[int], records: int, clip: float,
                 gen: torch.Generator) -> None:
     """Mean clipped gradient along the target's mean gradient direction, per record, for each K in `draws`."""
@@ -74,10 +84,7 @@ def print_draws(model, target: torch.Tensor, draws: list[int], records: int, cli
     first = None
     for k in draws:
         keep = (torch.arange(len(rows)) % most) < k  # each record's first k draws, kept together
-        clipped = clipping_backend(model, clip, "ghost", rows_per_sample=k)
-        _, norms = clipped(lambda: model.per_sample_loss(rows[keep], sigma[keep], noise[keep]) / k,
-                           scale=1.0 / records)
-        signal = float(gradient(params) @ direction)
+        signal, norms = clipped_signal(model, rows[keep], sigma[keep], noise[keep], k, clip, direction)
         first = first or signal
         print(f"| {k} | {norms.median():.3f} | {signal:.4f} | {signal / first:.2f}× | {k / draws[0]:.0f}× |")
 

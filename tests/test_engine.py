@@ -103,6 +103,41 @@ def test_clip_bias_diagnostic_gives_a_group_with_twice_the_norm_half_the_weight(
     assert chunked.std() > 0.1 * chunked.mean()  # the rows really differ, so the comparison is not vacuous
 
 
+def test_dp_signal_diagnostic_is_the_mean_clipped_record_gradient_along_a_direction(monkeypatch):
+    """benchmarks/dp_signal.py: a record's gradient is that of the mean of its k rows' losses, clipped to C as one,
+    averaged over the records and read along the given direction — checked against per-record gradients taken one
+    by one with autograd, with C between the records' norms so both sides of the clip are exercised."""
+    import importlib.util
+    from pathlib import Path
+
+    from synther.diffusion.denoiser import DenoiserConfig
+    from synther.diffusion.edm import EDM
+    from synther.diffusion.normalizer import Normalizer
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "dp_signal.py"
+    monkeypatch.syspath_prepend(str(path.parent))  # it imports its sibling clip_bias, as a script would
+    spec = importlib.util.spec_from_file_location("dp_signal", path)
+    dp_signal = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dp_signal)
+    torch.manual_seed(0)
+    model = EDM(6, Normalizer.identity(6), DenoiserConfig(width=32, depth=2, cond_dim=16, fourier_dim=8))
+    params = [p for p in model.parameters() if p.requires_grad]
+    g = torch.Generator().manual_seed(2)
+    records, k = 8, 3
+    rows = torch.randn(records, 6, generator=g).repeat_interleave(k, dim=0)
+    sigma, noise = model.draw_sigma(len(rows), g), torch.randn(rows.shape, generator=g)
+    per_record = torch.stack([torch.cat([t.flatten() for t in torch.autograd.grad(
+        model.per_sample_loss(rows[i * k:(i + 1) * k], sigma[i * k:(i + 1) * k], noise[i * k:(i + 1) * k]).mean(),
+        params)]) for i in range(records)])
+    direction = torch.randn(per_record.shape[1], generator=g)
+    clip = float(per_record.norm(dim=1).median())
+    want = (per_record * (clip / per_record.norm(dim=1, keepdim=True)).clamp(max=1.0)).mean(0) @ direction
+    got, norms = dp_signal.clipped_signal(model, rows, sigma, noise, k, clip, direction)
+    torch.testing.assert_close(norms, per_record.norm(dim=1), rtol=1e-4, atol=1e-6)
+    assert got == pytest.approx(float(want), rel=1e-4)
+    assert (norms > clip).any() and (norms < clip).any()
+
+
 def test_loss_by_noise_diagnostic_is_the_unweighted_edm_loss_and_its_gain_shares():
     """benchmarks/loss_by_noise.py: its error per σ is the EDM per-row loss without λ(σ), on the same draw; a
     checkpoint's share is its gain over the first one relative to the last one's."""
