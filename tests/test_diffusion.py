@@ -17,6 +17,7 @@ from synther.diffusion.synthesizer import (SAMPLING_FIELDS, DiffusionConfig, DPC
 from synther.diffusion.trainer import DiffusionTrainer, TrainConfig
 from synther.errors import UserError
 from synther.diffusion.support import StateSupport, parse_widths
+from synther.diffusion.selection import PublicSelection, nearest
 from synther.diffusion.saturation import saturated_share
 from synther.privacy.accounting import calibrate_noise_multiplier, epsilon_spent
 from synther.privacy.preconditioning import PublicDiagonalPreconditioner, PublicPreconditioner
@@ -173,6 +174,97 @@ def test_state_histogram_is_a_full_gaussian_release_charged_to_the_budget(pretra
         assert not (tmp_path / "bad").exists()
 
 
+WARMUP = DPConfig(epsilon=8.0, delta=1e-5, public_warmup_steps=25, public_warmup_clusters=16,
+                  public_warmup_noise_multiplier=3.0)
+
+
+def test_public_selection_releases_a_full_gaussian_count_and_draws_toward_the_sensitive_clusters():
+    g = torch.Generator().manual_seed(0)
+    # public rows in two far-apart blobs (900 near 0, 100 near 10); the sensitive records all near 10
+    public = torch.cat([torch.randn(900, 3, generator=g), 10 + torch.randn(100, 3, generator=g)])
+    selection = PublicSelection.fit(public, 2, seed=0)
+    assert sorted(selection.public_counts.tolist()) == [100, 900]
+    selection.release(10 + torch.randn(300, 3, generator=g), 0.5, np.random.default_rng())
+    far = public[:, 0] > 5
+    p = selection.row_probabilities()
+    assert p.sum().item() == pytest.approx(1.0, abs=1e-5) and p[far].sum().item() > 0.99
+    assert selection.effective_share() == pytest.approx(0.1, abs=0.01)  # worth the far blob's 100 rows of 1000
+    # the release: each cluster's count plus N(0, σ²), a fresh draw each time (many clusters to see its law)
+    many = PublicSelection(torch.zeros(20_000, 3), torch.arange(20_000) % 7)
+    releases = []
+    for _ in range(2):
+        many.release(torch.zeros(50, 3), 2.0, np.random.default_rng())  # all 50 records nearest centroid 0
+        releases.append(many.noisy_counts.copy())
+    true = np.zeros(20_000)
+    true[0] = 50
+    z = (releases[0] - true) / 2.0
+    assert abs(z.mean()) < 0.05 and 0.97 < z.std() < 1.03 and np.abs(z).max() > 3.5
+    assert not np.array_equal(*releases)
+    with pytest.raises(UserError, match="positive"):
+        many.release(torch.zeros(5, 3), 0.0, np.random.default_rng())
+    with pytest.raises(UserError, match="between 2"):
+        PublicSelection.fit(public, 1, seed=0)
+    empty = PublicSelection.fit(public, 2, seed=0)
+    empty.noisy_counts, empty.noise_multiplier = np.array([-1.0, -2.0]), 1.0
+    with pytest.raises(UserError, match="too small for this noise"):
+        empty.row_probabilities()
+
+
+def test_public_warmup_trains_on_public_rows_drawn_by_a_dp_count_charged_to_the_budget(pretrained, tmp_path,
+                                                                                       monkeypatch):
+    import synther.diffusion.synthesizer as synthesizer
+    calls = []
+    original = synthesizer.warm_up
+
+    def spy_warm_up(model, public_rows, probabilities, *args, **kwargs):
+        calls.append({"rows": public_rows.clone(), "p": probabilities.clone(),
+                      "before": [p.detach().clone() for p in model.parameters()]})
+        loss = original(model, public_rows, probabilities, *args, **kwargs)
+        calls[-1]["after"] = [p.detach().clone() for p in model.parameters()]
+        return loss
+
+    monkeypatch.setattr(synthesizer, "warm_up", spy_warm_up)
+    out = finetune(config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=20, dp=WARMUP))
+    model, meta, ledger = load_model(out)
+    # one more Gaussian mechanism (σ = 3, sensitivity 1) in the history, and DP-SGD's σ raised to keep ε at target
+    assert ledger.history()[0] == (3.0, 1.0, 1) and len(ledger.history()) == 2
+    assert ledger.epsilon_spent() <= 8.0
+    assert ledger.noise_multiplier > calibrate_noise_multiplier(8.0, 1e-5, ledger.sample_rate, ledger.steps_taken)
+    assert "DP cluster histogram for the public warm-up" in ledger.describe()
+    assert "25 non-private steps on public rows" in ledger.statistics["public_warmup"]
+    # the warm-up read the public datasets' rows, no sensitive row, and moved the weights
+    public = np.concatenate([load_dataset(n).to_vectors() for n in PUBLIC.split(",")])
+    sensitive_rows = {row.tobytes() for row in load_dataset(SENSITIVE).to_vectors()}
+    assert len(calls) == 1
+    np.testing.assert_array_equal(calls[0]["rows"].numpy(), public)
+    assert not any(row.tobytes() in sensitive_rows for row in calls[0]["rows"].numpy())
+    assert any(not torch.equal(a, b) for a, b in zip(calls[0]["before"], calls[0]["after"]))
+    # the release: the training split's count nearest each public centroid (k-means of the public rows from
+    # --seed, refitted here) plus noise; the draw probabilities follow it
+    warm = meta["public_warmup"]
+    pre, _, _ = load_model(pretrained)
+    with torch.no_grad():
+        refit = PublicSelection.fit(pre.normalizer.normalize(torch.as_tensor(public)), 16, seed=0)
+        train, _ = load_dataset(SENSITIVE).split(0.8, seed=0)
+        true = np.bincount(nearest(pre.normalizer.normalize(torch.as_tensor(train.to_vectors())), refit.centroids)
+                           .numpy(), minlength=16)
+    noisy = np.asarray(warm["noisy_counts"])
+    assert warm["public_counts"] == refit.public_counts.tolist() and true.sum() == ledger.sensitive_train_rows
+    assert 0 < np.abs(noisy - true).max() < 3.0 * 8.5  # noise, within the generator's cap
+    refit.noisy_counts = noisy
+    torch.testing.assert_close(calls[0]["p"], refit.row_probabilities())
+    again = finetune(config(tmp_path / "again", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=10,
+                            dp=WARMUP))
+    assert load_model(again)[1]["public_warmup"]["noisy_counts"] != warm["noisy_counts"]  # same --seed, fresh noise
+    for bad, match in ((dataclasses.replace(WARMUP, public_warmup_steps=-1), "public_warmup_steps must"),
+                       (dataclasses.replace(WARMUP, public_warmup_noise_multiplier=0.0), "positive"),
+                       (dataclasses.replace(WARMUP, public_warmup_clusters=1), "between 2"),
+                       (dataclasses.replace(WARMUP, enabled=False), "needs DP fine-tuning")):
+        with pytest.raises(UserError, match=match):
+            finetune(config(tmp_path / "bad", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), dp=bad))
+        assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.slow
 def _kill_training_at(monkeypatch, call: int):
     """Make DiffusionTrainer's `call`-th training step (counted across runs) raise KeyboardInterrupt, as a killed
@@ -204,16 +296,51 @@ def _record_refits(monkeypatch, record, refitting=PublicSubspaceProjector) -> No
     monkeypatch.setattr(refitting, "before_step", spy_before)
 
 
-def test_a_resumed_fine_tune_keeps_the_histogram_it_released(pretrained, tmp_path, monkeypatch):
-    cfg = config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), dp=SUPPORT)
-    original = _kill_training_at(monkeypatch, 15)  # killed after the checkpoint at step 10
+def _killed_then_resumed(cfg: DiffusionConfig, monkeypatch) -> tuple[dict, Path]:
+    """Fine-tune with `cfg`, killed after its checkpoint at step 10, then run again: (the checkpoint the killed run
+    left, the resumed run's output)."""
+    original = _kill_training_at(monkeypatch, 15)
     with pytest.raises(KeyboardInterrupt):
         finetune(cfg)
-    released = torch.load(tmp_path / "finetune" / "checkpoint.pt", weights_only=False)["model"]["support.counts"]
+    killed = torch.load(Path(cfg.run_dir) / "checkpoint.pt", weights_only=False)
     monkeypatch.setattr(DiffusionTrainer, "_train_step", original)
-    model, _, ledger = load_model(finetune(cfg))  # the restart draws fresh noise, then resumes the saved release
-    assert torch.equal(model.support.counts, released)
+    return killed, finetune(cfg)
+
+
+def test_a_resumed_fine_tune_keeps_the_histogram_it_released(pretrained, tmp_path, monkeypatch):
+    cfg = config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), dp=SUPPORT)
+    killed, out = _killed_then_resumed(cfg, monkeypatch)
+    model, _, ledger = load_model(out)  # the restart draws fresh noise, then resumes the saved release
+    assert torch.equal(model.support.counts, killed["model"]["support.counts"])
     assert len(ledger.prior_mechanisms) == 1 and ledger.steps_taken == 40  # charged once
+
+
+def test_a_resumed_fine_tune_keeps_its_warmup_release_and_does_not_warm_up_again(pretrained, tmp_path,
+                                                                                  monkeypatch):
+    import synther.diffusion.synthesizer as synthesizer
+    warmups = []
+    original_warm_up = synthesizer.warm_up
+    monkeypatch.setattr(synthesizer, "warm_up", lambda *a, **k: warmups.append(1) or original_warm_up(*a, **k))
+    cfg = config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), dp=WARMUP)
+    killed, out = _killed_then_resumed(cfg, monkeypatch)
+    _, meta, ledger = load_model(out)
+    assert warmups == [1]  # the resumed run kept the checkpoint's warmed-up weights: no second warm-up or release
+    assert meta["public_warmup"] == killed["meta"]["public_warmup"]
+    assert len(ledger.prior_mechanisms) == 1 and ledger.steps_taken == 40  # charged once
+    for other in (dataclasses.replace(WARMUP, public_warmup_steps=30),  # nor with other warm-up settings
+                  dataclasses.replace(WARMUP, public_warmup_clusters=8)):
+        with pytest.raises(UserError, match="different configuration"):
+            finetune(dataclasses.replace(cfg, dp=other))
+    # a run folder begun without the warm-up does not resume with it, and nothing is released first
+    plain = config(tmp_path / "plain", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained),
+                   dp=DPConfig(epsilon=8.0, delta=1e-5))
+    original = _kill_training_at(monkeypatch, 15)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(plain)
+    monkeypatch.setattr(DiffusionTrainer, "_train_step", original)
+    with pytest.raises(UserError, match="different configuration"):
+        finetune(dataclasses.replace(plain, dp=WARMUP))
+    assert warmups == [1]
 
 
 def test_sampling_keeps_rows_in_the_histograms_support_and_the_release_says_so(pretrained, tmp_path):

@@ -28,9 +28,11 @@ from synther.diffusion.normalizer import NUMPY_NORMAL_Z_MAX, Normalizer
 from synther.diffusion.relabel import (HELD_OUT, WIDTH, PublicDynamicsEnsemble, check_relabel, fit_public_dynamics,
                                       least_disputed, relabel_rows)
 from synther.diffusion.saturation import choose_action_space, saturated_share, snap_to_bounds
+from synther.diffusion.selection import PublicSelection, warm_up
 from synther.diffusion.sparsity import check_settings, keep_densest, oversampled
 from synther.diffusion.support import MAX_DRAWS_PER_ROW, StateSupport, check_threshold, parse_widths
-from synther.diffusion.trainer import CHECKPOINT, DiffusionTrainer, TrainConfig
+from synther.diffusion.trainer import (CHECKPOINT, DiffusionTrainer, TrainConfig, different_configuration,
+                                      read_run_checkpoint)
 from synther.errors import UserError
 from synther.layout import dataset_tag, diffusion_run_name, runs_root, script
 from synther.privacy.accounting import ACCOUNTANTS, calibrate_noise_multiplier, validate_target
@@ -68,6 +70,9 @@ class DPConfig:
     normalizer_noise_multiplier: float = 50.0  # noise multiplier of that Gaussian mechanism (normalizer 'dp' only)
     support_cells: str = ""  # release a DP histogram of the sensitive states with the model, on cells of these widths (one per observation dimension, comma-separated, in data units; 0 leaves a dimension out), so that sampling keeps rows where the data lies (--support_threshold); its Gaussian mechanism is charged to the same ε (empty: no histogram)
     support_noise_multiplier: float = 5.0  # σ of that histogram's Gaussian noise, in records per cell (one record changes one count by 1)
+    public_warmup_steps: int = 0  # > 0: before DP-SGD, train this many non-private steps on PUBLIC rows (the pre-training datasets) drawn toward the sensitive set: each public k-means cluster weighted by a DP count of the sensitive records nearest it; that Gaussian mechanism is charged to the same ε (0: off)
+    public_warmup_clusters: int = 64  # k-means clusters of the public rows (fitted on public data, seeded by --seed)
+    public_warmup_noise_multiplier: float = 20.0  # σ of the Gaussian noise on each cluster's count, in records (one record changes one count by 1); at ε = 1 it raises DP-SGD's σ by about 3 in a hundred (10: about 12 in a hundred)
     train_fraction: float = 0.8  # share of the sensitive set trained on; the rest is held out (MIA non-members)
     enabled: bool = True  # false: fine-tune WITHOUT privacy (a reference for attacks and audits; its output is not DP)
 
@@ -268,6 +273,11 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
         if dp.public_precondition_rows < 1 or dp.public_precondition_every < 1:
             raise UserError(f"dp.public_precondition_rows and _every must be ≥ 1, got {dp.public_precondition_rows} "
                             f"and {dp.public_precondition_every}")
+    if dp.public_warmup_steps < 0:
+        raise UserError(f"dp.public_warmup_steps must be ≥ 0, got {dp.public_warmup_steps}")
+    if dp.public_warmup_steps and not dp.enabled:
+        raise UserError("dp.public_warmup_steps releases a DP count of the sensitive records per public cluster: it "
+                        "needs DP fine-tuning (dp.enabled true)")
     if dp.support_cells and not dp.enabled:
         raise UserError("dp.support_cells releases a DP histogram of the sensitive states: it needs DP fine-tuning "
                         "(dp.enabled true)")
@@ -306,8 +316,10 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
                                     "from OS entropy, never saved)")
     support = _release_support(model, meta, x[:, layout.obs], dp, prior, statistics)
     public_rows = None
-    if dp.public_subspace or dp.public_precondition:
-        option = "dp.public_subspace" if dp.public_subspace else "dp.public_precondition"
+    if dp.public_subspace or dp.public_precondition or dp.public_warmup_steps:
+        option = next(name for name, on in [("dp.public_subspace", dp.public_subspace),
+                                            ("dp.public_precondition", dp.public_precondition),
+                                            ("dp.public_warmup_steps", dp.public_warmup_steps)] if on)
         recorded, public = public_datasets(base_ledger, cfg.checkpoint, option)
         public_rows = torch.as_tensor(np.concatenate([ds.to_vectors() for ds in public]), device=device)
         if public_rows.shape[1] != layout.dim:
@@ -331,6 +343,9 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
     q = cfg.train.batch_size / len(x)
     if q > 1:
         raise UserError(f"train.batch_size {cfg.train.batch_size} exceeds the {len(x)} training records")
+    run_dir = default_run_dir(cfg)
+    warmup = _public_warmup(model, x, public_rows, public_names if public_rows is not None else "", cfg, prior,
+                            statistics, run_dir)
     steps = cfg.train.total_steps(len(x))
     statistics["split"] = (f"a coin per record (sensitive.split(train_fraction={dp.train_fraction}, seed={cfg.seed})"
                            ": one record's presence changes no other record's side)"
@@ -340,7 +355,6 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
     name = sensitive.name or str(cfg.dataset)
     if 0 < cfg.max_sensitive_rows < identity["rows"]:
         name += f" (its {sensitive.size}-row subset selected by per-record coins, seed {cfg.seed})"
-    run_dir = default_run_dir(cfg)
     base_sha = file_sha256(cfg.checkpoint)
     uses = _inherited_uses(base_ledger, cfg.checkpoint) + [{
         "phase": "finetune", "use": "dp" if dp.enabled else "non-private", "datasets": [identity],
@@ -381,11 +395,13 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
             "train_fraction": dp.train_fraction, "pretrained_from": str(cfg.checkpoint),
             "extra_train_rows": 0 if extra_train_rows is None else len(extra_train_rows),
             "config": asdict(cfg), "versions": package_versions(), "lora_rank": dp.lora_rank,
-            "state_support": support,
+            "state_support": support, "public_warmup": warmup,
             # what a resumed run must match: the data trained on and the checkpoint started from
             "identity": {"sensitive": identity, "train_sha256": hashlib.sha256(x.tobytes()).hexdigest(),
                          "base_checkpoint_sha256": base_sha, **({"lora_rank": dp.lora_rank} if dp.lora_rank else {}),
-                         **({"state_support": support} if support else {})}}
+                         **({"state_support": support} if support else {}),
+                         **({"public_warmup": [dp.public_warmup_steps, dp.public_warmup_clusters,
+                                               dp.public_warmup_noise_multiplier]} if warmup else {})}}
     data = torch.as_tensor(x, device=device)
     DiffusionTrainer(model, data, cfg.train, run_dir, ledger, meta, cfg.seed, dp=settings, progress=cfg.progress,
                      wandb=cfg.wandb, public_rows=public_rows).run()
@@ -417,6 +433,44 @@ def _release_support(model: EDM, meta: dict[str, Any], obs: np.ndarray, dp: DPCo
                                    f"{dp.support_noise_multiplier:g}²) per cell: a Gaussian mechanism composed into "
                                    "ε (noise from OS entropy, never saved)")
     return spec
+
+
+def _public_warmup(model: EDM, x: np.ndarray, public_rows: torch.Tensor | None, public_names: str,
+                   cfg: DiffusionConfig, prior: list[dict[str, Any]], statistics: dict[str, Any], run_dir: Path
+                   ) -> dict[str, Any] | None:
+    """With --dp.public_warmup_steps: release the DP count of the training records per public cluster
+    (synther.diffusion.selection), charge it as a prior mechanism, and train the model on public rows drawn toward
+    those counts. A run resuming from its own checkpoint keeps that checkpoint's weights and its one release: the
+    warm-up is not run, and nothing is released, again. Returns the checkpoint's `public_warmup` metadata."""
+    dp = cfg.dp
+    if not dp.public_warmup_steps:
+        return None
+    sigma = dp.public_warmup_noise_multiplier
+    prior.append({"mechanism": "DP cluster histogram for the public warm-up (Gaussian)", "noise_multiplier": sigma,
+                  "l2_sensitivity": 1.0, "accountant_entry": [sigma, 1.0, 1], "z_max": NUMPY_NORMAL_Z_MAX,
+                  "clusters": dp.public_warmup_clusters, "clusters_from": "k-means of the public rows (--seed)",
+                  "noise": "numpy, OS entropy"})
+    statistics["public_warmup"] = (
+        f"{dp.public_warmup_steps} non-private steps on public rows ({public_names}) before DP-SGD, drawn with "
+        f"probability ∝ (noisy count of training records nearest their cluster) / (public rows in it), over "
+        f"{dp.public_warmup_clusters} k-means clusters of the public rows (--seed); each count + N(0, {sigma:g}²): "
+        "a Gaussian mechanism composed into ε (noise from OS entropy, never saved); the draws of public rows are "
+        "post-processing (--seed)")
+    if (run_dir / CHECKPOINT).exists():  # resuming: the trainer refuses a checkpoint whose warm-up settings differ
+        saved = read_run_checkpoint(run_dir / CHECKPOINT).get("meta", {}).get("public_warmup")
+        if not saved:  # begun without the warm-up: refused before anything is released
+            raise different_configuration(run_dir / CHECKPOINT)
+        return saved
+    assert public_rows is not None
+    with torch.no_grad():
+        selection = PublicSelection.fit(model.normalizer.normalize(public_rows), dp.public_warmup_clusters, cfg.seed)
+        sensitive = torch.as_tensor(x, device=public_rows.device)
+        # a mechanism's noise: OS entropy, never --seed, never saved
+        selection.release(model.normalizer.normalize(sensitive), sigma, secret_numpy_rng())
+    loss = warm_up(model, public_rows, selection.row_probabilities(), dp.public_warmup_steps, cfg.train.batch_size,
+                   cfg.train.lr, cfg.train.adam_beta2, cfg.seed, cfg.progress)
+    return {"steps": dp.public_warmup_steps, **selection.spec(), "effective_public_share": selection.effective_share(),
+            "final_loss": loss}
 
 
 def _check_history(base: PrivacyLedger, identity: dict[str, Any], cfg: DiffusionConfig) -> None:

@@ -199,6 +199,22 @@ def step_strategy(model: EDM, optimizer: torch.optim.Optimizer, num_records: int
     return PrivateStep(model, optimizer, num_records, dp, public_rows, seed)
 
 
+def read_run_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A run folder's own checkpoint, to resume from (a clear error when it is unreadable)."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # truncated or foreign file: torch raises several types
+        raise UserError(f"{path} is unreadable ({type(e).__name__}): delete it to start this run over, or use "
+                        "another run folder") from None
+    if not isinstance(state, dict):
+        raise different_configuration(path)
+    return state
+
+
+def different_configuration(path: Path) -> UserError:
+    return UserError(f"{path} was written by a run with a different configuration; use a new run folder")
+
+
 class DiffusionTrainer:
     def __init__(self, model: EDM, data: torch.Tensor, cfg: TrainConfig, run_dir: Path, ledger: PrivacyLedger,
                  meta: dict[str, Any], seed: int = 0, dp: DPSettings | None = None,
@@ -247,13 +263,9 @@ class DiffusionTrainer:
         path = self.run_dir / CHECKPOINT
         if not path.exists():
             return
-        try:
-            state = torch.load(path, map_location=self.data.device, weights_only=False)
-        except Exception as e:  # truncated or foreign file: torch raises several types
-            raise UserError(f"{path} is unreadable ({type(e).__name__}): delete it to start this run over, or use "
-                            "another run folder") from None
-        if not isinstance(state, dict) or state.get("config_hash") != self.config_hash:
-            raise UserError(f"{path} was written by a run with a different configuration; use a new run folder")
+        state = read_run_checkpoint(path, self.data.device)
+        if state.get("config_hash") != self.config_hash:
+            raise different_configuration(path)
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
