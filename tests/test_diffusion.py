@@ -610,7 +610,8 @@ def test_samples_keep_the_public_datas_exact_identities_and_the_release_says_so(
     assert "pre-trained before they were recorded" in syn.sample(10, sampler).provenance["postprocessing"]
 
 
-def test_relabelling_fits_on_the_public_datasets_only_and_the_release_says_so(pretrained, tmp_path, monkeypatch):
+def test_relabelling_fits_on_the_public_datasets_only_and_the_release_says_so(pretrained, tmp_path, monkeypatch,
+                                                                              capsys):
     import synther.diffusion.synthesizer as synthesizer
     from synther.diffusion.relabel import fit_public_dynamics
 
@@ -644,6 +645,16 @@ def test_relabelling_fits_on_the_public_datasets_only_and_the_release_says_so(pr
     np.testing.assert_allclose(wide.next_observations, wide_next, rtol=1e-5, atol=1e-5)
     assert not np.allclose(wide.next_observations, relabelled.next_observations, atol=1e-3)
     assert "64 units wide" in wide.provenance["postprocessing"]
+    # each fit is kept beside the pre-trained checkpoint: a sample of another fine-tune of it reuses the fit
+    kept = sorted((Path(pretrained).parent / "public-dynamics").glob("*.pt"))
+    other = finetune(config(tmp_path / "other", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=10,
+                            dp=DPConfig(epsilon=5.0)))
+    capsys.readouterr()
+    again = Synthesizer.load(other, device="cpu").sample(300, sampler, seed=1, identities="none",
+                                                         reward_range="none", relabel="public", relabel_steps=50)
+    assert "public dynamics model: reused" in capsys.readouterr().out
+    assert sorted((Path(pretrained).parent / "public-dynamics").glob("*.pt")) == kept
+    assert again.provenance["postprocessing"] == relabelled.provenance["postprocessing"]
     out = sample(config(tmp_path, "sample", checkpoint=str(ft), num_samples=50, sampler=sampler, relabel="public",
                         relabel_steps=20))
     side = json.loads(out.with_suffix(".json").read_text())

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -60,6 +61,18 @@ def test_a_held_folder_refuses_a_second_process_and_is_free_once_its_holder_dies
         holder.wait()
     with FolderLock(folder):
         assert (folder / ".lock").read_text().split()[-1] == str(os.getpid())
+
+
+def test_a_waiting_lock_is_taken_when_its_holder_dies(tmp_path):
+    folder = tmp_path / "cache"
+    holder = _hold(folder, "fit.lock")
+    threading.Timer(1.0, holder.kill).start()  # kill -9 after a second: the waiting lock then goes through
+    start = time.monotonic()
+    with FolderLock(folder, "fit.lock", wait=True):
+        waited = time.monotonic() - start
+        assert (folder / "fit.lock").read_text().split()[-1] == str(os.getpid())
+    holder.wait()
+    assert waited >= 0.9
 
 
 def test_a_failed_run_leaves_no_folder_it_created(tmp_path):

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from synther.data.dataset import TransitionDataset, TransitionLayout
-from synther.diffusion.relabel import fit_public_dynamics, least_disputed, relabel_rows
+import synther.diffusion.relabel as relabel
+from synther.diffusion.relabel import cached_public_dynamics, fit_public_dynamics, least_disputed, relabel_rows
 from synther.errors import UserError
 
 
@@ -54,6 +55,33 @@ def test_the_fit_is_a_function_of_the_seed_and_leaves_the_global_stream_alone():
     x = torch.randn(8, 5)
     first = [m.members[0] for m in (a, b, c)]
     assert torch.equal(first[0](x), first[1](x)) and not torch.equal(first[0](x), first[2](x))
+
+
+def test_a_cached_fit_predicts_as_a_fresh_one_and_is_keyed_by_all_it_depends_on(tmp_path, monkeypatch):
+    public = [_dataset(2500, 0)]
+    fits = []
+    original = relabel.fit_public_dynamics
+    monkeypatch.setattr(relabel, "fit_public_dynamics", lambda *a, **k: fits.append(a[1:]) or original(*a, **k))
+    x = torch.randn(8, 5)
+    fresh, fresh_report = fit_public_dynamics(public, steps=20, seed=3, members=2)
+    first, report, reused = cached_public_dynamics(tmp_path, ["abc"], public, 20, 3, members=2)
+    again, again_report, reused_again = cached_public_dynamics(tmp_path, ["abc"], public, 20, 3, members=2)
+    assert (reused, reused_again) == (False, True) and len(fits) == 1
+    assert report == again_report == fresh_report
+    for model in (first, again):
+        for m, f in zip(model.members, fresh.members):
+            assert torch.equal(m(x), f(x))
+    # another public dataset, seed, step count, width or ensemble size: another fit
+    for sha, steps, seed, members, width in ((["abd"], 20, 3, 2, 256), (["abc"], 21, 3, 2, 256),
+                                             (["abc"], 20, 4, 2, 256), (["abc"], 20, 3, 1, 256),
+                                             (["abc"], 20, 3, 2, 32)):
+        assert not cached_public_dynamics(tmp_path, sha, public, steps, seed, members, width)[2]
+    assert len(fits) == 6
+    # a damaged cached fit is fitted again and replaced
+    for kept in tmp_path.glob("*.pt"):
+        kept.write_bytes(b"not a checkpoint")
+    assert not cached_public_dynamics(tmp_path, ["abc"], public, 20, 3, members=2)[2]
+    assert cached_public_dynamics(tmp_path, ["abc"], public, 20, 3, members=2)[2]
 
 
 def test_an_ensemble_disagrees_off_the_public_data_and_the_filter_keeps_the_agreed_rows():

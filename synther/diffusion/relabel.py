@@ -17,7 +17,10 @@ models, fitted from different initializations and batch orders, disagrees most t
 rows' error with Spearman ≈ 0.5), so `--relabel_drop f` keeps the rows it agrees on: a function of public data and
 the samples only, post-processing again. With an ensemble, s′ and r are the members' mean.
 """
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,6 +28,8 @@ from torch import nn
 
 from synther.data.dataset import TransitionDataset, TransitionLayout
 from synther.errors import UserError
+from synther.utils.io import atomic_path
+from synther.utils.locks import FolderLock
 
 WIDTH = 256  # hidden units per layer by default (--relabel_width)
 BATCH = 512
@@ -131,6 +136,37 @@ def fit_public_dynamics(public: list[TransitionDataset], steps: int, seed: int, 
     with torch.no_grad():  # standardized outputs: MSE / variance per dimension
         err = (torch.stack([m(xt[held]) for m in fitted]).mean(0) - yt[held]).pow(2).mean(0)
     return PublicDynamicsEnsemble(fitted), FitReport(len(s), steps, float(err[:-1].mean()), float(err[-1]))
+
+
+FIT_FORMAT = "privtranr-public-dynamics-v1"  # change it when the fit changes, so that older cached fits are not used
+
+
+def cached_public_dynamics(cache_dir: Path, public_sha256: list[str], public: list[TransitionDataset], steps: int,
+                           seed: int, members: int = 1, width: int = WIDTH
+                           ) -> tuple[PublicDynamicsEnsemble, FitReport, bool]:
+    """fit_public_dynamics, kept in `cache_dir` under a key of all it depends on (the public datasets' content
+    hashes, the settings, FIT_FORMAT and torch's version), so that every sample job drawn from one pre-training
+    shares one fit; a job that finds its fit under way waits for it. The fit is a function of public data and
+    --seed only, so the cache holds nothing private. Returns (model, report, whether the fit was reused)."""
+    key = hashlib.sha256(json.dumps([FIT_FORMAT, torch.__version__, public_sha256, steps, seed, members, width,
+                                     BATCH, HELD_OUT]).encode()).hexdigest()[:20]
+    path = cache_dir / f"{key}.pt"
+    with FolderLock(cache_dir, name=f"{key}.lock", what="public dynamics cache", wait=True):
+        if path.exists():
+            try:
+                state = torch.load(path, weights_only=True)
+                fitted = [PublicDynamics(state["obs_dim"], state["action_dim"], width) for _ in state["members"]]
+                for model, weights in zip(fitted, state["members"]):
+                    model.load_state_dict(weights)
+                return PublicDynamicsEnsemble([m.eval() for m in fitted]), FitReport(**state["report"]), True
+            except Exception:  # truncated or foreign file: fit again and replace it
+                pass
+        model, report = fit_public_dynamics(public, steps, seed, members, width)
+        first = model.members[0]
+        with atomic_path(path) as tmp:
+            torch.save({"members": [m.state_dict() for m in model.members], "report": asdict(report),
+                        "obs_dim": first.obs_dim, "action_dim": first.net[0].in_features - first.obs_dim}, tmp)
+        return model, report, False
 
 
 def _fit_member(xt: torch.Tensor, yt: torch.Tensor, train: torch.Tensor, stats: dict[str, torch.Tensor], steps: int,

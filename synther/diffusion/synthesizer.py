@@ -25,8 +25,8 @@ from synther.diffusion.floor import FloorModel
 from synther.diffusion.identities import count, find_identities, project
 from synther.diffusion.lora import add_adapters, merge_adapters
 from synther.diffusion.normalizer import NUMPY_NORMAL_Z_MAX, Normalizer
-from synther.diffusion.relabel import (HELD_OUT, WIDTH, PublicDynamicsEnsemble, check_relabel, fit_public_dynamics,
-                                      least_disputed, relabel_rows)
+from synther.diffusion.relabel import (HELD_OUT, WIDTH, PublicDynamicsEnsemble, cached_public_dynamics,
+                                      check_relabel, least_disputed, relabel_rows)
 from synther.diffusion.saturation import choose_action_space, saturated_share, snap_to_bounds
 from synther.diffusion.selection import PublicSelection, warm_up
 from synther.diffusion.sparsity import check_settings, keep_densest, oversampled
@@ -755,8 +755,13 @@ class Synthesizer:
 
     def _public_dynamics(self, recorded: list[dict[str, Any]], public: list[TransitionDataset], steps: int,
                          seed: int, members: int, width: int) -> tuple[PublicDynamicsEnsemble, str]:
-        """A dynamics model fitted to the public datasets the ledger names, and the provenance line saying so."""
-        model, fit = fit_public_dynamics(public, steps, seed, members, width)
+        """A dynamics model fitted to the public datasets the ledger names, and the provenance line saying so. The
+        fit is kept beside the pre-trained checkpoint, for every sample job drawn from it (relabel.py)."""
+        base = Path(str(self.meta.get("pretrained_from") or ""))
+        cache = (base.parent if base.is_file() else Path(self.source).parent) / "public-dynamics"
+        model, fit, reused = cached_public_dynamics(cache, [str(d.get("sha256")) for d in recorded], public, steps,
+                                                    seed, members, width)
+        print(f"public dynamics model: {'reused' if reused else 'fitted and kept'} in {cache}")
         names = ", ".join(str(d.get("name") or d.get("source")) for d in recorded)
         what = "a dynamics model" if members == 1 else f"the mean of {members} dynamics models"
         return model, (f"s′ and r of every row replaced by {what} (s, a) → (s′ − s, r) fitted to the public "

@@ -20,10 +20,12 @@ LOCK_NAME = ".lock"
 
 
 class FolderLock:
-    """`with FolderLock(run_dir):` — refuse (UserError, naming the holder) if another process holds the folder."""
+    """`with FolderLock(run_dir):` — refuse (UserError, naming the holder) if another process holds the folder;
+    with `wait=True`, wait for it instead."""
 
-    def __init__(self, folder: str | os.PathLike, name: str = LOCK_NAME, what: str = "run folder") -> None:
-        self.folder, self.path, self.what = Path(folder), Path(folder) / name, what
+    def __init__(self, folder: str | os.PathLike, name: str = LOCK_NAME, what: str = "run folder",
+                 wait: bool = False) -> None:
+        self.folder, self.path, self.what, self.wait = Path(folder), Path(folder) / name, what, wait
         self._fd: int | None = None
         self._created = False
 
@@ -37,7 +39,7 @@ class FolderLock:
         except (FileExistsError, NotADirectoryError) as e:
             raise UserError(f"{self.folder}: cannot create the {self.what} ({e.strerror})") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
