@@ -52,8 +52,7 @@ class _Running:
     proc: subprocess.Popen
     log: Any  # the open log file
     started: float
-    cpus: int  # slots it holds: its own, plus any lent to it
-    own_cpus: int  # its own
+    cpus: int  # slots it holds: its own (LocalExecutor._cpus), plus any lent to it
     threads_file: Path | None  # where its thread count is written, for an elastic job (synther.utils.threads)
 
 
@@ -104,7 +103,7 @@ class LocalExecutor:
         proc, f = start_process(job.command, job.log, env)
         self.used_cpus += cpus
         self.used_gpus += self._gpus(job)
-        self._running[job.id] = _Running(job, proc, f, time.time(), cpus, cpus, threads_file)
+        self._running[job.id] = _Running(job, proc, f, time.time(), cpus, threads_file)
 
     def lend_idle_cores(self, may_borrow: Callable[[Job], bool]) -> None:
         """Share the idle slots among the running elastic jobs that `may_borrow`, one slot at a time in turn. No
@@ -128,9 +127,10 @@ class LocalExecutor:
     def _reclaim(self) -> None:
         """Every running job back to its own slots (it drops the lent threads at its next log step or chunk)."""
         for r in self._running.values():
-            if r.cpus > r.own_cpus:
-                self.used_cpus -= r.cpus - r.own_cpus
-                r.cpus = r.own_cpus
+            own = self._cpus(r.job)
+            if r.cpus > own:
+                self.used_cpus -= r.cpus - own
+                r.cpus = own
                 lend_threads(r.threads_file, r.cpus)
 
     def _release(self, job_id: str) -> tuple[Job, float]:
