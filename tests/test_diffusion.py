@@ -683,6 +683,70 @@ def test_relabelling_fits_on_the_public_datasets_only_and_the_release_says_so(pr
         syn.sample(4, sampler, floor="public")
 
 
+def test_the_fine_tunes_dynamics_model_is_charged_to_the_budget_kept_and_used_by_relabel_dp(pretrained, tmp_path):
+    from synther.diffusion.relabel import fit_public_dynamics
+    from synther.diffusion.synthesizer import DYNAMICS_MECHANISM
+
+    dynamics = dict(dynamics_steps=60, dynamics_noise_multiplier=1.0, dynamics_batch_size=64, dynamics_width=32,
+                    dynamics_public_steps=30)
+    plain = finetune(config(tmp_path / "plain", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=10,
+                            dp=DPConfig(epsilon=3.0)))
+    ft = finetune(config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=10,
+                         dp=DPConfig(epsilon=3.0, **dynamics)))
+    _, meta, ledger = load_model(ft)
+    _, _, plain_ledger = load_model(plain)
+    entry = next(m for m in ledger.prior_mechanisms if m["mechanism"] == DYNAMICS_MECHANISM)
+    q = 64 / ledger.sensitive_train_rows
+    assert entry["accountant_entry"] == [1.0, pytest.approx(q), 60] and entry["z_max"] > 9
+    # one budget: the diffusion's σ is raised to make room, the whole history stays at the target, and without the
+    # dynamics model's entry it would not reach it
+    assert ledger.noise_multiplier > plain_ledger.noise_multiplier
+    assert 3.0 - 0.02 <= ledger.epsilon_spent() <= 3.0 + 1e-9
+    rest = [h for h, m in zip(ledger.history(), [*ledger.prior_mechanisms, None]) if m is not entry]
+    assert epsilon_spent(rest, ledger.delta) < 3.0 - 0.05
+    assert DYNAMICS_MECHANISM in ledger.describe() and "DP-SGD (σ 1" in ledger.statistics["dp_dynamics"]
+    # the weights: fine-tuned from the public fit (so different from it), from OS entropy (a second run differs)
+    syn = Synthesizer.load(ft, device="cpu")
+    public, _ = fit_public_dynamics([load_dataset(n) for n in PUBLIC.split(",")], 30, seed=0, width=32)
+    assert not torch.equal(syn.sensitive_dynamics.net[0].weight, public.members[0].net[0].weight)
+    assert syn.sensitive_dynamics.in_mean.equal(public.members[0].in_mean)
+    again = finetune(config(tmp_path / "again", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=10,
+                            dp=DPConfig(epsilon=3.0, **dynamics)))
+    assert not torch.equal(Synthesizer.load(again, device="cpu").sensitive_dynamics.net[0].weight,
+                           syn.sensitive_dynamics.net[0].weight)
+    # a finished run asked again trains nothing and releases nothing again: same model, same ledger
+    before = syn.sensitive_dynamics.state_dict()
+    finetune(config(tmp_path, "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=10,
+                    dp=DPConfig(epsilon=3.0, **dynamics)))
+    resumed = Synthesizer.load(ft, device="cpu")
+    assert all(torch.equal(v, resumed.sensitive_dynamics.state_dict()[k]) for k, v in before.items())
+    assert resumed.ledger.to_dict() == syn.ledger.to_dict()
+    # relabel 'dp': s, a and terminals as sampled, s′ and r the kept model's prediction; the release says so
+    sampler = SamplerConfig(name="euler", steps=4)
+    raw = syn.sample(200, sampler, seed=1, identities="none", reward_range="none")
+    labelled = syn.sample(200, sampler, seed=1, identities="none", reward_range="none", relabel="dp")
+    for key in ("observations", "actions", "terminals"):
+        np.testing.assert_array_equal(getattr(labelled, key), getattr(raw, key))
+    next_obs, reward = syn.sensitive_dynamics.predict(raw.observations.astype(np.float64),
+                                                      raw.actions.astype(np.float64))
+    np.testing.assert_allclose(labelled.next_observations, next_obs, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(labelled.rewards, reward, rtol=1e-5, atol=1e-5)
+    assert "the checkpoint's dynamics model" in labelled.provenance["postprocessing"]
+    with pytest.raises(UserError, match="needs a checkpoint fine-tuned with --dp.dynamics_steps"):
+        Synthesizer.load(plain, device="cpu").sample(4, sampler, relabel="dp")
+    # without DP the model is trained and labelled non-private, and nothing is charged
+    nodp = finetune(config(tmp_path / "nodp", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=10,
+                           dp=DPConfig(enabled=False, **dynamics)))
+    _, _, nodp_ledger = load_model(nodp)
+    assert not nodp_ledger.private and not nodp_ledger.prior_mechanisms
+    assert "WITHOUT DP" in nodp_ledger.statistics["dp_dynamics"]
+    # a mechanism that alone spends the budget is refused before anything is trained or written
+    with pytest.raises(UserError, match="raise dp.dynamics_noise_multiplier"):
+        finetune(config(tmp_path / "over", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=10,
+                        dp=DPConfig(epsilon=0.5, **{**dynamics, "dynamics_noise_multiplier": 0.3})))
+    assert not (tmp_path / "over" / "finetune").exists() or not any((tmp_path / "over" / "finetune").iterdir())
+
+
 def test_relabel_drop_keeps_the_rows_the_public_models_agree_on(pretrained, tmp_path):
     from synther.diffusion.relabel import fit_public_dynamics, least_disputed
 

@@ -127,3 +127,51 @@ def test_the_width_sets_every_hidden_layer_and_a_wider_model_fits_at_least_as_we
 def test_too_few_public_rows_is_a_user_error():
     with pytest.raises(UserError, match="at least 2000 public transitions"):
         fit_public_dynamics([_dataset(1500, 0)], steps=10, seed=0)
+
+
+def _shifted(rows: int, seed: int) -> TransitionDataset:
+    """The same physics where the public data is thin: states around 2.5 instead of 0."""
+    ds = _dataset(rows, seed)
+    s = ds.observations + 2.5
+    s2, r = _physics(s.astype(np.float64), ds.actions.astype(np.float64))
+    return TransitionDataset(s, ds.actions, r.astype(np.float32), s2.astype(np.float32), ds.terminals)
+
+
+def _nmse_next_obs(model, ds: TransitionDataset) -> float:
+    s, a = ds.observations.astype(np.float64), ds.actions.astype(np.float64)
+    next_obs, _ = model.predict(s, a)
+    return float((((next_obs - ds.next_observations) ** 2).mean(0) / (ds.next_observations - s).var(0)).mean())
+
+
+@pytest.mark.parametrize("private", [True, False])
+def test_fine_tuning_on_the_sensitive_rows_corrects_the_public_model_where_it_extrapolates(private):
+    from synther.diffusion.relabel import SensitiveFit, finetune_dynamics
+
+    public, _ = fit_public_dynamics([_dataset(3000, 0)], steps=800, seed=0, width=64)
+    sensitive, heldout = _shifted(4000, 1), _shifted(1000, 2)
+    before = _nmse_next_obs(public.members[0], heldout)
+    fit = SensitiveFit(steps=300, batch_size=400, lr=1e-3, **({"noise_multiplier": 1.0, "clip_norm": 1.0,
+                                                                 "sample_rate": 0.1} if private else {}))
+    tuned = finetune_dynamics(public.members[0], sensitive.to_vectors(), TransitionLayout(3, 2), fit, seed=0,
+                              progress=False)
+    after = _nmse_next_obs(tuned, heldout)
+    assert after < 0.5 * before, (before, after)
+    assert tuned.in_mean.equal(public.members[0].in_mean)  # the public standardization is kept
+    if private:
+        assert fit.z_max is not None and fit.z_max > 9  # the noise generator's cap, for the ledger's tail term
+
+
+def test_the_private_fine_tune_draws_its_batches_and_noise_from_os_entropy_not_the_seed():
+    from synther.diffusion.relabel import PublicDynamics, SensitiveFit, finetune_dynamics
+
+    x, layout = _shifted(500, 1).to_vectors(), TransitionLayout(3, 2)
+    start = PublicDynamics(3, 2, width=16)
+    for name in ("in_std", "out_std"):
+        getattr(start, name).fill_(1.0)
+    runs = []
+    for _ in range(2):
+        model = PublicDynamics(3, 2, width=16)
+        model.load_state_dict(start.state_dict())
+        fit = SensitiveFit(steps=3, batch_size=50, lr=1e-2, noise_multiplier=1.0, clip_norm=1.0, sample_rate=0.1)
+        runs.append(finetune_dynamics(model, x, layout, fit, seed=7, progress=False).net[0].weight)
+    assert not torch.equal(runs[0], runs[1])

@@ -190,6 +190,62 @@ def _fit_member(xt: torch.Tensor, yt: torch.Tensor, train: torch.Tensor, stats: 
     return model.eval()
 
 
+@dataclass
+class SensitiveFit:
+    """A dynamics model's fine-tune on the sensitive training split: DP-SGD (noise_multiplier set) or not."""
+    steps: int
+    batch_size: float  # expected (Poisson) batch size under DP, the fixed batch size without
+    lr: float
+    noise_multiplier: float | None = None
+    clip_norm: float | None = None
+    sample_rate: float | None = None
+    z_max: float | None = None  # a lower bound of the noise generator's cap on |z| (the ledger charges the tail)
+    noise_generator: str = "auto"  # synther.privacy.dpsgd.GaussianNoise's
+
+
+def finetune_dynamics(model: PublicDynamics, x: np.ndarray, layout: TransitionLayout, fit: SensitiveFit, seed: int,
+                      progress: bool = True) -> PublicDynamics:
+    """Fine-tune `model` (in place; its public standardization kept) on the raw transition vectors `x` of the
+    sensitive training split: one record = one row, loss = squared error of the standardized (s′ − s, r).
+
+    With fit.noise_multiplier set this is DP-SGD (synther.privacy.engine): Poisson batches at fit.sample_rate,
+    per-record clipping to fit.clip_norm, Gaussian noise, all from OS entropy (`seed` is not used); the caller
+    charges (σ, q, steps) to the release's accountant. Without it, a non-private fit from `seed` (a reference
+    that is not DP). Returns the model in eval mode."""
+    from tqdm.auto import tqdm
+
+    from synther.privacy.engine import DPSGD, DPSettings
+
+    s, a = torch.as_tensor(x[:, layout.obs]), torch.as_tensor(x[:, layout.action])
+    y = torch.cat([torch.as_tensor(x[:, layout.next_obs]) - s, torch.as_tensor(x[:, [layout.reward]])], dim=1)
+    inputs = ((torch.cat([s, a], dim=1).float() - model.in_mean) / model.in_std)
+    targets = (y.float() - model.out_mean) / model.out_std
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=fit.lr)
+
+    def per_row_loss(rows: torch.Tensor) -> torch.Tensor:
+        return (model(inputs[rows]) - targets[rows]).pow(2).mean(dim=1)
+
+    engine = None
+    if fit.noise_multiplier is not None:
+        engine = DPSGD(model, opt, len(inputs), DPSettings(
+            noise_multiplier=fit.noise_multiplier, clip_norm=float(fit.clip_norm), sample_rate=float(fit.sample_rate),
+            noise_generator=fit.noise_generator))
+        fit.z_max = engine.z_max
+    gen = torch.Generator().manual_seed(seed)
+    for _ in tqdm(range(fit.steps), desc="dynamics fine-tune", unit="step", disable=not progress, mininterval=1.0):
+        if engine is not None:
+            engine.step(engine.sample(), per_row_loss)
+        else:
+            loss = per_row_loss(torch.randint(len(inputs), (int(fit.batch_size),), generator=gen)).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    fitted = PublicDynamics(model.obs_dim, model.net[0].in_features - model.obs_dim, model.net[0].out_features)
+    fitted.load_state_dict(model.state_dict())  # a clean module: the clipper's hooks stay on the trained copy
+    return fitted.eval()
+
+
 def least_disputed(disagreement: np.ndarray, keep: int) -> np.ndarray:
     """Indices (in their original order) of the `keep` rows the ensemble disagrees on least."""
     if keep >= len(disagreement):

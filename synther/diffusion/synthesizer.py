@@ -25,8 +25,9 @@ from synther.diffusion.floor import FloorModel
 from synther.diffusion.identities import count, find_identities, project
 from synther.diffusion.lora import add_adapters, merge_adapters
 from synther.diffusion.normalizer import NUMPY_NORMAL_Z_MAX, Normalizer
-from synther.diffusion.relabel import (HELD_OUT, WIDTH, PublicDynamicsEnsemble, cached_public_dynamics,
-                                      check_relabel, least_disputed, relabel_rows)
+from synther.diffusion.relabel import (HELD_OUT, WIDTH, PublicDynamics, PublicDynamicsEnsemble, SensitiveFit,
+                                      cached_public_dynamics, check_relabel, finetune_dynamics, least_disputed,
+                                      relabel_rows)
 from synther.diffusion.saturation import choose_action_space, saturated_share, snap_to_bounds
 from synther.diffusion.selection import PublicSelection, warm_up
 from synther.diffusion.sparsity import check_settings, keep_densest, oversampled
@@ -35,7 +36,7 @@ from synther.diffusion.trainer import (CHECKPOINT, DiffusionTrainer, TrainConfig
                                       read_run_checkpoint)
 from synther.errors import UserError
 from synther.layout import dataset_tag, diffusion_run_name, runs_root, script
-from synther.privacy.accounting import ACCOUNTANTS, calibrate_noise_multiplier, validate_target
+from synther.privacy.accounting import ACCOUNTANTS, calibrate_noise_multiplier, epsilon_spent, validate_target
 from synther.privacy.dpsgd import CLIPPING_MODES, NOISE_GENERATORS
 from synther.privacy.engine import DPSettings
 from synther.privacy.ledger import LEGACY_Z_MAX, PrivacyLedger
@@ -73,6 +74,12 @@ class DPConfig:
     public_warmup_steps: int = 0  # > 0: before DP-SGD, train this many non-private steps on PUBLIC rows (the pre-training datasets) drawn toward the sensitive set: each public k-means cluster weighted by a DP count of the sensitive records nearest it; that Gaussian mechanism is charged to the same ε (0: off)
     public_warmup_clusters: int = 64  # k-means clusters of the public rows (fitted on public data, seeded by --seed)
     public_warmup_noise_multiplier: float = 20.0  # σ of the Gaussian noise on each cluster's count, in records (one record changes one count by 1); at ε = 1 it raises DP-SGD's σ by about 3 in a hundred (10: about 12 in a hundred)
+    dynamics_steps: int = 0  # > 0: also fine-tune a dynamics model (s, a) → (s′ − s, r) on the sensitive training split for this many steps, with DP-SGD of its own (dynamics_noise_multiplier, Poisson batches of dynamics_batch_size expected rows, C = clip_norm), starting from the one fitted to the PUBLIC datasets as --relabel public fits it; it is kept in the checkpoint for --relabel dp, and its Gaussian mechanism is charged to the same ε (the diffusion's σ is calibrated with it) (0: off)
+    dynamics_noise_multiplier: float = 4.0  # σ of the dynamics model's DP-SGD
+    dynamics_batch_size: int = 4096  # its expected Poisson batch size (a regression wants large batches under DP)
+    dynamics_lr: float = 1e-4  # its Adam learning rate
+    dynamics_width: int = 512  # hidden units of the public dynamics model it starts from (--relabel_width's)
+    dynamics_public_steps: int = 20_000  # training steps of that public model (--relabel_steps')
     train_fraction: float = 0.8  # share of the sensitive set trained on; the rest is held out (MIA non-members)
     enabled: bool = True  # false: fine-tune WITHOUT privacy (a reference for attacks and audits; its output is not DP)
 
@@ -101,7 +108,7 @@ class DiffusionConfig:
     reward_range: str = "public"  # sample: 'public' clips synthetic rewards to the public datasets' reward range (post-processing of public facts: no privacy cost), 'none' keeps them
     saturated_actions: str = "public"  # sample: 'public' moves the synthetic action entries nearest a bound onto it, as many as the public datasets' share of entries on a bound (post-processing of public facts: no privacy cost); 'none' only clips actions to the bounds
     identities: str = "public"  # sample: 'public' projects each row onto the exact linear identities the public data satisfies (PointMaze: x′ = x + dt·v′), found at pre-training (post-processing of public facts: no privacy cost); 'none' keeps rows as sampled
-    relabel: str = "none"  # sample: 'public' replaces every row's s′ and r by a dynamics model (s, a) → (s′ − s, r) fitted to the PUBLIC datasets the checkpoint's ledger names (post-processing with public facts: no privacy cost); for data whose public and sensitive sets share the physics (one robot, one world; not mazes with other walls); 'none' keeps the sampled s′ and r
+    relabel: str = "none"  # sample: 'public' replaces every row's s′ and r by a dynamics model (s, a) → (s′ − s, r) fitted to the PUBLIC datasets the checkpoint's ledger names (post-processing with public facts: no privacy cost); for data whose public and sensitive sets share the physics (one robot, one world; not mazes with other walls); 'dp' by the dynamics model a fine-tune with --dp.dynamics_steps trained and accounted; 'none' keeps the sampled s′ and r
     relabel_steps: int = 20_000  # sample: training steps of that dynamics model (relabel 'public' only; minutes on one CPU core)
     relabel_width: int = WIDTH  # sample: hidden units in each of the dynamics model's three layers (relabel 'public' only; cost grows about with its square)
     relabel_models: int = 1  # sample: fit this many such models from different seeds and label with their mean (relabel 'public' only; each costs relabel_steps)
@@ -278,6 +285,14 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
     if dp.public_warmup_steps and not dp.enabled:
         raise UserError("dp.public_warmup_steps releases a DP count of the sensitive records per public cluster: it "
                         "needs DP fine-tuning (dp.enabled true)")
+    if dp.dynamics_steps < 0:
+        raise UserError(f"dp.dynamics_steps must be ≥ 0, got {dp.dynamics_steps}")
+    if dp.dynamics_steps:
+        check_relabel("public", 1, 0.0, dp.dynamics_width, dp.dynamics_public_steps)
+        if not (dp.dynamics_noise_multiplier > 0 and dp.dynamics_batch_size >= 1 and dp.dynamics_lr > 0):
+            raise UserError("dp.dynamics_noise_multiplier and dp.dynamics_lr must be positive and "
+                            f"dp.dynamics_batch_size ≥ 1, got {dp.dynamics_noise_multiplier}, {dp.dynamics_lr} and "
+                            f"{dp.dynamics_batch_size}")
     if dp.support_cells and not dp.enabled:
         raise UserError("dp.support_cells releases a DP histogram of the sensitive states: it needs DP fine-tuning "
                         "(dp.enabled true)")
@@ -344,6 +359,7 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
     if q > 1:
         raise UserError(f"train.batch_size {cfg.train.batch_size} exceeds the {len(x)} training records")
     run_dir = default_run_dir(cfg)
+    dynamics, dynamics_meta = _sensitive_dynamics(x, layout, cfg, base_ledger, prior, statistics, run_dir)
     warmup = _public_warmup(model, x, public_rows, public_names if public_rows is not None else "", cfg, prior,
                             statistics, run_dir)
     steps = cfg.train.total_steps(len(x))
@@ -395,17 +411,81 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
             "train_fraction": dp.train_fraction, "pretrained_from": str(cfg.checkpoint),
             "extra_train_rows": 0 if extra_train_rows is None else len(extra_train_rows),
             "config": asdict(cfg), "versions": package_versions(), "lora_rank": dp.lora_rank,
-            "state_support": support, "public_warmup": warmup,
+            "state_support": support, "public_warmup": warmup, "dp_dynamics": dynamics_meta,
             # what a resumed run must match: the data trained on and the checkpoint started from
             "identity": {"sensitive": identity, "train_sha256": hashlib.sha256(x.tobytes()).hexdigest(),
                          "base_checkpoint_sha256": base_sha, **({"lora_rank": dp.lora_rank} if dp.lora_rank else {}),
                          **({"state_support": support} if support else {}),
+                         **({"dynamics": [dp.dynamics_steps, dp.dynamics_noise_multiplier, dp.dynamics_batch_size,
+                                          dp.dynamics_lr, dp.dynamics_width, dp.dynamics_public_steps]}
+                            if dp.dynamics_steps else {}),
                          **({"public_warmup": [dp.public_warmup_steps, dp.public_warmup_clusters,
                                                dp.public_warmup_noise_multiplier]} if warmup else {})}}
     data = torch.as_tensor(x, device=device)
     DiffusionTrainer(model, data, cfg.train, run_dir, ledger, meta, cfg.seed, dp=settings, progress=cfg.progress,
-                     wandb=cfg.wandb, public_rows=public_rows).run()
+                     wandb=cfg.wandb, public_rows=public_rows,
+                     attachments={"dp_dynamics": dynamics} if dynamics is not None else None).run()
     return run_dir / CHECKPOINT
+
+
+DYNAMICS_MECHANISM = "DP-SGD fine-tune of the dynamics model for --relabel dp"
+
+
+def _sensitive_dynamics(x: np.ndarray, layout: TransitionLayout, cfg: DiffusionConfig, base: PrivacyLedger,
+                        prior: list[dict[str, Any]], statistics: dict[str, Any], run_dir: Path
+                        ) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
+    """With --dp.dynamics_steps: the public dynamics model (relabel.py, fitted on the ledger's public datasets from
+    --seed) fine-tuned on the training rows `x`, under DP-SGD charged as a prior mechanism when dp.enabled (else a
+    non-private fit, for the no-DP reference). Returns its weights (kept in the checkpoint) and metadata. A run
+    resuming from its own checkpoint keeps that checkpoint's model: nothing is trained, or released, again."""
+    dp = cfg.dp
+    if not dp.dynamics_steps:
+        return None, None
+    if (run_dir / CHECKPOINT).exists():  # resuming: the trainer refuses a checkpoint whose settings differ
+        state = read_run_checkpoint(run_dir / CHECKPOINT)
+        saved, weights = state.get("meta", {}).get("dp_dynamics"), (state.get("attachments") or {}).get("dp_dynamics")
+        if not saved or weights is None:
+            raise different_configuration(run_dir / CHECKPOINT)
+        if dp.enabled:
+            prior.append(saved["mechanism"])
+        statistics["dp_dynamics"] = saved["statistics"]
+        return weights, saved
+    recorded, public = public_datasets(base, cfg.checkpoint, "dp.dynamics_steps")
+    q = dp.dynamics_batch_size / len(x)
+    if q > 1:
+        raise UserError(f"dp.dynamics_batch_size {dp.dynamics_batch_size} exceeds the {len(x)} training records")
+    if dp.enabled:  # refused before anything is trained if the mechanism alone spends the budget
+        entries = [tuple(p["accountant_entry"]) for p in prior] + [(dp.dynamics_noise_multiplier, q, dp.dynamics_steps)]
+        if epsilon_spent(entries, dp.delta, dp.accountant) >= dp.epsilon:
+            raise UserError(f"dp.dynamics_steps: the dynamics model's DP-SGD (σ {dp.dynamics_noise_multiplier:g}, "
+                            f"{dp.dynamics_steps} steps at rate {q:.4g}) with the mechanisms before it reaches ε ≥ "
+                            f"{dp.epsilon:g}: raise dp.dynamics_noise_multiplier or lower dp.dynamics_steps")
+    base_dir = Path(cfg.checkpoint).parent / "public-dynamics"  # the cache --relabel public shares
+    ensemble, report, _ = cached_public_dynamics(base_dir, [str(d.get("sha256")) for d in recorded], public,
+                                                 dp.dynamics_public_steps, cfg.seed, 1, dp.dynamics_width)
+    fit = SensitiveFit(dp.dynamics_steps, dp.dynamics_batch_size, dp.dynamics_lr,
+                       noise_generator=dp.noise_generator,
+                       **({"noise_multiplier": dp.dynamics_noise_multiplier, "clip_norm": dp.clip_norm,
+                           "sample_rate": q} if dp.enabled else {}))
+    # DP-SGD's batches and noise from OS entropy; --seed only orders the non-private reference's batches
+    model = finetune_dynamics(ensemble.members[0], x, layout, fit, cfg.seed, cfg.progress)
+    names = ", ".join(str(d.get("name") or d.get("source")) for d in recorded)
+    how = (f"DP-SGD (σ {fit.noise_multiplier:g}, Poisson rate {q:.4g}, C {fit.clip_norm:g}, {fit.steps} steps, Adam "
+           f"lr {fit.lr:g}; batches and noise from OS entropy, never saved), composed into ε" if dp.enabled else
+           f"WITHOUT DP ({fit.steps} steps of {fit.batch_size} rows, Adam lr {fit.lr:g}): not private")
+    note = (f"a dynamics model (s, a) → (s′ − s, r) fitted to the public datasets {names} ({report.rows} "
+            f"transitions, {dp.dynamics_width} units, {report.steps} steps, seed {cfg.seed}), then fine-tuned on the "
+            f"{len(x)} training rows by {how}; kept in the checkpoint for --relabel dp")
+    statistics["dp_dynamics"] = note
+    mechanism = {"mechanism": DYNAMICS_MECHANISM, "noise_multiplier": fit.noise_multiplier,
+                 "accountant_entry": [fit.noise_multiplier, q, fit.steps], "z_max": fit.z_max,
+                 "clip_norm": fit.clip_norm, "expected_batch_size": fit.batch_size} if dp.enabled else None
+    if mechanism is not None:
+        prior.append(mechanism)
+    meta = {"width": dp.dynamics_width, "obs_dim": layout.obs_dim, "action_dim": layout.action_dim,
+            "public_fit": asdict(report), "sensitive_fit": asdict(fit), "private": dp.enabled,
+            "mechanism": mechanism, "statistics": note}
+    return model.state_dict(), meta
 
 
 def _release_support(model: EDM, meta: dict[str, Any], obs: np.ndarray, dp: DPConfig, prior: list[dict[str, Any]],
@@ -517,7 +597,7 @@ def _inherited_uses(base: PrivacyLedger, checkpoint: str) -> list[dict[str, Any]
 REWARD_RANGES = ("public", "none")
 IDENTITIES = ("public", "none")
 SATURATED_ACTIONS = ("public", "none")
-RELABEL = ("public", "none")
+RELABEL = ("public", "dp", "none")
 FLOOR = ("public", "none")
 
 
@@ -525,6 +605,13 @@ FLOOR = ("public", "none")
 def load_model(path: str | Path, device: torch.device | str = "cpu", ema: bool = True
                ) -> tuple[EDM, dict[str, Any], PrivacyLedger]:
     """Rebuild the model of a checkpoint (EMA weights by default) with its metadata and ledger."""
+    model, meta, ledger, _ = _load_checkpoint(path, device, ema)
+    return model, meta, ledger
+
+
+def _load_checkpoint(path: str | Path, device: torch.device | str = "cpu", ema: bool = True
+                     ) -> tuple[EDM, dict[str, Any], PrivacyLedger, dict[str, Any]]:
+    """load_model, and what else the checkpoint carries ('attachments': e.g. the --relabel dp dynamics model)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: checkpoint not found")
@@ -548,7 +635,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", ema: bool =
         merge_adapters(model.net)
     else:
         model.load_state_dict(state["ema" if ema else "model"])
-    return model.to(device).eval(), meta, PrivacyLedger.from_dict(state["ledger"])
+    return model.to(device).eval(), meta, PrivacyLedger.from_dict(state["ledger"]), state.get("attachments") or {}
 
 
 class Synthesizer:
@@ -558,14 +645,20 @@ class Synthesizer:
     >>> ds = syn.sample(10_000)            # TransitionDataset (ds.arrays() gives the D4RL-keyed dict)
     """
 
-    def __init__(self, model: EDM, meta: dict[str, Any], ledger: PrivacyLedger, source: str) -> None:
+    def __init__(self, model: EDM, meta: dict[str, Any], ledger: PrivacyLedger, source: str,
+                 sensitive_dynamics: PublicDynamics | None = None) -> None:
         self.model, self.meta, self.ledger, self.source = model, meta, ledger, source
         self.layout = TransitionLayout(meta["obs_dim"], meta["action_dim"])
+        self.sensitive_dynamics = sensitive_dynamics  # the fine-tune's dynamics model (--dp.dynamics_steps)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> "Synthesizer":
-        model, meta, ledger = load_model(path, resolve_device(device))
-        return cls(model, meta, ledger, str(path))
+        model, meta, ledger, attachments = _load_checkpoint(path, resolve_device(device))
+        dynamics, saved = None, meta.get("dp_dynamics")
+        if saved and "dp_dynamics" in attachments:
+            dynamics = PublicDynamics(saved["obs_dim"], saved["action_dim"], saved["width"])
+            dynamics.load_state_dict(attachments["dp_dynamics"])
+        return cls(model, meta, ledger, str(path), dynamics.eval() if dynamics is not None else None)
 
     def sample(self, n: int, sampler: SamplerConfig = SamplerConfig(), batch_size: int = 10_000, seed: int = 0,
                progress: bool = False, reward_range: str = "public", identities: str = "public",
@@ -588,7 +681,8 @@ class Synthesizer:
         every row's s′ and r by a dynamics model fitted to the public datasets (synther.diffusion.relabel), fitted
         before any row is drawn, from `seed` (relabel_models of them, each with relabel_width hidden units per
         layer: their mean); relabel_drop f > 0 then keeps the rows those models disagree on least, drawing
-        n/(1 − f) for it. floor 'public' raises the root of states sunk into the floor deeper than the public data's
+        n/(1 − f) for it. relabel 'dp' uses instead the dynamics model the checkpoint carries (--dp.dynamics_steps:
+        fine-tuned on the sensitive rows, accounted in the ledger). floor 'public' raises the root of states sunk into the floor deeper than the public data's
         contacts go (synther.diffusion.floor; the robot's model and the public data only), before the relabel."""
         if n <= 0:
             raise UserError(f"number of samples must be positive, got {n}")
@@ -613,7 +707,8 @@ class Synthesizer:
         recorded, public = self._public_datasets(users) if users else ([], [])
         floor_model, allowed_depth = self._public_floor(public) if floor == "public" else (None, 0.0)
         dynamics, dynamics_note = (self._public_dynamics(recorded, public, relabel_steps, seed, relabel_models,
-                                                         relabel_width) if relabel == "public" else (None, ""))
+                                                         relabel_width) if relabel == "public" else
+                                   self._dp_dynamics() if relabel == "dp" else (None, ""))
         wanted = oversampled(oversampled(n, drop_sparse), relabel_drop)
         guide, guide_note = self._guide(sampler) if sampler.guidance else (None, "")
         support = self.model.support if support_threshold > 0 else None
@@ -768,6 +863,15 @@ class Synthesizer:
                        f"datasets {names} ({fit.rows} transitions, {width} units wide, {fit.steps} steps, seed "
                        f"{seed}; error on {HELD_OUT} held-out public transitions: NMSE of s′ − s "
                        f"{fit.held_out_nmse_next_obs:.3g}, of r {fit.held_out_nmse_reward:.3g})")
+
+    def _dp_dynamics(self) -> tuple[PublicDynamicsEnsemble, str]:
+        """The dynamics model fine-tuned with the checkpoint (--dp.dynamics_steps): accounted in its ledger, so
+        labelling with it is post-processing."""
+        if self.sensitive_dynamics is None:
+            raise UserError(f"{self.source}: relabel 'dp' needs a checkpoint fine-tuned with --dp.dynamics_steps "
+                            "(this one carries no dynamics model)")
+        return PublicDynamicsEnsemble([self.sensitive_dynamics]), (
+            f"s′ and r of every row replaced by the checkpoint's dynamics model: {self.meta['dp_dynamics']['statistics']}")
 
     def _identities_note(self, worst: float) -> str:
         found = self.meta.get("public_identities")

@@ -219,16 +219,19 @@ class DiffusionTrainer:
     def __init__(self, model: EDM, data: torch.Tensor, cfg: TrainConfig, run_dir: Path, ledger: PrivacyLedger,
                  meta: dict[str, Any], seed: int = 0, dp: DPSettings | None = None,
                  augment: Callable[[int, torch.Tensor], torch.Tensor] | None = None, progress: bool = True,
-                 wandb: WandbConfig | None = None, public_rows: torch.Tensor | None = None) -> None:
+                 wandb: WandbConfig | None = None, public_rows: torch.Tensor | None = None,
+                 attachments: dict[str, Any] | None = None) -> None:
         """`data`: raw transition vectors (N, d) on the model's device. `augment(step, batch)` may extend a
         public pre-training batch (curiosity); it is refused under DP, where batches must stay Poisson samples.
         `wandb`: an opt-in copy of the metrics.jsonl records to Weights & Biases. `public_rows`: raw public
         vectors, for DP fine-tuning's public gradient subspace and preconditioner (dp.public_subspace,
-        dp.public_precondition)."""
+        dp.public_precondition). `attachments`: saved with every checkpoint as they are (e.g. a model trained
+        beside this one: the fine-tune's dynamics model)."""
         if cfg.lr_decay not in LR_DECAYS:
             raise UserError(f"unknown train.lr_decay '{cfg.lr_decay}' (choose from: {', '.join(LR_DECAYS)})")
         self.model, self.data, self.cfg, self.run_dir = model, data, cfg, Path(run_dir)
         self.ledger, self.meta, self.seed, self.progress = ledger, meta, seed, progress
+        self.attachments = attachments
         self.wandb = wandb or WandbConfig()
         if dp is not None and cfg.log_private_diagnostics and self.wandb.project and self.wandb.mode == "online":
             raise UserError("--train.log_private_diagnostics writes NON-private statistics of the sensitive batches: "
@@ -254,7 +257,8 @@ class DiffusionTrainer:
                  "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
                  "total_steps": self.total_steps, "config_hash": self.config_hash, "meta": self.meta,
                  "ledger": self.ledger.to_dict(), "train_config": asdict(self.cfg),
-                 "rng": self.stepper.rng_state(self.data.device)}
+                 "rng": self.stepper.rng_state(self.data.device),
+                 **({"attachments": self.attachments} if self.attachments else {})}
         with atomic_path(self.run_dir / CHECKPOINT) as tmp:
             torch.save(state, tmp)
         atomic_write_json(self.run_dir / "ledger.json", self.ledger.to_dict())
