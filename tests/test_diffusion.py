@@ -745,6 +745,11 @@ def test_the_fine_tunes_dynamics_model_is_charged_to_the_budget_kept_and_used_by
         finetune(config(tmp_path / "over", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=10,
                         dp=DPConfig(epsilon=0.5, **{**dynamics, "dynamics_noise_multiplier": 0.3})))
     assert not (tmp_path / "over" / "finetune").exists() or not any((tmp_path / "over" / "finetune").iterdir())
+    for bad, match in (({"dynamics_width": 0}, "dp.dynamics_width must be at least 1"),
+                       ({"dynamics_lr": 0.0}, "must be positive"), ({"dynamics_steps": -1}, "must be ≥ 0")):
+        with pytest.raises(UserError, match=match):
+            finetune(config(tmp_path / "bad", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=10,
+                            dp=DPConfig(epsilon=3.0, **{**dynamics, **bad})))
 
 
 def test_relabel_drop_keeps_the_rows_the_public_models_agree_on(pretrained, tmp_path):

@@ -288,11 +288,12 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
     if dp.dynamics_steps < 0:
         raise UserError(f"dp.dynamics_steps must be ≥ 0, got {dp.dynamics_steps}")
     if dp.dynamics_steps:
-        check_relabel("public", 1, 0.0, dp.dynamics_width, dp.dynamics_public_steps)
-        if not (dp.dynamics_noise_multiplier > 0 and dp.dynamics_batch_size >= 1 and dp.dynamics_lr > 0):
-            raise UserError("dp.dynamics_noise_multiplier and dp.dynamics_lr must be positive and "
-                            f"dp.dynamics_batch_size ≥ 1, got {dp.dynamics_noise_multiplier}, {dp.dynamics_lr} and "
-                            f"{dp.dynamics_batch_size}")
+        if not (dp.dynamics_noise_multiplier > 0 and dp.dynamics_lr > 0):
+            raise UserError("dp.dynamics_noise_multiplier and dp.dynamics_lr must be positive, got "
+                            f"{dp.dynamics_noise_multiplier} and {dp.dynamics_lr}")
+        for name in ("dynamics_batch_size", "dynamics_width", "dynamics_public_steps"):
+            if getattr(dp, name) < 1:
+                raise UserError(f"dp.{name} must be at least 1, got {getattr(dp, name)}")
     if dp.support_cells and not dp.enabled:
         raise UserError("dp.support_cells releases a DP histogram of the sensitive states: it needs DP fine-tuning "
                         "(dp.enabled true)")
