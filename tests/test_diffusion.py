@@ -740,6 +740,9 @@ def test_the_fine_tunes_dynamics_model_is_charged_to_the_budget_kept_and_used_by
     _, _, nodp_ledger = load_model(nodp)
     assert not nodp_ledger.private and not nodp_ledger.prior_mechanisms
     assert "WITHOUT DP" in nodp_ledger.statistics["dp_dynamics"]
+    with pytest.raises(UserError, match="different configuration"):  # that folder resumed as a DP run: refused
+        finetune(config(tmp_path / "nodp", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=10,
+                        dp=DPConfig(epsilon=3.0, **dynamics)))
     # a mechanism that alone spends the budget is refused before anything is trained or written
     with pytest.raises(UserError, match="raise dp.dynamics_noise_multiplier"):
         finetune(config(tmp_path / "over", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=10,

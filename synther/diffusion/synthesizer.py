@@ -75,9 +75,9 @@ class DPConfig:
     public_warmup_clusters: int = 64  # k-means clusters of the public rows (fitted on public data, seeded by --seed)
     public_warmup_noise_multiplier: float = 20.0  # σ of the Gaussian noise on each cluster's count, in records (one record changes one count by 1); at ε = 1 it raises DP-SGD's σ by about 3 in a hundred (10: about 12 in a hundred)
     dynamics_steps: int = 0  # > 0: also fine-tune a dynamics model (s, a) → (s′ − s, r) on the sensitive training split for this many steps, with DP-SGD of its own (dynamics_noise_multiplier, Poisson batches of dynamics_batch_size expected rows, C = clip_norm), starting from the one fitted to the PUBLIC datasets as --relabel public fits it; it is kept in the checkpoint for --relabel dp, and its Gaussian mechanism is charged to the same ε (the diffusion's σ is calibrated with it) (0: off)
-    dynamics_noise_multiplier: float = 4.0  # σ of the dynamics model's DP-SGD
-    dynamics_batch_size: int = 4096  # its expected Poisson batch size (a regression wants large batches under DP)
-    dynamics_lr: float = 1e-4  # its Adam learning rate
+    dynamics_noise_multiplier: float = 8.0  # σ of the dynamics model's DP-SGD (8, 8192 and 3e-4 were chosen on a HalfCheetah stand-in with 500 steps at ε = 10, where they raise the diffusion's σ about 2 in a hundred; alone they spend ε ≈ 2.3 on 48k rows: README)
+    dynamics_batch_size: int = 8192  # its expected Poisson batch size (a regression wants large batches under DP)
+    dynamics_lr: float = 3e-4  # its Adam learning rate
     dynamics_width: int = 512  # hidden units of the public dynamics model it starts from (--relabel_width's)
     dynamics_public_steps: int = 20_000  # training steps of that public model (--relabel_steps')
     train_fraction: float = 0.8  # share of the sensitive set trained on; the rest is held out (MIA non-members)
@@ -445,7 +445,7 @@ def _sensitive_dynamics(x: np.ndarray, layout: TransitionLayout, cfg: DiffusionC
     if (run_dir / CHECKPOINT).exists():  # resuming: the trainer refuses a checkpoint whose settings differ
         state = read_run_checkpoint(run_dir / CHECKPOINT)
         saved, weights = state.get("meta", {}).get("dp_dynamics"), (state.get("attachments") or {}).get("dp_dynamics")
-        if not saved or weights is None:
+        if not saved or weights is None or bool(saved.get("private")) != dp.enabled:
             raise different_configuration(run_dir / CHECKPOINT)
         if dp.enabled:
             prior.append(saved["mechanism"])
@@ -683,8 +683,9 @@ class Synthesizer:
         before any row is drawn, from `seed` (relabel_models of them, each with relabel_width hidden units per
         layer: their mean); relabel_drop f > 0 then keeps the rows those models disagree on least, drawing
         n/(1 − f) for it. relabel 'dp' uses instead the dynamics model the checkpoint carries (--dp.dynamics_steps:
-        fine-tuned on the sensitive rows, accounted in the ledger). floor 'public' raises the root of states sunk into the floor deeper than the public data's
-        contacts go (synther.diffusion.floor; the robot's model and the public data only), before the relabel."""
+        fine-tuned on the sensitive rows, accounted in the ledger). floor 'public' raises the root of states sunk
+        into the floor deeper than the public data's contacts go (synther.diffusion.floor; the robot's model and the
+        public data only), before the relabel."""
         if n <= 0:
             raise UserError(f"number of samples must be positive, got {n}")
         if reward_range not in REWARD_RANGES:
@@ -872,7 +873,8 @@ class Synthesizer:
             raise UserError(f"{self.source}: relabel 'dp' needs a checkpoint fine-tuned with --dp.dynamics_steps "
                             "(this one carries no dynamics model)")
         return PublicDynamicsEnsemble([self.sensitive_dynamics]), (
-            f"s′ and r of every row replaced by the checkpoint's dynamics model: {self.meta['dp_dynamics']['statistics']}")
+            "s′ and r of every row replaced by the checkpoint's dynamics model: "
+            + self.meta["dp_dynamics"]["statistics"])
 
     def _identities_note(self, worst: float) -> str:
         found = self.meta.get("public_identities")
