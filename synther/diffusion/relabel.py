@@ -30,9 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from synther.data.dataset import TransitionDataset, TransitionLayout
 from synther.errors import UserError
+from synther.privacy.engine import DPSGD, DPSettings
 from synther.utils.io import atomic_path
 from synther.utils.locks import FolderLock
 
@@ -217,10 +219,6 @@ def finetune_dynamics(model: PublicDynamics, x: np.ndarray, layout: TransitionLa
     per-record clipping to fit.clip_norm, Gaussian noise, all from OS entropy (`seed` is not used); the caller
     charges (σ, q, steps) to the release's accountant. Without it, a non-private fit from `seed` (a reference
     that is not DP). Returns the model in eval mode."""
-    from tqdm.auto import tqdm
-
-    from synther.privacy.engine import DPSGD, DPSettings
-
     s, a = torch.as_tensor(x[:, layout.obs]), torch.as_tensor(x[:, layout.action])
     y = torch.cat([torch.as_tensor(x[:, layout.next_obs]) - s, torch.as_tensor(x[:, [layout.reward]])], dim=1)
     inputs = ((torch.cat([s, a], dim=1).float() - model.in_mean) / model.in_std)
