@@ -333,6 +333,28 @@ def test_by_agent_extra_args_reach_only_their_algorithm(tmp_path):
         plan(cfg)
 
 
+def test_by_rung_extra_args_reach_only_that_rungs_fine_tuning_and_sampling(tmp_path):
+    config = tmp_path / "sweep.yaml"
+    config.write_text(f"datasets: [{MEDIUM}]\npublic: {{{MEDIUM}: [pub-a]}}\nmethods: [privtranr, nodp, public]\n"
+                      "epsilons: [10, 1]\nseeds: [0]\nagents: []\nextra_args:\n  sample: --sampler.steps 32\n"
+                      "  by_rung:\n    eps10: {finetune: --dp.dynamics_steps 500, sample: --relabel dp}\n"
+                      "    public: {sample: --relabel public}\n")
+    cfg = parse(SweepConfig, "", ["--config_path", str(config), "--runs_dir", str(tmp_path / "runs")])
+    tails = {(j.kind, j.labels["method"], j.labels["epsilon"]): j.command[-2:] for j in plan(cfg)
+             if j.kind in ("finetune", "sample")}
+    assert tails == {("finetune", "privtranr", 10.0): ["--dp.dynamics_steps", "500"],
+                     ("sample", "privtranr", 10.0): ["--relabel", "dp"],
+                     ("finetune", "privtranr", 1.0): ["--train.epochs", "5"],
+                     ("sample", "privtranr", 1.0): ["--sampler.steps", "32"],
+                     ("finetune", "nodp", None): ["--train.epochs", "5"], ("sample", "nodp", None): ["--sampler.steps", "32"],
+                     ("sample", "public", None): ["--relabel", "public"]}
+    for rungs, message in (({"eps5": {"sample": "--relabel dp"}}, "unknown rung 'eps5'"),
+                           ({"public": {"finetune": "--dp.dynamics_steps 1"}}, "'finetune' is not one of its jobs")):
+        cfg.extra_args.by_rung = rungs
+        with pytest.raises(UserError, match=message):
+            plan(cfg)
+
+
 def test_topological_order_rejects_cycles_and_unknown_dependencies(tmp_path):
     a, b = _job(tmp_path, "a", "pass", deps=["b"]), _job(tmp_path, "b", "pass", deps=["a"])
     with pytest.raises(ValueError, match="cycle"):

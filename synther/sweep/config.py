@@ -7,7 +7,7 @@ from typing import Any
 from synther import layout
 from synther.agents import ALGORITHMS
 from synther.errors import UserError
-from synther.layout import LADDER, METHODS
+from synther.layout import LADDER, METHODS, eps_tag
 
 KINDS = ("pretrain", "finetune", "sample", "baseline", "agent", "fidelity", "mia")
 EVALUATIONS = ("fidelity", "mia")
@@ -51,6 +51,10 @@ class ExtraArgs:
     agent: str = ""  # extra flags for every agent command, e.g. "--hidden_dim 64"
     by_agent: dict[str, str] = field(default_factory=dict)  # extra flags for one algorithm's commands, after
     # `agent`, e.g. {td3_bc: "--alpha 10"} (an option one algorithm has and the others lack)
+    by_rung: dict[str, dict[str, str]] = field(default_factory=dict)  # extra flags for one rung's fine-tuning and
+    # sampling commands, after `finetune` and `sample`, keyed by the rung's folder tag (eps10, eps1, nodp, public,
+    # public_curiosity), e.g. {eps10: {finetune: "--dp.dynamics_steps 500", sample: "--relabel dp"}}: a lever
+    # adopted at one ε only
     fidelity: str = ""  # extra flags for every marginal.py command
     mia: str = ""  # extra flags for every mia.py command
 
@@ -131,6 +135,15 @@ def validate(cfg: SweepConfig) -> None:
     for a in cfg.extra_args.by_agent:
         if a not in ALGORITHMS:
             raise UserError(f"extra_args.by_agent: unknown agent '{a}' (choose from: {', '.join(ALGORITHMS)})")
+    rungs = {*(eps_tag(e) for e in cfg.epsilons), *LADDER}
+    for rung, kinds in cfg.extra_args.by_rung.items():
+        if rung not in rungs:
+            raise UserError(f"extra_args.by_rung: unknown rung '{rung}' (choose from: {', '.join(sorted(rungs))})")
+        allowed = ("sample",) if rung in ("public", "public_curiosity") else ("finetune", "sample")
+        for kind in kinds or {}:
+            if kind not in allowed:
+                raise UserError(f"extra_args.by_rung.{rung}: '{kind}' is not one of its jobs "
+                                f"(choose from: {', '.join(allowed)})")
     for e in cfg.evaluations:
         if e not in EVALUATIONS:
             raise UserError(f"evaluations: unknown evaluation '{e}' (choose from: {', '.join(EVALUATIONS)})")

@@ -19,13 +19,17 @@ from synther.diffusion.synthesizer import SAMPLING_FIELDS, diffusion_command, pu
 from synther.errors import UserError
 from synther.evaluation.fidelity import fidelity_command
 from synther.evaluation.mia import mia_command
-from synther.layout import BASELINES, LADDER, agent_run_name, dataset_arg, dataset_tag
+from synther.layout import BASELINES, LADDER, agent_run_name, dataset_arg, dataset_tag, eps_tag
 from synther.sweep.config import Resources, SweepConfig, blank, layout_dirs, validate
 from synther.sweep.jobs import Job, agent_finished, topological_order, training_finished
 
 
 def _extra(cfg: SweepConfig, kind: str) -> list[str]:
     return shlex.split(blank(getattr(cfg.extra_args, kind)))
+
+
+def _rung_extra(cfg: SweepConfig, rung: str, kind: str) -> list[str]:
+    return shlex.split(blank((cfg.extra_args.by_rung.get(rung) or {}).get(kind) or ""))
 
 
 def _agent_extra(cfg: SweepConfig, algorithm: str) -> list[str]:
@@ -232,8 +236,9 @@ def plan(cfg: SweepConfig) -> list[Job]:
                       n_episodes=budgets.agent_n_episodes, sample_limit=budgets.agent_sample_limit, device=cfg.device,
                       progress=cfg.progress, **_res(cfg, "agent"))
 
-    def diffusion(mode: str, options: list[str]) -> list[str]:
-        return diffusion_command(py, mode, diffusion_config, cfg.device, cfg.progress, [*options, *_extra(cfg, mode)])
+    def diffusion(mode: str, options: list[str], rung: str = "") -> list[str]:
+        extra = [*_extra(cfg, mode), *(_rung_extra(cfg, rung, mode) if rung else [])]
+        return diffusion_command(py, mode, diffusion_config, cfg.device, cfg.progress, [*options, *extra])
 
     def pretrain_job(ds: str, seed: int, curiosity: bool) -> Job:
         pre_dir = dirs["diffusion"] / layout.diffusion_run_name("pretrain", public_tag(public[ds]), seed,
@@ -245,10 +250,10 @@ def plan(cfg: SweepConfig) -> list[Job]:
             [], outputs=("checkpoint.pt",), labels={"public": public[ds], "seed": seed, "curiosity": curiosity},
             finished=training_finished, **_res(cfg, "pretrain"))
 
-    def sample_job(model_dir: Path, out_dir: Path, dep: str, labels: dict[str, Any]) -> Job:
+    def sample_job(model_dir: Path, out_dir: Path, dep: str, labels: dict[str, Any], rung: str) -> Job:
         return Job(f"sample/{out_dir.name}", "sample", out_dir, diffusion("sample", [
             "--checkpoint", str(model_dir / "checkpoint.pt"), *num_samples, "--seed", str(labels["seed"]),
-            "--run_dir", str(out_dir)]), [dep], outputs=("samples.npz",), labels=labels, elastic=True,
+            "--run_dir", str(out_dir)], rung), [dep], outputs=("samples.npz",), labels=labels, elastic=True,
             **_res(cfg, "sample"))
 
     agent_runs: list[dict[str, Any]] = []  # agent_job's arguments for each (agent, data, seed), grouped at the end
@@ -262,21 +267,22 @@ def plan(cfg: SweepConfig) -> list[Job]:
             for method in (m for m in ("public", "public_curiosity") if m in cfg.methods):
                 src = pre if method == "public" else cur
                 sm = add(sample_job(src.run_dir, src.run_dir, src.id, {"dataset": ds, "method": method,
-                                                                       "epsilon": None, "seed": seed}))
+                                                                       "epsilon": None, "seed": seed}, method))
                 sources.append((method, None, src.run_dir / "samples.npz", sm.id))
             for method, eps in ([("nodp", None)] if "nodp" in cfg.methods else []) + \
                     ([("privtranr", e) for e in cfg.epsilons] if privtranr else []):
                 private = method == "privtranr"
+                rung = eps_tag(eps) if private else "nodp"
                 ft_dir = dirs["diffusion"] / layout.diffusion_run_name("finetune", dataset_tag(ds), seed, eps, private)
                 labels = {"dataset": ds, "method": method, "epsilon": eps, "seed": seed}
                 privacy = ["--dp.epsilon", f"{eps:g}", "--dp.delta", f"{cfg.delta:g}"] if private else \
                     ["--dp.enabled", "false"]
                 ft = add(Job(f"finetune/{ft_dir.name}", "finetune", ft_dir, diffusion("finetune", [
                     "--dataset", dataset_arg(ds), *privacy, "--checkpoint", str(pre.run_dir / "checkpoint.pt"),
-                    "--seed", str(seed), "--run_dir", str(ft_dir), "--train.epochs", f"{budgets.finetune_epochs:g}"]),
-                    [pre.id], outputs=("checkpoint.pt",), labels=labels, finished=training_finished,
+                    "--seed", str(seed), "--run_dir", str(ft_dir), "--train.epochs", f"{budgets.finetune_epochs:g}"],
+                    rung), [pre.id], outputs=("checkpoint.pt",), labels=labels, finished=training_finished,
                     **_res(cfg, "finetune")))
-                sm = add(sample_job(ft_dir, ft_dir, ft.id, labels))
+                sm = add(sample_job(ft_dir, ft_dir, ft.id, labels, rung))
                 sources.append((method, eps, ft_dir / "samples.npz", sm.id))
                 if "mia" in cfg.evaluations and private:
                     mia_dir = dirs["evaluation"] / layout.evaluation_run_name("mia", method, ds, seed, eps)
