@@ -373,6 +373,11 @@ def test_shipped_sweep_configs_parse_and_dry_run(tmp_path):
     # agent runs as 156 jobs of 3 stacked seeds
     assert [sum(j.kind == k for j in jobs) for k in ("pretrain", "finetune", "baseline", "agent")] == [9, 45, 180, 156]
     assert sum(1 + len(j.members) for j in jobs if j.kind == "agent") == 468
+    loco = parse(SweepConfig, "", ["--config_path", str(ROOT / "config/sweeps/utility-cpu-locomotion.yaml"),
+                                   "--runs_dir", str(tmp_path / "loco")])
+    relabel = {j.labels["epsilon"]: j.command[j.command.index("--relabel") + 1]
+               for j in plan(loco) if j.kind == "sample"}
+    assert relabel == {1.0: "public", 10.0: "dp"}  # the ε = 10 lever (session 43) at ε = 10 only
     tiny = parse(SweepConfig, "", ["--config_path", str(ROOT / "config/sweeps/maze2d-tiny.yaml")])
     assert tiny.budgets.agent_max_timesteps == 20 and tiny.methods == ["privtranr"]
 
