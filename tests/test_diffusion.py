@@ -748,8 +748,19 @@ def test_the_fine_tunes_dynamics_model_is_charged_to_the_budget_kept_and_used_by
         finetune(config(tmp_path / "over", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=10,
                         dp=DPConfig(epsilon=0.5, **{**dynamics, "dynamics_noise_multiplier": 0.3})))
     assert not (tmp_path / "over" / "finetune").exists() or not any((tmp_path / "over" / "finetune").iterdir())
+    # only the last layers trained (the others stay at the public fit), with a clip norm of its own
+    few = finetune(config(tmp_path / "few", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=10,
+                          dp=DPConfig(epsilon=3.0, **dynamics, dynamics_layers=2, dynamics_clip_norm=0.5)))
+    tuned, _, few_ledger = Synthesizer.load(few, device="cpu").sensitive_dynamics, *load_model(few)[1:]
+    assert next(m for m in few_ledger.prior_mechanisms if m["mechanism"] == DYNAMICS_MECHANISM)["clip_norm"] == 0.5
+    assert "the last 2 of its 4 layers" in few_ledger.statistics["dp_dynamics"]
+    for i, layer in enumerate(m for m in tuned.net if isinstance(m, torch.nn.Linear)):
+        start = [m for m in public.members[0].net if isinstance(m, torch.nn.Linear)][i]
+        assert torch.equal(layer.weight, start.weight) == (i < 2), i
     for bad, match in (({"dynamics_width": 0}, "dp.dynamics_width must be at least 1"),
-                       ({"dynamics_lr": 0.0}, "must be positive"), ({"dynamics_steps": -1}, "must be ≥ 0")):
+                       ({"dynamics_lr": 0.0}, "must be positive"), ({"dynamics_steps": -1}, "must be ≥ 0"),
+                       ({"dynamics_layers": 5}, "dp.dynamics_layers must be 0"),
+                       ({"dynamics_clip_norm": -1.0}, "dp.dynamics_clip_norm must be ≥ 0")):
         with pytest.raises(UserError, match=match):
             finetune(config(tmp_path / "bad", "finetune", dataset=SENSITIVE, checkpoint=str(pretrained), steps=10,
                             dp=DPConfig(epsilon=3.0, **{**dynamics, **bad})))

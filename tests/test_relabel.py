@@ -161,7 +161,22 @@ def test_fine_tuning_on_the_sensitive_rows_corrects_the_public_model_where_it_ex
         assert fit.z_max is not None and fit.z_max > 9  # the noise generator's cap, for the ledger's tail term
 
 
-def test_the_private_fine_tune_draws_its_batches_and_noise_from_os_entropy_not_the_seed():
+def test_train_layers_fine_tunes_only_the_last_layers_and_still_corrects_the_model():
+    from synther.diffusion.relabel import SensitiveFit, finetune_dynamics
+
+    public, _ = fit_public_dynamics([_dataset(3000, 0)], steps=800, seed=0, width=64)
+    sensitive, heldout = _shifted(4000, 1), _shifted(1000, 2)
+    start = {k: v.clone() for k, v in public.members[0].state_dict().items()}
+    before = _nmse_next_obs(public.members[0], heldout)
+    fit = SensitiveFit(steps=300, batch_size=400, lr=1e-3, noise_multiplier=1.0, clip_norm=1.0, sample_rate=0.1,
+                       train_layers=1)
+    tuned = finetune_dynamics(public.members[0], sensitive.to_vectors(), TransitionLayout(3, 2), fit, seed=0,
+                              progress=False)
+    changed = {k for k, v in tuned.state_dict().items() if not torch.equal(v, start[k])}
+    assert changed == {"net.6.weight", "net.6.bias"}  # the output layer only
+    assert _nmse_next_obs(tuned, heldout) < 0.8 * before
+
+
     from synther.diffusion.relabel import PublicDynamics, SensitiveFit, finetune_dynamics
 
     x, layout = _shifted(500, 1).to_vectors(), TransitionLayout(3, 2)

@@ -208,6 +208,7 @@ class SensitiveFit:
     sample_rate: float | None = None
     z_max: float | None = None  # a lower bound of the noise generator's cap on |z| (the ledger charges the tail)
     noise_generator: str = "auto"  # synther.privacy.dpsgd.GaussianNoise's
+    train_layers: int = 0  # train only the last this many linear layers, the others kept as fitted (0: all)
 
 
 def finetune_dynamics(model: PublicDynamics, x: np.ndarray, layout: TransitionLayout, fit: SensitiveFit, seed: int,
@@ -218,13 +219,17 @@ def finetune_dynamics(model: PublicDynamics, x: np.ndarray, layout: TransitionLa
     With fit.noise_multiplier set this is DP-SGD (synther.privacy.engine): Poisson batches at fit.sample_rate,
     per-record clipping to fit.clip_norm, Gaussian noise, all from OS entropy (`seed` is not used); the caller
     charges (σ, q, steps) to the release's accountant. Without it, a non-private fit from `seed` (a reference
-    that is not DP). Returns the model in eval mode."""
+    that is not DP). With fit.train_layers the earlier layers stay as they are: fewer coordinates carry noise.
+    Returns the model in eval mode."""
     s, a = torch.as_tensor(x[:, layout.obs]), torch.as_tensor(x[:, layout.action])
     y = torch.cat([torch.as_tensor(x[:, layout.next_obs]) - s, torch.as_tensor(x[:, [layout.reward]])], dim=1)
     inputs = ((torch.cat([s, a], dim=1).float() - model.in_mean) / model.in_std)
     targets = (y.float() - model.out_mean) / model.out_std
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=fit.lr)
+    linears = [m for m in model.net if isinstance(m, nn.Linear)]
+    for frozen in linears[:len(linears) - fit.train_layers] if fit.train_layers else []:
+        frozen.requires_grad_(False)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=fit.lr)
 
     def per_row_loss(rows: torch.Tensor) -> torch.Tensor:
         return (model(inputs[rows]) - targets[rows]).pow(2).mean(dim=1)

@@ -78,6 +78,8 @@ class DPConfig:
     dynamics_noise_multiplier: float = 8.0  # σ of the dynamics model's DP-SGD (8, 8192 and 3e-4 were chosen on a HalfCheetah stand-in with 500 steps at ε = 10, where they raise the diffusion's σ about 2 in a hundred; alone they spend ε ≈ 2.3 on 48k rows: README)
     dynamics_batch_size: int = 8192  # its expected Poisson batch size (a regression wants large batches under DP)
     dynamics_lr: float = 3e-4  # its Adam learning rate
+    dynamics_layers: int = 0  # train only the last this many of its 4 linear layers, the others kept at the public fit: fewer noised coordinates, for small budgets (0: all)
+    dynamics_clip_norm: float = 0.0  # C of its DP-SGD (0: clip_norm, the diffusion model's)
     dynamics_width: int = 512  # hidden units of the public dynamics model it starts from (--relabel_width's)
     dynamics_public_steps: int = 20_000  # training steps of that public model (--relabel_steps')
     train_fraction: float = 0.8  # share of the sensitive set trained on; the rest is held out (MIA non-members)
@@ -294,6 +296,10 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
         for name in ("dynamics_batch_size", "dynamics_width", "dynamics_public_steps"):
             if getattr(dp, name) < 1:
                 raise UserError(f"dp.{name} must be at least 1, got {getattr(dp, name)}")
+        if not 0 <= dp.dynamics_layers <= 4:
+            raise UserError(f"dp.dynamics_layers must be 0 (all) to 4, got {dp.dynamics_layers}")
+        if not dp.dynamics_clip_norm >= 0:
+            raise UserError(f"dp.dynamics_clip_norm must be ≥ 0 (0: dp.clip_norm), got {dp.dynamics_clip_norm}")
     if dp.support_cells and not dp.enabled:
         raise UserError("dp.support_cells releases a DP histogram of the sensitive states: it needs DP fine-tuning "
                         "(dp.enabled true)")
@@ -418,7 +424,8 @@ def finetune(cfg: DiffusionConfig, extra_train_rows: np.ndarray | None = None) -
                          "base_checkpoint_sha256": base_sha, **({"lora_rank": dp.lora_rank} if dp.lora_rank else {}),
                          **({"state_support": support} if support else {}),
                          **({"dynamics": [dp.dynamics_steps, dp.dynamics_noise_multiplier, dp.dynamics_batch_size,
-                                          dp.dynamics_lr, dp.dynamics_width, dp.dynamics_public_steps]}
+                                          dp.dynamics_lr, dp.dynamics_width, dp.dynamics_public_steps,
+                                          dp.dynamics_layers, dp.dynamics_clip_norm or dp.clip_norm]}
                             if dp.dynamics_steps else {}),
                          **({"public_warmup": [dp.public_warmup_steps, dp.public_warmup_clusters,
                                                dp.public_warmup_noise_multiplier]} if warmup else {})}}
@@ -465,15 +472,17 @@ def _sensitive_dynamics(x: np.ndarray, layout: TransitionLayout, cfg: DiffusionC
     ensemble, report, _ = cached_public_dynamics(base_dir, [str(d.get("sha256")) for d in recorded], public,
                                                  dp.dynamics_public_steps, cfg.seed, 1, dp.dynamics_width)
     fit = SensitiveFit(dp.dynamics_steps, dp.dynamics_batch_size, dp.dynamics_lr,
-                       noise_generator=dp.noise_generator,
-                       **({"noise_multiplier": dp.dynamics_noise_multiplier, "clip_norm": dp.clip_norm,
+                       noise_generator=dp.noise_generator, train_layers=dp.dynamics_layers,
+                       **({"noise_multiplier": dp.dynamics_noise_multiplier,
+                           "clip_norm": dp.dynamics_clip_norm or dp.clip_norm,
                            "sample_rate": q} if dp.enabled else {}))
     # DP-SGD's batches and noise from OS entropy; --seed only orders the non-private reference's batches
     model = finetune_dynamics(ensemble.members[0], x, layout, fit, cfg.seed, cfg.progress)
     names = ", ".join(str(d.get("name") or d.get("source")) for d in recorded)
+    layers = f", the last {fit.train_layers} of its 4 layers" if fit.train_layers else ""
     how = (f"DP-SGD (σ {fit.noise_multiplier:g}, Poisson rate {q:.4g}, C {fit.clip_norm:g}, {fit.steps} steps, Adam "
-           f"lr {fit.lr:g}; batches and noise from OS entropy, never saved), composed into ε" if dp.enabled else
-           f"WITHOUT DP ({fit.steps} steps of {fit.batch_size} rows, Adam lr {fit.lr:g}): not private")
+           f"lr {fit.lr:g}{layers}; batches and noise from OS entropy, never saved), composed into ε" if dp.enabled
+           else f"WITHOUT DP ({fit.steps} steps of {fit.batch_size} rows, Adam lr {fit.lr:g}{layers}): not private")
     note = (f"a dynamics model (s, a) → (s′ − s, r) fitted to the public datasets {names} ({report.rows} "
             f"transitions, {dp.dynamics_width} units, {report.steps} steps, seed {cfg.seed}), then fine-tuned on the "
             f"{len(x)} training rows by {how}; kept in the checkpoint for --relabel dp")
