@@ -177,6 +177,7 @@ def test_train_layers_fine_tunes_only_the_last_layers_and_still_corrects_the_mod
     assert _nmse_next_obs(tuned, heldout) < 0.8 * before
 
 
+def test_the_private_fine_tune_draws_its_batches_and_noise_from_os_entropy_not_the_seed():
     from synther.diffusion.relabel import PublicDynamics, SensitiveFit, finetune_dynamics
 
     x, layout = _shifted(500, 1).to_vectors(), TransitionLayout(3, 2)

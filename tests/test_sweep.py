@@ -377,7 +377,9 @@ def test_shipped_sweep_configs_parse_and_dry_run(tmp_path):
                                    "--runs_dir", str(tmp_path / "loco")])
     relabel = {j.labels["epsilon"]: j.command[j.command.index("--relabel") + 1]
                for j in plan(loco) if j.kind == "sample"}
-    assert relabel == {1.0: "public", 10.0: "dp"}  # the ε = 10 lever (session 43) at ε = 10 only
+    assert relabel == {1.0: "dp", 10.0: "dp"}
+    layers = {j.labels["epsilon"]: "--dp.dynamics_layers" in j.command for j in plan(loco) if j.kind == "finetune"}
+    assert layers == {1.0: True, 10.0: False}  # each ε its own dynamics settings (sessions 43-44)
     tiny = parse(SweepConfig, "", ["--config_path", str(ROOT / "config/sweeps/maze2d-tiny.yaml")])
     assert tiny.budgets.agent_max_timesteps == 20 and tiny.methods == ["privtranr"]
 
