@@ -54,7 +54,7 @@ class ExtraArgs:
     by_rung: dict[str, dict[str, str]] = field(default_factory=dict)  # extra flags for one rung's fine-tuning and
     # sampling commands, after `finetune` and `sample`, keyed by the rung's folder tag (eps10, eps1, nodp, public,
     # public_curiosity), e.g. {eps10: {finetune: "--dp.dynamics_steps 500", sample: "--relabel dp"}}: a lever
-    # adopted at one ε only
+    # whose settings depend on ε or rung
     fidelity: str = ""  # extra flags for every marginal.py command
     mia: str = ""  # extra flags for every mia.py command
 

@@ -237,7 +237,7 @@ def plan(cfg: SweepConfig) -> list[Job]:
                       progress=cfg.progress, **_res(cfg, "agent"))
 
     def diffusion(mode: str, options: list[str], rung: str = "") -> list[str]:
-        extra = [*_extra(cfg, mode), *(_rung_extra(cfg, rung, mode) if rung else [])]
+        extra = [*_extra(cfg, mode), *_rung_extra(cfg, rung, mode)]  # pre-training has no rung: nothing added
         return diffusion_command(py, mode, diffusion_config, cfg.device, cfg.progress, [*options, *extra])
 
     def pretrain_job(ds: str, seed: int, curiosity: bool) -> Job:
