@@ -348,7 +348,11 @@ def test_by_rung_extra_args_reach_only_that_rungs_fine_tuning_and_sampling(tmp_p
                      ("sample", "privtranr", 1.0): ["--sampler.steps", "32"],
                      ("finetune", "nodp", None): ["--train.epochs", "5"], ("sample", "nodp", None): ["--sampler.steps", "32"],
                      ("sample", "public", None): ["--relabel", "public"]}
-    for rungs, message in (({"eps5": {"sample": "--relabel dp"}}, "unknown rung 'eps5'"),
+    cfg.extra_args.by_rung = {"eps5": {"sample": "--relabel dp"}}   # an ε this sweep leaves out: nothing changes
+    assert {(j.kind, j.labels["method"], j.labels["epsilon"]): j.command[-2:] for j in plan(cfg)
+            if j.kind in ("finetune", "sample")}["sample", "privtranr", 10.0] == ["--sampler.steps", "32"]
+    for rungs, message in (({"eps10.0": {"sample": "--relabel dp"}}, "unknown rung 'eps10.0'"),
+                           ({"epsten": {"sample": "--relabel dp"}}, "unknown rung 'epsten'"),
                            ({"public": {"finetune": "--dp.dynamics_steps 1"}}, "'finetune' is not one of its jobs")):
         cfg.extra_args.by_rung = rungs
         with pytest.raises(UserError, match=message):

@@ -120,6 +120,14 @@ def layout_dirs(cfg: SweepConfig) -> dict[str, Path]:
     return out
 
 
+def _is_eps_tag(rung: str) -> bool:
+    try:
+        eps = float(rung.removeprefix("eps"))
+    except ValueError:
+        return False
+    return rung.startswith("eps") and eps > 0 and eps_tag(eps) == rung
+
+
 def validate(cfg: SweepConfig) -> None:
     if not cfg.datasets:
         raise UserError("datasets: give at least one sensitive dataset")
@@ -135,10 +143,11 @@ def validate(cfg: SweepConfig) -> None:
     for a in cfg.extra_args.by_agent:
         if a not in ALGORITHMS:
             raise UserError(f"extra_args.by_agent: unknown agent '{a}' (choose from: {', '.join(ALGORITHMS)})")
-    rungs = {*(eps_tag(e) for e in cfg.epsilons), *LADDER}
     for rung, kinds in cfg.extra_args.by_rung.items():
-        if rung not in rungs:
-            raise UserError(f"extra_args.by_rung: unknown rung '{rung}' (choose from: {', '.join(sorted(rungs))})")
+        # an ε this sweep leaves out is accepted (one YAML, narrowed by --epsilons); a name that can never match is not
+        if rung not in LADDER and not _is_eps_tag(rung):
+            raise UserError(f"extra_args.by_rung: unknown rung '{rung}' (an ε as eps<ε>, e.g. "
+                            f"{', '.join(eps_tag(e) for e in cfg.epsilons) or 'eps1'}, or one of: {', '.join(LADDER)})")
         allowed = ("sample",) if rung in ("public", "public_curiosity") else ("finetune", "sample")
         for kind in kinds or {}:
             if kind not in allowed:
