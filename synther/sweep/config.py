@@ -125,7 +125,7 @@ def _is_eps_tag(rung: str) -> bool:
         eps = float(rung.removeprefix("eps"))
     except ValueError:
         return False
-    return rung.startswith("eps") and eps > 0 and eps_tag(eps) == rung
+    return eps > 0 and eps_tag(eps) == rung   # the canonical spelling only: 'eps10.0' would never match a folder
 
 
 def validate(cfg: SweepConfig) -> None:
