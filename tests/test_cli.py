@@ -157,7 +157,7 @@ def _script_configs() -> dict[str, type]:
 
 def _fields_without_help(config_class, prefix=""):
     """Options whose --help line would show only a type and a default: no comment beside, above or below the field
-    (pyrallis' source of help texts), in the class or in any nested config."""
+    (pyrallis' source of help texts), or another option's text, in the class or in any nested config."""
     import typing
 
     from pyrallis.wrappers.docstring import get_attribute_docstring
@@ -167,6 +167,9 @@ def _fields_without_help(config_class, prefix=""):
         doc = get_attribute_docstring(config_class, f.name)
         if not (doc.comment_inline or doc.comment_above or doc.docstring_below).strip():
             yield f"{prefix}{f.name}"
+        elif doc.comment_inline and doc.comment_above and not doc.docstring_below:
+            # pyrallis prefers the comment above to the inline one: that is the previous option's continuation
+            yield f"{prefix}{f.name} (its help would be the comment above it: {doc.comment_above[:40]!r}…)"
         if dataclasses.is_dataclass(hints[f.name]):
             yield from _fields_without_help(hints[f.name], f"{prefix}{f.name}.")
 

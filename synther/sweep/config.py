@@ -49,12 +49,14 @@ class ExtraArgs:
     sample: str = ""  # extra flags for every sampling command, e.g. "--sampler.steps 32"
     baseline: str = ""  # extra flags for every baselines.py command
     agent: str = ""  # extra flags for every agent command, e.g. "--hidden_dim 64"
-    by_agent: dict[str, str] = field(default_factory=dict)  # extra flags for one algorithm's commands, after
-    # `agent`, e.g. {td3_bc: "--alpha 10"} (an option one algorithm has and the others lack)
-    by_rung: dict[str, dict[str, str]] = field(default_factory=dict)  # extra flags for one rung's fine-tuning and
-    # sampling commands, after `finetune` and `sample`, keyed by the rung's folder tag (eps10, eps1, nodp, public,
-    # public_curiosity), e.g. {eps10: {finetune: "--dp.dynamics_steps 500", sample: "--relabel dp"}}: a lever
-    # whose settings depend on ε or rung
+    by_agent: dict[str, str] = field(default_factory=dict)
+    """extra flags for one algorithm's commands, after `agent` (an option one algorithm has and the others lack),
+    e.g. {td3_bc: "--alpha 10"}"""
+    by_rung: dict[str, dict[str, str]] = field(default_factory=dict)
+    """extra flags for one rung's fine-tuning and sampling commands, after `finetune` and `sample`, keyed by the
+    rung's folder tag (eps10, eps1, nodp, public, public_curiosity), e.g. {eps10: {finetune: "--dp.dynamics_steps
+    500", sample: "--relabel dp"}}: a lever whose settings depend on ε or rung (an ε the sweep leaves out is
+    ignored)"""
     fidelity: str = ""  # extra flags for every marginal.py command
     mia: str = ""  # extra flags for every mia.py command
 
