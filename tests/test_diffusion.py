@@ -732,6 +732,13 @@ def test_the_fine_tunes_dynamics_model_is_charged_to_the_budget_kept_and_used_by
     np.testing.assert_allclose(labelled.next_observations, next_obs, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(labelled.rewards, reward, rtol=1e-5, atol=1e-5)
     assert "the checkpoint's dynamics model" in labelled.provenance["postprocessing"]
+    # relabel_reward 'ranked': s′ as above; r the rows' own sampled rewards, handed out in the model's order
+    ranked = syn.sample(200, sampler, seed=1, identities="none", reward_range="none", relabel="dp",
+                        relabel_reward="ranked")
+    np.testing.assert_array_equal(ranked.next_observations, labelled.next_observations)
+    np.testing.assert_array_equal(np.sort(ranked.rewards), np.sort(raw.rewards))
+    np.testing.assert_array_equal(np.argsort(ranked.rewards, kind="stable"), np.argsort(reward, kind="stable"))
+    assert "handed out again in the model's order" in ranked.provenance["postprocessing"]
     with pytest.raises(UserError, match="needs a checkpoint fine-tuned with --dp.dynamics_steps"):
         Synthesizer.load(plain, device="cpu").sample(4, sampler, relabel="dp")
     # without DP the model is trained and labelled non-private, and nothing is charged
@@ -793,7 +800,9 @@ def test_relabel_drop_keeps_the_rows_the_public_models_agree_on(pretrained, tmp_
                           ({"relabel_models": 3}, "--relabel public only"),
                           ({"relabel_width": 512}, "--relabel public only"),
                           ({"relabel": "public", "relabel_width": 0}, "relabel_width must be at least 1"),
-                          ({"relabel": "public", "relabel_models": 2, "relabel_drop": 1.0}, "fraction in")):
+                          ({"relabel": "public", "relabel_models": 2, "relabel_drop": 1.0}, "fraction in"),
+                          ({"relabel_reward": "ranked"}, "--relabel public or dp only"),
+                          ({"relabel": "public", "relabel_reward": "sampled"}, "unknown relabel_reward")):
         with pytest.raises(UserError, match=match):
             syn.sample(4, sampler, **kwargs)
 

@@ -43,6 +43,26 @@ def test_the_model_learns_the_public_physics_and_relabels_rows_with_it():
     np.testing.assert_array_equal(x[:, untouched], before[:, untouched])
 
 
+def test_ranked_rewards_keep_the_sampled_values_in_the_models_order():
+    class Known:  # a model with known predictions
+        def predict(self, obs, actions):
+            return obs + 1.0, np.sin(3 * obs[:, 0]) + actions[:, 0]
+
+    layout = TransitionLayout(3, 2)
+    x = np.random.default_rng(0).normal(size=(400, layout.dim))
+    sampled = x[:, layout.reward].copy()
+    want_s2, predicted = Known().predict(x[:, layout.obs], x[:, layout.action])
+    model_labels = x.copy()
+    relabel_rows(model_labels, layout, Known())
+    np.testing.assert_array_equal(model_labels[:, layout.reward], predicted)
+    relabel_rows(x, layout, Known(), "ranked")
+    np.testing.assert_array_equal(x[:, layout.next_obs], want_s2)
+    np.testing.assert_array_equal(np.sort(x[:, layout.reward]), np.sort(sampled))  # the sampled values, all of them
+    np.testing.assert_array_equal(np.argsort(x[:, layout.reward]), np.argsort(predicted))  # in the model's order
+    # ties in the model's rewards keep row order; every sampled value is handed out once
+    assert relabel.ranked_rewards(np.zeros(3), np.array([3.0, 1.0, 2.0])).tolist() == [1.0, 2.0, 3.0]
+
+
 def test_the_fit_is_a_function_of_the_seed_and_leaves_the_global_stream_alone():
     public = [_dataset(2500, 0)]
     torch.manual_seed(5)

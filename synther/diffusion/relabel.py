@@ -95,8 +95,16 @@ class PublicDynamicsEnsemble:
         return preds.var(dim=0, unbiased=False).mean(dim=1).numpy().astype(np.float64)
 
 
-def check_relabel(relabel: str, members: int, drop: float, width: int = WIDTH, steps: int = 1) -> None:
+RELABEL_REWARDS = ("model", "ranked")
+
+
+def check_relabel(relabel: str, members: int, drop: float, width: int = WIDTH, steps: int = 1,
+                  reward: str = "model") -> None:
     """The model, ensemble and filter settings, before anything is loaded or drawn."""
+    if reward not in RELABEL_REWARDS:
+        raise UserError(f"unknown relabel_reward '{reward}' (choose from: {', '.join(RELABEL_REWARDS)})")
+    if relabel == "none" and reward != "model":
+        raise UserError("relabel_reward applies to --relabel public or dp only")
     if relabel == "public" and steps < 1:
         raise UserError(f"relabel_steps must be at least 1, got {steps}")
     if members < 1:
@@ -261,8 +269,21 @@ def least_disputed(disagreement: np.ndarray, keep: int) -> np.ndarray:
     return np.sort(np.argsort(disagreement, kind="stable")[:keep])
 
 
-def relabel_rows(x: np.ndarray, layout: TransitionLayout, model: PublicDynamicsEnsemble) -> None:
-    """Replace the s′ and r columns of raw transition vectors `x` in place by the model's prediction at (s, a)."""
-    next_obs, reward = model.predict(x[:, layout.obs], x[:, layout.action])
+def ranked_rewards(model_rewards: np.ndarray, sampled_rewards: np.ndarray) -> np.ndarray:
+    """The sampled rewards' values handed out in the order of the model's: the row the model rates k-th lowest gets
+    the k-th lowest sampled reward (a quantile mapping; ties keep row order)."""
+    out = np.empty_like(sampled_rewards)
+    out[np.argsort(model_rewards, kind="stable")] = np.sort(sampled_rewards, kind="stable")
+    return out
+
+
+def relabel_rows(x: np.ndarray, layout: TransitionLayout, model: PublicDynamicsEnsemble, reward: str = "model"
+                 ) -> None:
+    """Replace the s′ and r columns of raw transition vectors `x` in place by the model's prediction at (s, a).
+
+    reward 'ranked' keeps the rows' sampled reward values and only re-assigns them in the model's order: a model's
+    small absolute errors blur a reward whose mass sits near zero (a maze's exp(−distance)), while the sampled
+    column carries the generator's estimate of the reward distribution; the model still decides which rows pay."""
+    next_obs, predicted = model.predict(x[:, layout.obs], x[:, layout.action])
     x[:, layout.next_obs] = next_obs
-    x[:, layout.reward] = reward
+    x[:, layout.reward] = predicted if reward == "model" else ranked_rewards(predicted, x[:, layout.reward])

@@ -115,6 +115,7 @@ class DiffusionConfig:
     relabel_width: int = WIDTH  # sample: hidden units in each of the dynamics model's three layers (relabel 'public' only; cost grows about with its square)
     relabel_models: int = 1  # sample: fit this many such models from different seeds and label with their mean (relabel 'public' only; each costs relabel_steps)
     relabel_drop: float = 0.0  # sample: draw num_samples/(1 − f) rows and drop the fraction f whose s′ the relabel_models (≥ 2) public models disagree on most: (s, a) where the public physics is extrapolated (relabel 'public' only; public data and the samples: no privacy cost)
+    relabel_reward: str = "model"  # sample, with relabel 'public' or 'dp': 'model' labels r with the dynamics model; 'ranked' hands the rows' own sampled rewards out again in the model's order (the row the model rates k-th lowest gets the k-th lowest sampled reward), so r keeps the generator's distribution and the model decides which rows pay (post-processing of the samples and the model: no privacy cost)
     floor: str = "none"  # sample: 'public' raises the root of every state (s and s′) whose body lies deeper in the floor than the public data's 1st percentile of contact depth, by the robot's public MuJoCo model (locomotion only; post-processing of public facts: no privacy cost); before relabel 'public', whose s′ then follows the raised s; 'none' keeps rows as sampled
     drop_sparse: float = 0.0  # sample: draw num_samples/(1 − f) rows and drop the fraction f most isolated (largest distance to their sparse_k-th nearest synthetic neighbour): rows off the data's support that make Q-learners fall; reads only the samples (post-processing: no privacy cost)
     sparse_k: int = 20  # sample: the neighbour whose distance measures a row's isolation (drop_sparse only)
@@ -127,7 +128,7 @@ class DiffusionConfig:
 # to it), so a sweep's fingerprint of those jobs leaves them out: a new sampler re-samples, it does not train again
 # (a DP fine-tune trained again is a new release of the sensitive data).
 SAMPLING_FIELDS = ("sampler", "num_samples", "sample_batch", "reward_range", "saturated_actions", "identities",
-                   "relabel", "relabel_steps", "relabel_width", "relabel_models", "relabel_drop", "floor",
+                   "relabel", "relabel_steps", "relabel_width", "relabel_models", "relabel_drop", "relabel_reward", "floor",
                    "drop_sparse", "sparse_k", "support_threshold")
 
 
@@ -675,7 +676,7 @@ class Synthesizer:
                drop_sparse: float = 0.0, sparse_k: int = 20, support_threshold: float = 2.0,
                saturated_actions: str = "public", relabel: str = "none", relabel_steps: int = 20_000,
                relabel_models: int = 1, relabel_drop: float = 0.0, relabel_width: int = WIDTH,
-               floor: str = "none") -> TransitionDataset:
+               floor: str = "none", relabel_reward: str = "model") -> TransitionDataset:
         """n transitions (fewer if some rows came out NaN/Inf; the count dropped is in provenance).
 
         identities 'public' projects each row onto the exact linear identities of the public pre-training data
@@ -692,7 +693,8 @@ class Synthesizer:
         before any row is drawn, from `seed` (relabel_models of them, each with relabel_width hidden units per
         layer: their mean); relabel_drop f > 0 then keeps the rows those models disagree on least, drawing
         n/(1 − f) for it. relabel 'dp' uses instead the dynamics model the checkpoint carries (--dp.dynamics_steps:
-        fine-tuned on the sensitive rows, accounted in the ledger). floor 'public' raises the root of states sunk
+        fine-tuned on the sensitive rows, accounted in the ledger); relabel_reward 'ranked' keeps the sampled reward
+        values, re-assigned in the model's order (relabel.ranked_rewards). floor 'public' raises the root of states sunk
         into the floor deeper than the public data's contacts go (synther.diffusion.floor; the robot's model and the
         public data only), before the relabel."""
         if n <= 0:
@@ -708,7 +710,7 @@ class Synthesizer:
             raise UserError(f"unknown relabel '{relabel}' (choose from: {', '.join(RELABEL)})")
         check_settings(drop_sparse, sparse_k)
         check_threshold(support_threshold)
-        check_relabel(relabel, relabel_models, relabel_drop, relabel_width, relabel_steps)
+        check_relabel(relabel, relabel_models, relabel_drop, relabel_width, relabel_steps, relabel_reward)
         check_sampler(sampler)
         if floor not in FLOOR:
             raise UserError(f"unknown floor '{floor}' (choose from: {', '.join(FLOOR)})")
@@ -790,7 +792,9 @@ class Synthesizer:
                 dynamics_note += (f"; {len(x) - len(kept)} of {len(x)} rows dropped where those models disagree "
                                   f"most on s′ (relabel_drop={relabel_drop:g}: public data and the samples only)")
                 x = x[kept]
-            relabel_rows(x, self.layout, dynamics)
+            relabel_rows(x, self.layout, dynamics, relabel_reward)
+            if relabel_reward == "ranked":
+                dynamics_note += "; r: the rows' sampled rewards, handed out again in the model's order"
             if identities == "public":
                 self._project(x)
             steps.append(dynamics_note)
@@ -966,7 +970,8 @@ def sample(cfg: DiffusionConfig) -> Path:
         raise UserError("sample needs --checkpoint")
     check_settings(cfg.drop_sparse, cfg.sparse_k)
     check_threshold(cfg.support_threshold)
-    check_relabel(cfg.relabel, cfg.relabel_models, cfg.relabel_drop, cfg.relabel_width, cfg.relabel_steps)
+    check_relabel(cfg.relabel, cfg.relabel_models, cfg.relabel_drop, cfg.relabel_width, cfg.relabel_steps,
+                  cfg.relabel_reward)
     check_sampler(cfg.sampler)
     syn = Synthesizer.load(cfg.checkpoint, cfg.device)  # a bad checkpoint is refused before any folder is touched
     out = default_run_dir(cfg) / "samples.npz"
@@ -975,7 +980,7 @@ def sample(cfg: DiffusionConfig) -> Path:
         ds = syn.sample(cfg.num_samples, cfg.sampler, cfg.sample_batch, cfg.seed, cfg.progress, cfg.reward_range,
                         cfg.identities, cfg.drop_sparse, cfg.sparse_k, cfg.support_threshold, cfg.saturated_actions,
                         cfg.relabel, cfg.relabel_steps, cfg.relabel_models, cfg.relabel_drop, cfg.relabel_width,
-                        cfg.floor)
+                        cfg.floor, cfg.relabel_reward)
         ledger = syn.ledger.to_dict()  # the release's ledger also says what was done to the samples after the model
         ledger["statistics"] = {**ledger.get("statistics", {}),
                                 "sample_postprocessing": ds.provenance["postprocessing"] +
