@@ -128,8 +128,8 @@ class DiffusionConfig:
 # to it), so a sweep's fingerprint of those jobs leaves them out: a new sampler re-samples, it does not train again
 # (a DP fine-tune trained again is a new release of the sensitive data).
 SAMPLING_FIELDS = ("sampler", "num_samples", "sample_batch", "reward_range", "saturated_actions", "identities",
-                   "relabel", "relabel_steps", "relabel_width", "relabel_models", "relabel_drop", "relabel_reward", "floor",
-                   "drop_sparse", "sparse_k", "support_threshold")
+                   "relabel", "relabel_steps", "relabel_width", "relabel_models", "relabel_drop", "relabel_reward",
+                   "floor", "drop_sparse", "sparse_k", "support_threshold")
 
 
 # the paper repo's flags, and the (ε, δ) spelling every DP release also accepts (baselines.py's TARGET_ALIASES)
@@ -694,9 +694,9 @@ class Synthesizer:
         layer: their mean); relabel_drop f > 0 then keeps the rows those models disagree on least, drawing
         n/(1 − f) for it. relabel 'dp' uses instead the dynamics model the checkpoint carries (--dp.dynamics_steps:
         fine-tuned on the sensitive rows, accounted in the ledger); relabel_reward 'ranked' keeps the sampled reward
-        values, re-assigned in the model's order (relabel.ranked_rewards). floor 'public' raises the root of states sunk
-        into the floor deeper than the public data's contacts go (synther.diffusion.floor; the robot's model and the
-        public data only), before the relabel."""
+        values, re-assigned in the model's order (relabel.ranked_rewards). floor 'public' raises the root of states
+        sunk into the floor deeper than the public data's contacts go (synther.diffusion.floor; the robot's model and
+        the public data only), before the relabel."""
         if n <= 0:
             raise UserError(f"number of samples must be positive, got {n}")
         if reward_range not in REWARD_RANGES:
